@@ -1,0 +1,368 @@
+//! Backend devices from ggml's registry, buffer types, RAII buffers (including one over a
+//! memory-mapped region, without copying) and backends.
+
+use crate::context::{Context, Tensor};
+use crate::{err, sys, Result};
+use std::ffi::CStr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns static or registry-owned NUL-terminated names.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The kind of a backend device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+    IntegratedGpu,
+    Accel,
+    Other,
+}
+
+/// A device from ggml's backend registry (static for the life of the program).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Device(sys::ggml_backend_dev_t);
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.name())
+    }
+}
+
+impl Device {
+    /// Every registered device, in registry order.
+    pub fn all() -> Vec<Device> {
+        crate::init();
+        // SAFETY: registry queries; indices are below the reported count.
+        unsafe { (0..sys::ggml_backend_dev_count()).map(|i| Device(sys::ggml_backend_dev_get(i))).collect() }
+    }
+
+    /// The CPU device.
+    pub fn cpu() -> Result<Device> {
+        crate::init();
+        // SAFETY: registry query; null when no CPU backend is compiled in.
+        let d = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU) };
+        if d.is_null() {
+            return err("no CPU backend in this build of ggml");
+        }
+        Ok(Device(d))
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: live registry device.
+        cstr(unsafe { sys::ggml_backend_dev_name(self.0) })
+    }
+
+    pub fn description(&self) -> String {
+        // SAFETY: live registry device.
+        cstr(unsafe { sys::ggml_backend_dev_description(self.0) })
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        // SAFETY: live registry device.
+        match unsafe { sys::ggml_backend_dev_type(self.0) } {
+            sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceKind::Gpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceKind::IntegratedGpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_ACCEL => DeviceKind::Accel,
+            _ => DeviceKind::Other,
+        }
+    }
+
+    /// (free, total) bytes of device memory as ggml reports them.
+    pub fn memory(&self) -> (usize, usize) {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: out-pointers to locals.
+        unsafe { sys::ggml_backend_dev_memory(self.0, &mut free, &mut total) };
+        (free, total)
+    }
+
+    /// The device's default buffer type.
+    pub fn buffer_type(&self) -> BufferType {
+        // SAFETY: live registry device; buffer types are static.
+        BufferType(unsafe { sys::ggml_backend_dev_buffer_type(self.0) })
+    }
+
+    /// The CPU device's "extra" buffer types: layouts (repacked weights) that make some matrix
+    /// products faster, in ggml's order of preference.
+    pub fn extra_buffer_types(&self) -> Vec<BufferType> {
+        let mut out = Vec::new();
+        let name = c"ggml_backend_dev_get_extra_bufts";
+        // SAFETY: registry lookups; the returned function has the documented signature
+        // `ggml_backend_dev_get_extra_bufts_t` and returns a NULL-terminated static array.
+        unsafe {
+            let reg = sys::ggml_backend_dev_backend_reg(self.0);
+            if reg.is_null() {
+                return out;
+            }
+            let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+            if f.is_null() {
+                return out;
+            }
+            let f: unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t =
+                std::mem::transmute(f);
+            let mut p = f(self.0);
+            while !p.is_null() && !(*p).is_null() {
+                out.push(BufferType(*p));
+                p = p.add(1);
+            }
+        }
+        out
+    }
+
+    /// Whether this device can run the operation that produces `op` when its weight `w` lives in a
+    /// buffer of type `buft` (ggml decides per buffer type, e.g. repacked layouts only for some
+    /// matrix products). `w` must not be allocated yet.
+    pub fn supports_op_with(&self, op: &Tensor, w: &Tensor, buft: BufferType) -> Result<bool> {
+        if !w.buffer_raw().is_null() {
+            return err("supports_op_with: the weight is already allocated");
+        }
+        // SAFETY: a zero-size buffer of `buft` is attached to the unallocated weight only for the
+        // duration of the query (ggml inspects `w->buffer`'s type), then detached and freed.
+        unsafe {
+            let dummy = sys::ggml_backend_buft_alloc_buffer(buft.0, 0);
+            if dummy.is_null() {
+                return Ok(false);
+            }
+            (*w.raw()).buffer = dummy;
+            let ok = sys::ggml_backend_dev_supports_op(self.0, op.raw());
+            (*w.raw()).buffer = std::ptr::null_mut();
+            sys::ggml_backend_buffer_free(dummy);
+            Ok(ok)
+        }
+    }
+
+    /// Whether this device runs `op` with its current sources.
+    pub fn supports_op(&self, op: &Tensor) -> bool {
+        // SAFETY: query on live tensor metadata.
+        unsafe { sys::ggml_backend_dev_supports_op(self.0, op.raw()) }
+    }
+
+    /// A backend (execution stream) on this device.
+    pub fn init_backend(&self) -> Result<Backend> {
+        // SAFETY: registry device; null params mean defaults.
+        let b = unsafe { sys::ggml_backend_dev_init(self.0, std::ptr::null()) };
+        if b.is_null() {
+            return err(format!("failed to initialise the {} backend", self.name()));
+        }
+        Ok(Backend(Rc::new(BackendInner { ptr: b, abort_flag: std::cell::Cell::new(None) })))
+    }
+
+    /// A buffer over `bytes` (host memory, e.g. a memory map) without copying: tensors placed in
+    /// it read the mapped bytes in place. `bytes` is kept alive as long as the buffer.
+    pub fn buffer_from_host(&self, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>, max_tensor_size: usize) -> Result<Buffer> {
+        let s: &[u8] = (*bytes).as_ref();
+        let (ptr, len) = (s.as_ptr(), s.len());
+        // ggml's CPU buffers require 32-byte aligned bases (a memory map is page-aligned).
+        if ptr as usize % 32 != 0 || len == 0 {
+            return err("host memory for a buffer must be non-empty and 32-byte aligned");
+        }
+        // SAFETY: the region [ptr, ptr+len) stays valid while the returned Buffer holds `bytes`;
+        // ggml never writes to it unless a tensor in it is written, which our API only does
+        // through `Tensor::write_bytes` (never used on mapped weights; memmap2 maps them
+        // read-only, and the CPU backend does not write weights).
+        let b = unsafe { sys::ggml_backend_dev_buffer_from_host_ptr(self.0, ptr as *mut _, len, max_tensor_size) };
+        if b.is_null() {
+            return err(format!("the {} device cannot use host memory directly", self.name()));
+        }
+        Ok(Buffer(Rc::new(BufferInner { ptr: b, _keep: Some(bytes) })))
+    }
+}
+
+/// A buffer type (static for the life of the program).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BufferType(pub(crate) sys::ggml_backend_buffer_type_t);
+
+impl std::fmt::Debug for BufferType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufferType({})", self.name())
+    }
+}
+
+impl BufferType {
+    pub fn cpu() -> BufferType {
+        crate::init();
+        // SAFETY: static buffer type.
+        BufferType(unsafe { sys::ggml_backend_cpu_buffer_type() })
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: static buffer type.
+        cstr(unsafe { sys::ggml_backend_buft_name(self.0) })
+    }
+
+    pub fn is_host(&self) -> bool {
+        // SAFETY: static buffer type.
+        unsafe { sys::ggml_backend_buft_is_host(self.0) }
+    }
+
+    /// Allocates one buffer holding every tensor of `ctx` (which must all be unallocated), and
+    /// ties its lifetime to `ctx`. Returns None if `ctx` has no tensors.
+    pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Option<Buffer>> {
+        let tensors = ctx.tensors();
+        if tensors.is_empty() {
+            return Ok(None);
+        }
+        if tensors.iter().any(|t| !t.buffer_raw().is_null()) {
+            return err("alloc_ctx_tensors: some tensors are already allocated");
+        }
+        // SAFETY: all tensors of the live context are unallocated; ggml sizes and places them.
+        let b = unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), self.0) };
+        if b.is_null() {
+            return err(format!("failed to allocate a {} buffer (out of memory?)", self.name()));
+        }
+        let buf = Buffer(Rc::new(BufferInner { ptr: b, _keep: None }));
+        ctx.attach_buffer(&buf);
+        Ok(Some(buf))
+    }
+}
+
+pub(crate) struct BufferInner {
+    ptr: sys::ggml_backend_buffer_t,
+    _keep: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
+}
+
+impl Drop for BufferInner {
+    fn drop(&mut self) {
+        // SAFETY: freed once; every context with tensors in it holds an Rc to this value.
+        // Field `_keep` (the mapped bytes) is dropped after the buffer is freed.
+        unsafe { sys::ggml_backend_buffer_free(self.ptr) }
+    }
+}
+
+/// A backend buffer (RAII).
+#[derive(Clone)]
+pub struct Buffer(Rc<BufferInner>);
+
+impl Buffer {
+    pub(crate) fn raw(&self) -> sys::ggml_backend_buffer_t {
+        self.0.ptr
+    }
+
+    pub fn size(&self) -> usize {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.raw()) }
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: live buffer.
+        cstr(unsafe { sys::ggml_backend_buffer_name(self.raw()) })
+    }
+
+    /// Fills the whole buffer with `value`.
+    pub fn clear(&self, value: u8) {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_clear(self.raw(), value) }
+    }
+
+    /// Marks the buffer as holding weights (lets the scheduler prefer running ops where they are).
+    pub fn set_usage_weights(&self) {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_set_usage(self.raw(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }
+    }
+
+    /// Places the unallocated tensor `t` at byte `offset` of this buffer, and ties the buffer's
+    /// lifetime to `t`'s context. Checks that the tensor fits and is aligned.
+    pub fn place(&self, t: &Tensor, offset: usize) -> Result<()> {
+        if !t.buffer_raw().is_null() {
+            return err(format!("tensor '{}' is already allocated", t.name()));
+        }
+        let size = self.size();
+        let n = t.nbytes();
+        if offset.checked_add(n).is_none_or(|end| end > size) {
+            return err(format!("tensor '{}' ({} bytes at {}) lies outside its buffer of {} bytes", t.name(), n, offset, size));
+        }
+        if t.is_view() {
+            return err(format!("tensor '{}' is a view and cannot be placed", t.name()));
+        }
+        // SAFETY: live buffer.
+        let base = unsafe { sys::ggml_backend_buffer_get_base(self.raw()) as usize };
+        // SAFETY: [base+offset, base+offset+n) lies inside the buffer (checked above).
+        let status = unsafe { sys::ggml_backend_tensor_alloc(self.raw(), t.raw(), (base + offset) as *mut _) };
+        if status != sys::GGML_STATUS_SUCCESS {
+            return err(format!("failed to place tensor '{}' in its buffer", t.name()));
+        }
+        t.context().attach_buffer(self);
+        Ok(())
+    }
+}
+
+pub(crate) struct BackendInner {
+    pub(crate) ptr: sys::ggml_backend_t,
+    abort_flag: std::cell::Cell<Option<&'static AtomicBool>>,
+}
+
+impl Drop for BackendInner {
+    fn drop(&mut self) {
+        // SAFETY: freed once; schedulers using it hold an Rc.
+        unsafe { sys::ggml_backend_free(self.ptr) }
+    }
+}
+
+/// An execution backend (RAII).
+#[derive(Clone)]
+pub struct Backend(pub(crate) Rc<BackendInner>);
+
+unsafe extern "C" fn abort_trampoline(data: *mut std::os::raw::c_void) -> bool {
+    // SAFETY: `data` is the address of a `&'static AtomicBool` set by `set_abort_flag`.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Backend {
+    pub fn name(&self) -> String {
+        // SAFETY: live backend.
+        cstr(unsafe { sys::ggml_backend_name(self.0.ptr) })
+    }
+
+    pub fn device(&self) -> Device {
+        // SAFETY: live backend.
+        Device(unsafe { sys::ggml_backend_get_device(self.0.ptr) })
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_is_cpu(self.0.ptr) }
+    }
+
+    /// Sets the number of threads (for backends that have a thread count, such as the CPU).
+    pub fn set_n_threads(&self, n: usize) {
+        let n = n.clamp(1, 512) as i32;
+        // SAFETY: registry lookup of the documented `ggml_backend_set_n_threads` entry point.
+        unsafe {
+            let dev = sys::ggml_backend_get_device(self.0.ptr);
+            let reg = if dev.is_null() { std::ptr::null_mut() } else { sys::ggml_backend_dev_backend_reg(dev) };
+            if reg.is_null() {
+                return;
+            }
+            let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_set_n_threads".as_ptr());
+            if !f.is_null() {
+                let f: unsafe extern "C" fn(sys::ggml_backend_t, std::os::raw::c_int) = std::mem::transmute(f);
+                f(self.0.ptr, n);
+            }
+        }
+    }
+
+    /// Makes graph computation on this (CPU) backend stop early when `flag` becomes true.
+    pub fn set_abort_flag(&self, flag: &'static AtomicBool) {
+        if !self.is_cpu() {
+            return;
+        }
+        self.0.abort_flag.set(Some(flag));
+        // SAFETY: the flag is 'static, so the pointer stays valid for every later compute.
+        unsafe {
+            sys::ggml_backend_cpu_set_abort_callback(
+                self.0.ptr,
+                Some(abort_trampoline),
+                flag as *const AtomicBool as *mut std::os::raw::c_void,
+            )
+        }
+    }
+}

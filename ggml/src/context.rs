@@ -1,0 +1,686 @@
+//! RAII ggml contexts, tensor handles that keep their context alive, and the graph operations.
+
+use crate::backend::Buffer;
+use crate::types::{Prec, RopeMode, Type};
+use crate::{err, sys, Result};
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::fmt;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+pub(crate) struct CtxInner {
+    pub(crate) ptr: NonNull<sys::ggml_context>,
+    /// Contexts whose tensors are sources of tensors in this one.
+    deps: RefCell<Vec<Rc<CtxInner>>>,
+    /// Buffers holding the data of this context's tensors (weights, KV cache).
+    pub(crate) buffers: RefCell<Vec<Buffer>>,
+    /// Keeps scheduler state alive for graphs it allocated (see `Sched`).
+    pub(crate) keep: RefCell<Vec<Rc<dyn std::any::Any>>>,
+}
+
+impl Drop for CtxInner {
+    fn drop(&mut self) {
+        // SAFETY: the context was created by ggml_init and is freed exactly once; every tensor
+        // handle into it holds an Rc to this inner value, so none is left.
+        unsafe { sys::ggml_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// A ggml context: metadata arena for tensors (never their data: contexts are `no_alloc`).
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Rc<CtxInner>,
+}
+
+/// A tensor handle. Cloning it is cheap; it keeps its context (and so its data) alive.
+#[derive(Clone)]
+pub struct Tensor {
+    ctx: Rc<CtxInner>,
+    ptr: NonNull<sys::ggml_tensor>,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({} {:?} {:?})", self.name(), self.ty(), self.ne())
+    }
+}
+
+impl Context {
+    /// A context with room for the metadata of `n_tensors` tensors and, if `graph_size` > 0,
+    /// one graph of that many nodes.
+    pub fn new(n_tensors: usize, graph_size: usize) -> Result<Context> {
+        crate::init();
+        // SAFETY: pure size computations.
+        let mem = unsafe {
+            n_tensors * sys::ggml_tensor_overhead()
+                + if graph_size > 0 { sys::ggml_graph_overhead_custom(graph_size, false) } else { 0 }
+        };
+        let params = sys::ggml_init_params { mem_size: mem, mem_buffer: std::ptr::null_mut(), no_alloc: true };
+        // SAFETY: ggml_init allocates its own arena (mem_buffer is null); it returns null on failure.
+        let ptr = unsafe { sys::ggml_init(params) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| crate::Error("ggml_init failed (out of memory)".into()))?;
+        Ok(Context {
+            inner: Rc::new(CtxInner {
+                ptr,
+                deps: RefCell::new(Vec::new()),
+                buffers: RefCell::new(Vec::new()),
+                keep: RefCell::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::ggml_context {
+        self.inner.ptr.as_ptr()
+    }
+
+    /// Bytes of metadata arena left.
+    pub fn mem_left(&self) -> usize {
+        // SAFETY: the context is live.
+        unsafe { sys::ggml_get_mem_size(self.raw()) - sys::ggml_used_mem(self.raw()) }
+    }
+
+    fn ensure_room(&self) {
+        // SAFETY: pure size query.
+        let need = unsafe { sys::ggml_tensor_overhead() };
+        // Running out is a sizing bug in ferrite, never an input condition; ggml would abort.
+        assert!(self.mem_left() >= need, "ggml context arena exhausted (sizing bug)");
+    }
+
+    /// Records that tensors of this context use `t` (of possibly another context) as a source.
+    fn adopt(&self, t: &Tensor) -> *mut sys::ggml_tensor {
+        if !Rc::ptr_eq(&self.inner, &t.ctx) {
+            let mut deps = self.inner.deps.borrow_mut();
+            if !deps.iter().any(|d| Rc::ptr_eq(d, &t.ctx)) {
+                deps.push(t.ctx.clone());
+            }
+        }
+        t.ptr.as_ptr()
+    }
+
+    pub(crate) fn adopt_pub(&self, t: &Tensor) -> *mut sys::ggml_tensor {
+        self.adopt(t)
+    }
+
+    pub(crate) fn same(&self, t: &Tensor) -> bool {
+        Rc::ptr_eq(&self.inner, &t.ctx)
+    }
+
+    fn wrap(&self, p: *mut sys::ggml_tensor) -> Tensor {
+        let ptr = NonNull::new(p).expect("ggml returned a null tensor");
+        Tensor { ctx: self.inner.clone(), ptr }
+    }
+
+    /// Keeps `buf` alive as long as this context; tensors of this context may live in it.
+    pub fn attach_buffer(&self, buf: &Buffer) {
+        let mut bufs = self.inner.buffers.borrow_mut();
+        if !bufs.iter().any(|b| b.raw() == buf.raw()) {
+            bufs.push(buf.clone());
+        }
+    }
+
+    pub(crate) fn keep_alive(&self, x: Rc<dyn std::any::Any>) {
+        self.inner.keep.borrow_mut().push(x);
+    }
+
+    /// Iterates the tensors of this context in creation order.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        // SAFETY: walking the context's own tensor list.
+        let mut p = unsafe { sys::ggml_get_first_tensor(self.raw()) };
+        while let Some(t) = NonNull::new(p) {
+            out.push(Tensor { ctx: self.inner.clone(), ptr: t });
+            // SAFETY: `t` belongs to this live context.
+            p = unsafe { sys::ggml_get_next_tensor(self.raw(), t.as_ptr()) };
+        }
+        out
+    }
+
+    // ---- tensor creation -------------------------------------------------------------------
+
+    /// A new tensor of type `ty` and shape `ne` (ggml order, 1 to 4 dims, each ≥ 1).
+    pub fn new_tensor(&self, ty: Type, ne: &[i64]) -> Tensor {
+        assert!((1..=4).contains(&ne.len()), "a tensor has 1 to 4 dimensions");
+        assert!(ne.iter().all(|&n| n >= 1), "tensor dimensions must be positive: {ne:?}");
+        assert!(ne[0] % ty.block_size() == 0, "ne[0] = {} is not a multiple of {}'s block size", ne[0], ty.name());
+        self.ensure_room();
+        // SAFETY: dims are validated above; the context has room for the metadata.
+        let p = unsafe { sys::ggml_new_tensor(self.raw(), ty.0, ne.len() as i32, ne.as_ptr()) };
+        self.wrap(p)
+    }
+
+    // ---- views and shape ops ---------------------------------------------------------------
+
+    /// A view of `a` with shape `ne`, byte strides `nb[1..]` and byte offset `offset`.
+    /// Panics if the view would reach outside `a`'s data.
+    pub fn view(&self, a: &Tensor, ne: &[i64], nb: &[usize], offset: usize) -> Tensor {
+        assert!((1..=4).contains(&ne.len()) && nb.len() + 1 == ne.len(), "view: bad rank");
+        assert!(ne.iter().all(|&n| n >= 1), "view: dimensions must be positive");
+        let ty = a.ty();
+        assert!(ne[0] % ty.block_size() == 0, "view: ne[0] not a multiple of the block size");
+        let mut last = offset + ty.row_size(ne[0]);
+        for (i, &n) in ne.iter().enumerate().skip(1) {
+            last += (n as usize - 1) * nb[i - 1];
+        }
+        assert!(last <= a.nbytes(), "view reaches outside its source ({last} > {} bytes)", a.nbytes());
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: the view stays within the source tensor's data (checked above).
+        let p = unsafe {
+            match ne.len() {
+                1 => sys::ggml_view_1d(self.raw(), src, ne[0], offset),
+                2 => sys::ggml_view_2d(self.raw(), src, ne[0], ne[1], nb[0], offset),
+                3 => sys::ggml_view_3d(self.raw(), src, ne[0], ne[1], ne[2], nb[0], nb[1], offset),
+                _ => sys::ggml_view_4d(self.raw(), src, ne[0], ne[1], ne[2], ne[3], nb[0], nb[1], nb[2], offset),
+            }
+        };
+        self.wrap(p)
+    }
+
+    /// `a` with a new shape of the same element count (a must be contiguous).
+    pub fn reshape(&self, a: &Tensor, ne: &[i64]) -> Tensor {
+        assert!((1..=4).contains(&ne.len()), "reshape: bad rank");
+        assert_eq!(ne.iter().product::<i64>(), a.nelements(), "reshape: element count differs");
+        assert!(a.is_contiguous(), "reshape: source is not contiguous");
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: element counts match and the source is contiguous (ggml's preconditions).
+        let p = unsafe {
+            match ne.len() {
+                1 => sys::ggml_reshape_1d(self.raw(), src, ne[0]),
+                2 => sys::ggml_reshape_2d(self.raw(), src, ne[0], ne[1]),
+                3 => sys::ggml_reshape_3d(self.raw(), src, ne[0], ne[1], ne[2]),
+                _ => sys::ggml_reshape_4d(self.raw(), src, ne[0], ne[1], ne[2], ne[3]),
+            }
+        };
+        self.wrap(p)
+    }
+
+    pub fn permute(&self, a: &Tensor, axes: [i32; 4]) -> Tensor {
+        let mut seen = [false; 4];
+        for &x in &axes {
+            assert!((0..4).contains(&x) && !seen[x as usize], "permute: axes must be a permutation of 0..4");
+            seen[x as usize] = true;
+        }
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: axes form a permutation (checked).
+        self.wrap(unsafe { sys::ggml_permute(self.raw(), src, axes[0], axes[1], axes[2], axes[3]) })
+    }
+
+    pub fn transpose(&self, a: &Tensor) -> Tensor {
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: transpose is valid for any tensor.
+        self.wrap(unsafe { sys::ggml_transpose(self.raw(), src) })
+    }
+
+    pub fn cont(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_cont)
+    }
+
+    /// A contiguous copy of `a` with shape `ne` (same element count).
+    pub fn cont_shape(&self, a: &Tensor, ne: &[i64]) -> Tensor {
+        assert_eq!(ne.iter().product::<i64>(), a.nelements(), "cont_shape: element count differs");
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: element counts match (checked).
+        let p = unsafe {
+            match ne.len() {
+                1 => sys::ggml_cont_1d(self.raw(), src, ne[0]),
+                2 => sys::ggml_cont_2d(self.raw(), src, ne[0], ne[1]),
+                3 => sys::ggml_cont_3d(self.raw(), src, ne[0], ne[1], ne[2]),
+                4 => sys::ggml_cont_4d(self.raw(), src, ne[0], ne[1], ne[2], ne[3]),
+                _ => panic!("cont_shape: bad rank"),
+            }
+        };
+        self.wrap(p)
+    }
+
+    /// `a` converted to type `ty`.
+    pub fn cast(&self, a: &Tensor, ty: Type) -> Tensor {
+        self.ensure_room();
+        let src = self.adopt(a);
+        // SAFETY: ggml_cast creates a copy node of the same shape.
+        self.wrap(unsafe { sys::ggml_cast(self.raw(), src, ty.0) })
+    }
+
+    /// Copies `a` into `b` (same element count); returns the node that performs the copy.
+    pub fn cpy(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        assert_eq!(a.nelements(), b.nelements(), "cpy: element count differs");
+        self.binary(a, b, sys::ggml_cpy)
+    }
+
+    pub fn dup(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_dup)
+    }
+
+    pub fn concat(&self, a: &Tensor, b: &Tensor, dim: i32) -> Tensor {
+        assert!((0..4).contains(&dim), "concat: bad dim");
+        for d in 0..4 {
+            if d != dim as usize {
+                assert_eq!(a.ne()[d], b.ne()[d], "concat: shapes differ outside dim {dim}");
+            }
+        }
+        self.ensure_room();
+        let (pa, pb) = (self.adopt(a), self.adopt(b));
+        // SAFETY: shapes agree outside `dim` (checked).
+        self.wrap(unsafe { sys::ggml_concat(self.raw(), pa, pb, dim) })
+    }
+
+    pub fn repeat_4d(&self, a: &Tensor, ne: [i64; 4]) -> Tensor {
+        let an = a.ne();
+        for d in 0..4 {
+            assert!(ne[d] >= 1 && ne[d] % an[d] == 0, "repeat_4d: target shape is not a multiple");
+        }
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: target dims are multiples of the source dims (checked).
+        self.wrap(unsafe { sys::ggml_repeat_4d(self.raw(), pa, ne[0], ne[1], ne[2], ne[3]) })
+    }
+
+    /// Zero-pads `a` by `p` elements at the end of each dimension.
+    pub fn pad(&self, a: &Tensor, p: [i32; 4]) -> Tensor {
+        assert!(p.iter().all(|&x| x >= 0), "pad: negative padding");
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: non-negative padding.
+        self.wrap(unsafe { sys::ggml_pad(self.raw(), pa, p[0], p[1], p[2], p[3]) })
+    }
+
+    // ---- arithmetic ------------------------------------------------------------------------
+
+    fn unary(&self, a: &Tensor, f: unsafe extern "C" fn(*mut sys::ggml_context, *mut sys::ggml_tensor) -> *mut sys::ggml_tensor) -> Tensor {
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: element-wise unary ops accept any tensor.
+        self.wrap(unsafe { f(self.raw(), pa) })
+    }
+
+    fn binary(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        f: unsafe extern "C" fn(*mut sys::ggml_context, *mut sys::ggml_tensor, *mut sys::ggml_tensor) -> *mut sys::ggml_tensor,
+    ) -> Tensor {
+        self.ensure_room();
+        let (pa, pb) = (self.adopt(a), self.adopt(b));
+        // SAFETY: callers check the shape preconditions of `f`.
+        self.wrap(unsafe { f(self.raw(), pa, pb) })
+    }
+
+    fn check_broadcast(a: &Tensor, b: &Tensor, what: &str) {
+        let (an, bn) = (a.ne(), b.ne());
+        for d in 0..4 {
+            assert!(an[d] % bn[d] == 0, "{what}: {bn:?} does not broadcast to {an:?}");
+        }
+    }
+
+    /// a + b, with b broadcast over a.
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        Self::check_broadcast(a, b, "add");
+        self.binary(a, b, sys::ggml_add)
+    }
+
+    /// a * b element-wise, with b broadcast over a.
+    pub fn mul(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        Self::check_broadcast(a, b, "mul");
+        self.binary(a, b, sys::ggml_mul)
+    }
+
+    /// a / b element-wise, with b broadcast over a.
+    pub fn div(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        Self::check_broadcast(a, b, "div");
+        self.binary(a, b, sys::ggml_div)
+    }
+
+    pub fn scale(&self, a: &Tensor, s: f32) -> Tensor {
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: scale accepts any float tensor.
+        self.wrap(unsafe { sys::ggml_scale(self.raw(), pa, s) })
+    }
+
+    pub fn clamp(&self, a: &Tensor, min: f32, max: f32) -> Tensor {
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: clamp accepts any float tensor.
+        self.wrap(unsafe { sys::ggml_clamp(self.raw(), pa, min, max) })
+    }
+
+    pub fn silu(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_silu)
+    }
+
+    pub fn gelu(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_gelu)
+    }
+
+    pub fn tanh(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_tanh)
+    }
+
+    pub fn sigmoid(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_sigmoid)
+    }
+
+    pub fn sum_rows(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_sum_rows)
+    }
+
+    /// silu(a) * b (SwiGLU with separate gate and up projections).
+    pub fn swiglu_split(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        assert_eq!(a.ne(), b.ne(), "swiglu_split: shapes differ");
+        self.binary(a, b, sys::ggml_swiglu_split)
+    }
+
+    /// gelu(a) * b (GeGLU with separate gate and up projections).
+    pub fn geglu_split(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        assert_eq!(a.ne(), b.ne(), "geglu_split: shapes differ");
+        self.binary(a, b, sys::ggml_geglu_split)
+    }
+
+    /// RMS-normalises each row of `a`.
+    pub fn rms_norm(&self, a: &Tensor, eps: f32) -> Tensor {
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: rms_norm accepts any F32 tensor.
+        self.wrap(unsafe { sys::ggml_rms_norm(self.raw(), pa, eps) })
+    }
+
+    /// Layer-normalises each row of `a` (no affine part).
+    pub fn norm(&self, a: &Tensor, eps: f32) -> Tensor {
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: norm accepts any F32 tensor.
+        self.wrap(unsafe { sys::ggml_norm(self.raw(), pa, eps) })
+    }
+
+    /// Rows of `a` selected by the I32 indices `ids`.
+    pub fn get_rows(&self, a: &Tensor, ids: &Tensor) -> Tensor {
+        assert_eq!(ids.ty(), Type::I32, "get_rows: indices must be I32");
+        assert_eq!(a.ne()[2], ids.ne()[1], "get_rows: batch dims differ");
+        self.binary(a, ids, sys::ggml_get_rows)
+    }
+
+    /// Writes the rows of `b` into `a` at the I64 row indices `ids`; returns the updated `a`.
+    pub fn set_rows(&self, a: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
+        assert_eq!(a.ne()[0], b.ne()[0], "set_rows: row lengths differ");
+        assert!(matches!(ids.ty(), Type::I64 | Type::I32), "set_rows: indices must be I64 or I32");
+        assert_eq!(b.ne()[1], ids.ne()[0], "set_rows: one index per row");
+        self.ensure_room();
+        let (pa, pb, pc) = (self.adopt(a), self.adopt(b), self.adopt(ids));
+        // SAFETY: shapes checked above; ggml bounds-checks the indices at compute time.
+        self.wrap(unsafe { sys::ggml_set_rows(self.raw(), pa, pb, pc) })
+    }
+
+    /// a^T · b: `a` is [k, m, ...] (the weight), `b` is [k, n, ...]; the result is [m, n, ...].
+    pub fn mul_mat(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        let (an, bn) = (a.ne(), b.ne());
+        assert_eq!(an[0], bn[0], "mul_mat: inner dimensions differ ({an:?} x {bn:?})");
+        assert!(bn[2] % an[2] == 0 && bn[3] % an[3] == 0, "mul_mat: batch dims do not broadcast");
+        assert!(!a.is_transposed(), "mul_mat: a must not be transposed");
+        self.binary(a, b, sys::ggml_mul_mat)
+    }
+
+    /// Per-token expert matrix products: `as_` is [k, m, n_expert], `b` [k, n_used|1, n_tokens],
+    /// `ids` I32 [n_used, n_tokens].
+    pub fn mul_mat_id(&self, as_: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
+        assert_eq!(ids.ty(), Type::I32, "mul_mat_id: ids must be I32");
+        assert_eq!(as_.ne()[0], b.ne()[0], "mul_mat_id: inner dimensions differ");
+        assert_eq!(b.ne()[2], ids.ne()[1], "mul_mat_id: token counts differ");
+        assert!(b.ne()[1] == 1 || b.ne()[1] == ids.ne()[0], "mul_mat_id: b rows must be 1 or n_used");
+        self.ensure_room();
+        let (pa, pb, pc) = (self.adopt(as_), self.adopt(b), self.adopt(ids));
+        // SAFETY: shapes checked above; ggml bounds-checks expert ids at compute time.
+        self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), pa, pb, pc) })
+    }
+
+    /// Rotary position embedding over the first `n_dims` of each head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_ext(
+        &self,
+        a: &Tensor,
+        pos: &Tensor,
+        freq_factors: Option<&Tensor>,
+        n_dims: i32,
+        mode: RopeMode,
+        n_ctx_orig: i32,
+        freq_base: f32,
+        freq_scale: f32,
+        ext_factor: f32,
+        attn_factor: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+    ) -> Tensor {
+        assert_eq!(pos.ty(), Type::I32, "rope: positions must be I32");
+        assert_eq!(pos.ne()[0], a.ne()[2], "rope: one position per token");
+        assert!(n_dims > 0 && n_dims as i64 <= a.ne()[0] && n_dims % 2 == 0, "rope: bad n_dims");
+        if let Some(f) = freq_factors {
+            assert!(f.ne()[0] >= n_dims as i64 / 2, "rope: too few frequency factors");
+        }
+        self.ensure_room();
+        let (pa, pb) = (self.adopt(a), self.adopt(pos));
+        let pc = freq_factors.map(|f| self.adopt(f)).unwrap_or(std::ptr::null_mut());
+        // SAFETY: shapes checked above.
+        self.wrap(unsafe {
+            sys::ggml_rope_ext(
+                self.raw(), pa, pb, pc, n_dims, mode.raw(), n_ctx_orig, freq_base, freq_scale, ext_factor,
+                attn_factor, beta_fast, beta_slow,
+            )
+        })
+    }
+
+    /// softmax(a * scale + mask) over rows (ALiBi when `max_bias` > 0).
+    pub fn soft_max_ext(&self, a: &Tensor, mask: Option<&Tensor>, scale: f32, max_bias: f32) -> Tensor {
+        if let Some(m) = mask {
+            assert!(matches!(m.ty(), Type::F16 | Type::F32), "soft_max: mask must be F16 or F32");
+            assert_eq!(m.ne()[0], a.ne()[0], "soft_max: mask row length differs");
+            assert!(m.ne()[1] >= a.ne()[1], "soft_max: mask has too few rows");
+        }
+        self.ensure_room();
+        let pa = self.adopt(a);
+        let pm = mask.map(|m| self.adopt(m)).unwrap_or(std::ptr::null_mut());
+        // SAFETY: shapes checked above.
+        self.wrap(unsafe { sys::ggml_soft_max_ext(self.raw(), pa, pm, scale, max_bias) })
+    }
+
+    /// Fused attention: q [d, n_tokens, n_head], k [d, n_kv, n_head_kv], v [dv, n_kv, n_head_kv],
+    /// mask F16 [n_kv, n_tokens]; result [dv, n_head, n_tokens].
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_ext(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f32,
+        max_bias: f32,
+        logit_softcap: f32,
+    ) -> Tensor {
+        assert_eq!(q.ne()[0], k.ne()[0], "flash_attn: q and k head sizes differ");
+        assert_eq!(k.ne()[1], v.ne()[1], "flash_attn: k and v lengths differ");
+        assert!(q.ne()[2] % k.ne()[2] == 0, "flash_attn: heads do not group");
+        if let Some(m) = mask {
+            assert_eq!(m.ty(), Type::F16, "flash_attn: mask must be F16");
+            assert_eq!(m.ne()[0], k.ne()[1], "flash_attn: mask length differs from n_kv");
+            assert!(m.ne()[1] >= q.ne()[1], "flash_attn: mask has too few rows");
+        }
+        self.ensure_room();
+        let (pq, pk, pv) = (self.adopt(q), self.adopt(k), self.adopt(v));
+        let pm = mask.map(|m| self.adopt(m)).unwrap_or(std::ptr::null_mut());
+        // SAFETY: shapes checked above.
+        self.wrap(unsafe { sys::ggml_flash_attn_ext(self.raw(), pq, pk, pv, pm, scale, max_bias, logit_softcap) })
+    }
+
+    /// Indices of the `k` largest values of each row (I32 [k, rows]), in descending order.
+    pub fn argsort_top_k(&self, a: &Tensor, k: i32) -> Tensor {
+        assert!(k >= 1 && k as i64 <= a.ne()[0], "argsort_top_k: bad k");
+        self.ensure_room();
+        let pa = self.adopt(a);
+        // SAFETY: 1 <= k <= row length.
+        self.wrap(unsafe { sys::ggml_argsort_top_k(self.raw(), pa, k) })
+    }
+
+    /// Softmax over rows without scale or mask.
+    pub fn soft_max(&self, a: &Tensor) -> Tensor {
+        self.unary(a, sys::ggml_soft_max)
+    }
+}
+
+impl Tensor {
+    pub(crate) fn raw(&self) -> *mut sys::ggml_tensor {
+        self.ptr.as_ptr()
+    }
+
+    fn meta(&self) -> &sys::ggml_tensor {
+        // SAFETY: the tensor's metadata lives in its context, which `self.ctx` keeps alive.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub fn ty(&self) -> Type {
+        Type(self.meta().type_)
+    }
+
+    /// Shape in ggml order (ne[0] is the innermost, contiguous dimension).
+    pub fn ne(&self) -> [i64; 4] {
+        self.meta().ne
+    }
+
+    /// Byte strides.
+    pub fn nb(&self) -> [usize; 4] {
+        self.meta().nb
+    }
+
+    pub fn nelements(&self) -> i64 {
+        self.ne().iter().product()
+    }
+
+    pub fn nbytes(&self) -> usize {
+        // SAFETY: metadata read of a live tensor.
+        unsafe { sys::ggml_nbytes(self.raw()) }
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        // SAFETY: metadata read of a live tensor.
+        unsafe { sys::ggml_is_contiguous(self.raw()) }
+    }
+
+    pub fn is_view(&self) -> bool {
+        !self.meta().view_src.is_null()
+    }
+
+    pub fn is_transposed(&self) -> bool {
+        // SAFETY: metadata read of a live tensor.
+        unsafe { sys::ggml_is_transposed(self.raw()) }
+    }
+
+    /// The context this tensor belongs to.
+    pub fn context(&self) -> Context {
+        Context { inner: self.ctx.clone() }
+    }
+
+    pub fn name(&self) -> String {
+        let raw = &self.meta().name;
+        let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Sets the tensor's name (truncated to ggml's 63 bytes; interior NULs are dropped).
+    pub fn set_name(&self, name: &str) -> &Self {
+        let clean: Vec<u8> = name.bytes().filter(|&b| b != 0).collect();
+        let c = CString::new(clean).expect("NULs removed");
+        // SAFETY: ggml copies at most sizeof(name)-1 bytes of the NUL-terminated string.
+        unsafe { sys::ggml_set_name(self.raw(), c.as_ptr()) };
+        self
+    }
+
+    /// Marks the tensor as a graph input (the scheduler allocates it in a host-visible buffer).
+    pub fn set_input(&self) -> &Self {
+        // SAFETY: flag update on a live tensor.
+        unsafe { sys::ggml_set_input(self.raw()) };
+        self
+    }
+
+    /// Marks the tensor as a graph output (its memory is not reused by later nodes).
+    pub fn set_output(&self) -> &Self {
+        // SAFETY: flag update on a live tensor.
+        unsafe { sys::ggml_set_output(self.raw()) };
+        self
+    }
+
+    /// Asks for at least `prec` accumulation in this node (mul_mat, flash attention).
+    pub fn set_prec(&self, prec: Prec) -> &Self {
+        // SAFETY: op-parameter update on a live tensor; ggml ignores it where not applicable.
+        unsafe { sys::ggml_prec_set_acc(self.raw(), prec.raw()) };
+        self
+    }
+
+    /// Tells ggml that src0 of this mul_mat is a Walsh-Hadamard matrix (it may use a fast path).
+    pub fn set_hadamard_hint(&self) -> &Self {
+        assert_eq!(self.meta().op, sys::GGML_OP_MUL_MAT, "hadamard hint on a non-mul_mat node");
+        // SAFETY: op-parameter update on a live mul_mat node.
+        unsafe { sys::ggml_mul_mat_set_hint(self.raw(), sys::GGML_HINT_SRC0_IS_HADAMARD) };
+        self
+    }
+
+    /// Caps the number of KV entries a flash-attention node may visit (0 = no cap).
+    pub fn set_flash_attn_n_kv_max(&self, n: i32) -> &Self {
+        assert_eq!(self.meta().op, sys::GGML_OP_FLASH_ATTN_EXT, "n_kv_max on a non-flash-attention node");
+        // SAFETY: op-parameter update on a live flash-attention node.
+        unsafe { sys::ggml_flash_attn_ext_set_n_kv_max(self.raw(), n) };
+        self
+    }
+
+    /// The buffer holding this tensor's data, if that buffer is owned by its context (weights,
+    /// caches). Scheduler-allocated tensors return None: read them through their `Sched`.
+    fn owned_buffer(&self) -> Option<Buffer> {
+        let b = self.meta().buffer;
+        if b.is_null() {
+            return None;
+        }
+        self.ctx.buffers.borrow().iter().find(|x| x.raw() == b).cloned()
+    }
+
+    pub(crate) fn buffer_raw(&self) -> *mut sys::ggml_backend_buffer {
+        self.meta().buffer
+    }
+
+    /// Copies `data` into the tensor (which must live in a buffer its context owns).
+    /// For repacking buffer types this is where the layout conversion happens.
+    pub fn write_bytes(&self, data: &[u8]) -> Result<()> {
+        if self.owned_buffer().is_none() {
+            return err(format!("tensor '{}' has no buffer of its own to write to", self.name()));
+        }
+        if data.len() != self.nbytes() || !self.is_contiguous() {
+            return err(format!("tensor '{}': wrote {} bytes, needs {}", self.name(), data.len(), self.nbytes()));
+        }
+        // SAFETY: the tensor is allocated in a live buffer (checked), contiguous, and `data` has
+        // exactly its size.
+        unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr() as *const _, 0, data.len()) };
+        Ok(())
+    }
+
+    /// Copies the tensor's bytes out (it must live in a buffer its context owns).
+    pub fn read_bytes(&self) -> Result<Vec<u8>> {
+        if self.owned_buffer().is_none() {
+            return err(format!("tensor '{}' has no buffer of its own to read from", self.name()));
+        }
+        if !self.is_contiguous() {
+            return err(format!("tensor '{}' is not contiguous", self.name()));
+        }
+        let mut out = vec![0u8; self.nbytes()];
+        // SAFETY: the tensor is allocated in a live buffer (checked) and `out` has its size.
+        unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr() as *mut _, 0, out.len()) };
+        Ok(out)
+    }
+
+    /// Reads an F32 tensor from a buffer its context owns.
+    pub fn read_f32(&self) -> Result<Vec<f32>> {
+        if self.ty() != Type::F32 {
+            return err(format!("tensor '{}' is {}, not f32", self.name(), self.ty()));
+        }
+        let b = self.read_bytes()?;
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}

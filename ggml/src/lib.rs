@@ -1,0 +1,208 @@
+//! ferrite's safe layer over ggml (from llama-cpp-sys-2): the project's only `unsafe` code.
+//!
+//! Ownership model: a [`Context`] owns ggml tensor metadata; every [`Tensor`] holds a strong
+//! reference to its context, and a context holds strong references to the contexts whose tensors
+//! its own tensors use as sources, and to the buffers that hold its tensors' data. So no tensor,
+//! graph or buffer can be freed while something that points into it is still reachable.
+//! Tensors allocated by a [`Sched`] are read and written only through that scheduler, which checks
+//! that the graph is the one its buffers currently hold.
+
+mod backend;
+mod context;
+mod graph;
+mod sched;
+mod types;
+
+pub use backend::{Backend, Buffer, BufferType, Device, DeviceKind};
+pub use context::{Context, Tensor};
+pub use graph::Graph;
+pub use sched::{Element, NodeEval, Sched};
+pub use types::{Prec, RopeMode, Type};
+
+/// The raw bindings, for constants only; calling them is reserved to this crate.
+#[doc(hidden)]
+pub use llama_cpp_sys_2 as sys;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Once;
+
+/// An error from the ggml layer: a failed allocation, a refused operation or a failed compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error(msg.into()))
+}
+
+/// How much of ggml's own log reaches stderr: 0 nothing, 1 errors, 2 warnings, 3 info, 4 debug.
+static LOG_LEVEL: AtomicU8 = AtomicU8::new(1);
+static INIT: Once = Once::new();
+
+unsafe extern "C" fn log_callback(
+    level: sys::ggml_log_level,
+    text: *const std::os::raw::c_char,
+    _user: *mut std::os::raw::c_void,
+) {
+    let want = LOG_LEVEL.load(Ordering::Relaxed) as u32;
+    // ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont.
+    let rank = match level {
+        sys::GGML_LOG_LEVEL_ERROR => 1,
+        sys::GGML_LOG_LEVEL_WARN => 2,
+        sys::GGML_LOG_LEVEL_INFO => 3,
+        sys::GGML_LOG_LEVEL_DEBUG => 4,
+        _ => 4,
+    };
+    if rank <= want && !text.is_null() {
+        // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
+        let s = unsafe { std::ffi::CStr::from_ptr(text) };
+        eprint!("{}", s.to_string_lossy());
+    }
+}
+
+unsafe extern "C" fn abort_callback(msg: *const std::os::raw::c_char) {
+    let text = if msg.is_null() {
+        String::from("unknown failure")
+    } else {
+        // SAFETY: ggml passes a NUL-terminated message that lives for the duration of the call.
+        unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+    };
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown failure").trim();
+    eprintln!("ferrite: internal error in ggml: {line}");
+    // A ggml abort is a bug of ours (inputs are validated before they reach ggml); exit with the
+    // runtime-failure code instead of SIGABRT and a core dump. Unwinding out of C is not allowed.
+    std::process::exit(1);
+}
+
+/// Initialises ggml once per process: routes its log through our level filter and turns its
+/// aborts into a one-line error. Called by every constructor of this crate.
+pub fn init() {
+    INIT.call_once(|| {
+        // SAFETY: both callbacks are `extern "C"` functions with the signatures ggml expects and
+        // live for the whole program; `ggml_cpu_init` only fills ggml's static lookup tables.
+        unsafe {
+            sys::ggml_log_set(Some(log_callback), std::ptr::null_mut());
+            sys::ggml_set_abort_callback(Some(abort_callback));
+            sys::ggml_cpu_init();
+        }
+    });
+}
+
+/// Sets how much of ggml's log is shown on stderr (0 none … 4 debug). Default: errors only.
+pub fn set_log_level(level: u8) {
+    init();
+    LOG_LEVEL.store(level.min(4), Ordering::Relaxed);
+}
+
+/// The ggml version this crate was built against, e.g. "0.26.0".
+pub fn version() -> String {
+    // SAFETY: ggml_version returns a pointer to a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(sys::ggml_version()) }.to_string_lossy().into_owned()
+}
+
+/// The CPU features ggml was compiled to use, as ggml names them (e.g. "AVX2", "AVX512").
+pub fn cpu_features() -> Vec<&'static str> {
+    init();
+    let mut out = Vec::new();
+    // SAFETY: these functions only read compile-time/cpuid flags.
+    unsafe {
+        let checks: [(&str, unsafe extern "C" fn() -> std::os::raw::c_int); 10] = [
+            ("SSE3", sys::ggml_cpu_has_sse3),
+            ("AVX", sys::ggml_cpu_has_avx),
+            ("AVX2", sys::ggml_cpu_has_avx2),
+            ("F16C", sys::ggml_cpu_has_f16c),
+            ("FMA", sys::ggml_cpu_has_fma),
+            ("AVX_VNNI", sys::ggml_cpu_has_avx_vnni),
+            ("AVX512", sys::ggml_cpu_has_avx512),
+            ("AVX512_VNNI", sys::ggml_cpu_has_avx512_vnni),
+            ("AVX512_BF16", sys::ggml_cpu_has_avx512_bf16),
+            ("AMX_INT8", sys::ggml_cpu_has_amx_int8),
+        ];
+        for (name, f) in checks {
+            if f() != 0 {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Converts f32 values to IEEE half precision exactly as ggml does.
+pub fn fp32_to_fp16_row(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "fp32_to_fp16_row: length mismatch");
+    init();
+    // SAFETY: both slices hold `src.len()` elements; ggml_fp16_t is a u16.
+    unsafe {
+        sys::ggml_fp32_to_fp16_row(src.as_ptr(), dst.as_mut_ptr() as *mut sys::ggml_fp16_t, src.len() as i64)
+    }
+}
+
+/// Quantizes `n_rows` rows of `n_per_row` f32 values into `ty`, returning the bytes (ggml's own
+/// reference quantizer; used by tests and by callers that must produce ggml's exact blocks).
+pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+    init();
+    if n_per_row == 0 || src.len() % n_per_row != 0 {
+        return err("quantize: the data is not a whole number of rows");
+    }
+    if n_per_row as i64 % ty.block_size() != 0 {
+        return err(format!("quantize: row length {n_per_row} is not a multiple of {}'s block size", ty.name()));
+    }
+    let n_rows = src.len() / n_per_row;
+    let row_size = ty.row_size(n_per_row as i64);
+    let mut out = vec![0u8; row_size * n_rows];
+    // SAFETY: `src` holds n_rows*n_per_row floats and `out` holds n_rows rows of `ty`; ggml asserts
+    // the type is quantizable (all types with a from_float routine); non-quantized types are refused.
+    if !ty.is_quantized() {
+        return err(format!("quantize: {} is not a quantized type", ty.name()));
+    }
+    unsafe {
+        sys::ggml_quantize_init(ty.0);
+        if sys::ggml_quantize_requires_imatrix(ty.0) {
+            return err(format!("quantize: {} needs an importance matrix", ty.name()));
+        }
+        sys::ggml_quantize_chunk(
+            ty.0,
+            src.as_ptr(),
+            out.as_mut_ptr() as *mut _,
+            0,
+            n_rows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        );
+    }
+    Ok(out)
+}
+
+/// Converts rows of type `ty` back to f32 with ggml's own routine.
+pub fn dequantize(ty: Type, src: &[u8], n_per_row: usize) -> Result<Vec<f32>> {
+    init();
+    let row_size = ty.row_size(n_per_row as i64);
+    if n_per_row as i64 % ty.block_size() != 0 || row_size == 0 || src.len() % row_size != 0 {
+        return err("dequantize: the data is not a whole number of rows");
+    }
+    let n = src.len() / row_size * n_per_row;
+    let mut out = vec![0f32; n];
+    // SAFETY: the type traits' to_float converts exactly `n` elements from `src` (n/blck blocks of
+    // type_size bytes, checked above) into `out`.
+    unsafe {
+        let traits = sys::ggml_get_type_traits(ty.0);
+        match (*traits).to_float {
+            Some(f) => f(src.as_ptr() as *const _, out.as_mut_ptr(), n as i64),
+            None => return err(format!("dequantize: no conversion for {}", ty.name())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

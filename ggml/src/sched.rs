@@ -1,0 +1,221 @@
+//! The backend scheduler: allocates graphs in compute buffers and runs them on backends.
+//! Graph tensors it allocates are only written and read through it, and only while their graph
+//! is the one its buffers hold.
+
+use crate::backend::Backend;
+use crate::context::Tensor;
+use crate::graph::Graph;
+use crate::types::Type;
+use crate::{err, sys, Result};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// A plain element type that can be copied to and from tensors of the matching ggml type.
+pub trait Element: Copy + Default + 'static {
+    const TYPE: Type;
+}
+impl Element for f32 {
+    const TYPE: Type = Type::F32;
+}
+impl Element for i32 {
+    const TYPE: Type = Type::I32;
+}
+impl Element for i64 {
+    const TYPE: Type = Type::I64;
+}
+/// IEEE half-precision bits.
+impl Element for u16 {
+    const TYPE: Type = Type::F16;
+}
+
+/// What the evaluation callback sees of each computed node.
+pub struct NodeEval<'a> {
+    pub name: &'a str,
+    pub op: &'a str,
+    pub ne: [i64; 4],
+    /// The node's values when it is a contiguous F32 tensor in host memory.
+    pub data: Option<Vec<f32>>,
+}
+
+type EvalFn = Box<dyn FnMut(&NodeEval<'_>)>;
+
+struct SchedInner {
+    ptr: sys::ggml_backend_sched_t,
+    // Boxed twice so the callback has a stable thin address to hand to C.
+    eval: RefCell<Option<Box<EvalFn>>>,
+    _backends: Vec<Backend>,
+}
+
+impl Drop for SchedInner {
+    fn drop(&mut self) {
+        // SAFETY: freed once; graphs it allocated keep this value alive through their context.
+        unsafe { sys::ggml_backend_sched_free(self.ptr) }
+    }
+}
+
+/// A backend scheduler over one or more backends (the last one must be the CPU).
+pub struct Sched {
+    inner: Rc<SchedInner>,
+    /// Id of the graph whose tensors the compute buffers currently hold (0: none).
+    current: Cell<u64>,
+}
+
+unsafe extern "C" fn eval_trampoline(t: *mut sys::ggml_tensor, ask: bool, user: *mut std::os::raw::c_void) -> bool {
+    if ask {
+        return true; // observe every node
+    }
+    // SAFETY: `user` is the address of the `EvalFn` owned by the live SchedInner (set in
+    // `set_eval_callback`, cleared before it is dropped); `t` is a computed node.
+    unsafe {
+        let f = &mut *(user as *mut EvalFn);
+        let meta = &*t;
+        let name = std::ffi::CStr::from_ptr(meta.name.as_ptr()).to_string_lossy();
+        let op = std::ffi::CStr::from_ptr(sys::ggml_op_desc(t)).to_string_lossy();
+        let data = if meta.type_ == sys::GGML_TYPE_F32 && sys::ggml_is_contiguous(t) && !meta.buffer.is_null() {
+            let n = sys::ggml_nelements(t) as usize;
+            let mut v = vec![0f32; n];
+            sys::ggml_backend_tensor_get(t, v.as_mut_ptr() as *mut _, 0, n * 4);
+            Some(v)
+        } else {
+            None
+        };
+        f(&NodeEval { name: &name, op: &op, ne: meta.ne, data });
+    }
+    true
+}
+
+impl Sched {
+    /// A scheduler for graphs of up to `graph_size` nodes over `backends` (in priority order).
+    pub fn new(backends: &[Backend], graph_size: usize, op_offload: bool) -> Result<Sched> {
+        if backends.is_empty() || !backends.last().is_some_and(|b| b.is_cpu()) {
+            return err("the scheduler needs the CPU backend last");
+        }
+        let mut raw: Vec<sys::ggml_backend_t> = backends.iter().map(|b| b.0.ptr).collect();
+        // SAFETY: `raw` holds live backends (kept alive by SchedInner); null bufts = defaults.
+        let p = unsafe {
+            sys::ggml_backend_sched_new(raw.as_mut_ptr(), std::ptr::null_mut(), raw.len() as i32, graph_size, false, op_offload)
+        };
+        if p.is_null() {
+            return err("failed to create the backend scheduler");
+        }
+        Ok(Sched {
+            inner: Rc::new(SchedInner { ptr: p, eval: RefCell::new(None), _backends: backends.to_vec() }),
+            current: Cell::new(0),
+        })
+    }
+
+    /// Sizes the compute buffers for `graph` (the largest graph to come) without running it.
+    pub fn reserve(&mut self, graph: &Graph) -> Result<()> {
+        self.current.set(0);
+        // SAFETY: live scheduler and graph; reserve may reallocate the compute buffers, which is
+        // why no graph counts as allocated afterwards.
+        let ok = unsafe {
+            sys::ggml_backend_sched_reset(self.inner.ptr);
+            sys::ggml_backend_sched_reserve(self.inner.ptr, graph.raw())
+        };
+        if !ok {
+            return err("failed to reserve compute buffers (out of memory?)");
+        }
+        Ok(())
+    }
+
+    /// Allocates `graph`'s tensors in the compute buffers (replacing any previous graph).
+    pub fn alloc(&mut self, graph: &Graph) -> Result<()> {
+        self.current.set(0);
+        // SAFETY: live scheduler and graph; previous graphs' tensors may now point to reused or
+        // freed memory, which `current` guards against.
+        let ok = unsafe {
+            sys::ggml_backend_sched_reset(self.inner.ptr);
+            sys::ggml_backend_sched_alloc_graph(self.inner.ptr, graph.raw())
+        };
+        if !ok {
+            return err("failed to allocate the compute graph (out of memory?)");
+        }
+        graph.context().keep_alive(self.inner.clone());
+        self.current.set(graph.id());
+        Ok(())
+    }
+
+    /// Whether `graph` is the graph the compute buffers hold (so it can run again as is).
+    pub fn holds(&self, graph: &Graph) -> bool {
+        self.current.get() == graph.id()
+    }
+
+    fn check(&self, graph: &Graph, t: &Tensor) -> Result<()> {
+        if self.current.get() != graph.id() {
+            return err("graph is not allocated in this scheduler");
+        }
+        if !graph.context().same(t) {
+            return err(format!("tensor '{}' is not part of this graph", t.name()));
+        }
+        if t.buffer_raw().is_null() {
+            return err(format!("tensor '{}' was not allocated (not used by the graph?)", t.name()));
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the graph input `t`.
+    pub fn set_input<T: Element>(&self, graph: &Graph, t: &Tensor, data: &[T]) -> Result<()> {
+        self.check(graph, t)?;
+        if t.ty() != T::TYPE || data.len() as i64 != t.nelements() || !t.is_contiguous() {
+            return err(format!("input '{}': wrong type or length ({} values for {:?} {})", t.name(), data.len(), t.ne(), t.ty()));
+        }
+        // SAFETY: `t` is allocated in the live compute buffers (checked), contiguous, and `data`
+        // has exactly its size.
+        unsafe { sys::ggml_backend_tensor_set(t.raw(), data.as_ptr() as *const _, 0, t.nbytes()) };
+        Ok(())
+    }
+
+    /// Runs the allocated `graph`.
+    pub fn compute(&mut self, graph: &Graph) -> Result<()> {
+        if self.current.get() != graph.id() {
+            return err("graph is not allocated in this scheduler");
+        }
+        // SAFETY: the graph is allocated in this scheduler's live buffers.
+        let status = unsafe { sys::ggml_backend_sched_graph_compute(self.inner.ptr, graph.raw()) };
+        match status {
+            sys::GGML_STATUS_SUCCESS => Ok(()),
+            sys::GGML_STATUS_ABORTED => err("computation aborted"),
+            sys::GGML_STATUS_ALLOC_FAILED => err("computation failed: out of memory"),
+            _ => err(format!("computation failed (ggml status {status})")),
+        }
+    }
+
+    /// Copies `n` values of the computed tensor `t` starting at element `offset` into `out`.
+    pub fn read<T: Element>(&self, graph: &Graph, t: &Tensor, offset: usize, out: &mut [T]) -> Result<()> {
+        self.check(graph, t)?;
+        if t.ty() != T::TYPE || !t.is_contiguous() || offset + out.len() > t.nelements() as usize {
+            return err(format!("output '{}': wrong type or range", t.name()));
+        }
+        let es = std::mem::size_of::<T>();
+        // SAFETY: `t` is allocated in the live compute buffers; the range is inside it (checked).
+        unsafe { sys::ggml_backend_tensor_get(t.raw(), out.as_mut_ptr() as *mut _, offset * es, out.len() * es) };
+        Ok(())
+    }
+
+    /// Calls `f` for every node as it is computed (None removes the callback).
+    pub fn set_eval_callback(&mut self, f: Option<EvalFn>) {
+        let mut slot = self.inner.eval.borrow_mut();
+        // SAFETY: the callback pointer is registered while the box lives in `slot` and cleared
+        // before the box is replaced or dropped.
+        unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr, None, std::ptr::null_mut()) };
+        *slot = f.map(Box::new);
+        if let Some(b) = slot.as_mut() {
+            let user = &mut **b as *mut EvalFn as *mut std::os::raw::c_void;
+            // SAFETY: `user` points to the boxed callback owned by `slot` (stable address).
+            unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr, Some(eval_trampoline), user) };
+        }
+    }
+
+    /// Bytes of compute buffer held for `backend`.
+    pub fn buffer_size(&self, backend: &Backend) -> usize {
+        // SAFETY: live scheduler and backend.
+        unsafe { sys::ggml_backend_sched_get_buffer_size(self.inner.ptr, backend.0.ptr) }
+    }
+
+    /// Number of graph splits across backends in the last allocation.
+    pub fn n_splits(&self) -> usize {
+        // SAFETY: live scheduler.
+        unsafe { sys::ggml_backend_sched_get_n_splits(self.inner.ptr) as usize }
+    }
+}

@@ -1,0 +1,230 @@
+//! Op tests: ggml's CPU kernels against naive Rust references, with named tolerances.
+
+use crate::*;
+
+/// Max abs error allowed where ggml computes in f32 throughout.
+const TOL_F32: f32 = 1e-4;
+/// Relative error allowed for products through 8-bit quantized operands (weights and activations).
+const TOL_Q8_REL: f32 = 2e-2;
+/// Max abs error for transcendental kernels (ggml uses its own exp/sin/cos approximations).
+const TOL_TRANSCENDENTAL: f32 = 1e-4;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// Builds tensors of `shapes` in a CPU buffer with the given data, runs `build` on them and
+/// returns the output values.
+fn run(inputs: &[(Type, Vec<i64>, Vec<u8>)], build: impl FnOnce(&Context, &[Tensor]) -> Tensor) -> Vec<f32> {
+    let wctx = Context::new(inputs.len(), 0).unwrap();
+    let ts: Vec<Tensor> = inputs.iter().map(|(ty, ne, _)| wctx.new_tensor(*ty, ne)).collect();
+    BufferType::cpu().alloc_ctx_tensors(&wctx).unwrap();
+    for (t, (_, _, data)) in ts.iter().zip(inputs) {
+        t.write_bytes(data).unwrap();
+    }
+    let gctx = Context::new(64, 64).unwrap();
+    let out = build(&gctx, &ts);
+    let g = Graph::new(&gctx, 64).unwrap();
+    g.expand(&out);
+    let backend = Device::cpu().unwrap().init_backend().unwrap();
+    backend.set_n_threads(2);
+    let mut sched = Sched::new(&[backend], 64, false).unwrap();
+    sched.alloc(&g).unwrap();
+    sched.compute(&g).unwrap();
+    let mut v = vec![0f32; out.nelements() as usize];
+    sched.read(&g, &out, 0, &mut v).unwrap();
+    v
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn naive_matmul(w: &[f32], x: &[f32], k: usize, m: usize, n: usize) -> Vec<f32> {
+    // w: m rows of k; x: n rows of k; out: n rows of m
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            out[j * m + i] = (0..k).map(|l| w[i * k + l] * x[j * k + l]).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn mul_mat_f32() {
+    let (k, m, n) = (64, 12, 5);
+    let mut r = Rng(1);
+    let (w, x) = (r.vec(k * m), r.vec(k * n));
+    let got = run(
+        &[(Type::F32, vec![k as i64, m as i64], f32_bytes(&w)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))],
+        |c, t| c.mul_mat(&t[0], &t[1]),
+    );
+    let want = naive_matmul(&w, &x, k, m, n);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= TOL_F32, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn mul_mat_q8_0() {
+    let (k, m, n) = (256, 16, 3);
+    let mut r = Rng(2);
+    let (w, x) = (r.vec(k * m), r.vec(k * n));
+    let wq = quantize(Type::Q8_0, &w, k).unwrap();
+    let wd = dequantize(Type::Q8_0, &wq, k).unwrap();
+    let got = run(
+        &[(Type::Q8_0, vec![k as i64, m as i64], wq), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))],
+        |c, t| c.mul_mat(&t[0], &t[1]),
+    );
+    let want = naive_matmul(&wd, &x, k, m, n);
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= TOL_Q8_REL * scale, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn rms_norm() {
+    let (k, n) = (48, 4);
+    let eps = 1e-5;
+    let x = Rng(3).vec(k * n);
+    let got = run(&[(Type::F32, vec![k as i64, n as i64], f32_bytes(&x))], |c, t| c.rms_norm(&t[0], eps));
+    for j in 0..n {
+        let row = &x[j * k..(j + 1) * k];
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / k as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for i in 0..k {
+            assert!((got[j * k + i] - row[i] * s).abs() <= TOL_F32);
+        }
+    }
+}
+
+fn rope_ref(x: &[f32], d: usize, n_head: usize, pos: &[i32], base: f32, neox: bool) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for (t, &p) in pos.iter().enumerate() {
+        for h in 0..n_head {
+            let o = (t * n_head + h) * d;
+            for i in 0..d / 2 {
+                let theta = p as f32 * base.powf(-((2 * i) as f32) / d as f32);
+                let (c, s) = (theta.cos(), theta.sin());
+                let (a, b) = if neox { (o + i, o + i + d / 2) } else { (o + 2 * i, o + 2 * i + 1) };
+                out[a] = x[a] * c - x[b] * s;
+                out[b] = x[a] * s + x[b] * c;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_normal_and_neox() {
+    let (d, h, n) = (16, 2, 3);
+    let x = Rng(4).vec(d * h * n);
+    let pos = [0, 5, 17];
+    for mode in [RopeMode::Normal, RopeMode::Neox] {
+        let got = run(
+            &[(Type::F32, vec![d as i64, h as i64, n as i64], f32_bytes(&x)), (Type::I32, vec![n as i64], i32_bytes(&pos))],
+            |c, t| c.rope_ext(&t[0], &t[1], None, d as i32, mode, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0),
+        );
+        let want = rope_ref(&x, d, h, &pos, 10000.0, mode == RopeMode::Neox);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= TOL_TRANSCENDENTAL, "{mode:?}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn soft_max_ext_with_mask() {
+    let (k, n) = (10, 3);
+    let x = Rng(5).vec(k * n);
+    let mut mask = vec![0f32; k * n];
+    for j in 0..n {
+        for i in (7 + j)..k {
+            mask[j * k + i] = f32::NEG_INFINITY;
+        }
+    }
+    let scale = 0.7;
+    let got = run(
+        &[(Type::F32, vec![k as i64, n as i64], f32_bytes(&x)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&mask))],
+        |c, t| c.soft_max_ext(&t[0], Some(&t[1]), scale, 0.0),
+    );
+    for j in 0..n {
+        let z: Vec<f32> = (0..k).map(|i| x[j * k + i] * scale + mask[j * k + i]).collect();
+        let mx = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = z.iter().map(|v| (v - mx).exp()).collect();
+        let s: f32 = e.iter().sum();
+        for i in 0..k {
+            assert!((got[j * k + i] - e[i] / s).abs() <= TOL_TRANSCENDENTAL);
+        }
+    }
+}
+
+#[test]
+fn tensors_keep_their_context_alive() {
+    let t = {
+        let ctx = Context::new(1, 0).unwrap();
+        ctx.new_tensor(Type::F32, &[4, 2])
+    };
+    // The context was dropped by name, but the tensor still holds it.
+    assert_eq!(t.ne(), [4, 2, 1, 1]);
+    assert!(t.read_bytes().is_err(), "an unallocated tensor has nothing to read");
+}
+
+#[test]
+fn views_cannot_escape_their_source() {
+    let ctx = Context::new(4, 0).unwrap();
+    let a = ctx.new_tensor(Type::F32, &[8, 4]);
+    let ok = ctx.view(&a, &[8, 2], &[32], 64);
+    assert_eq!(ok.ne(), [8, 2, 1, 1]);
+    let bad = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.view(&a, &[8, 2], &[32], 96)));
+    assert!(bad.is_err());
+}
+
+#[test]
+fn scheduler_refuses_stale_graphs() {
+    let ctx = Context::new(8, 16).unwrap();
+    let a = ctx.new_tensor(Type::F32, &[4]);
+    a.set_input();
+    let b = ctx.scale(&a, 2.0);
+    let g = Graph::new(&ctx, 16).unwrap();
+    g.expand(&b);
+    let backend = Device::cpu().unwrap().init_backend().unwrap();
+    let mut sched = Sched::new(&[backend], 16, false).unwrap();
+    assert!(sched.set_input(&g, &a, &[1f32, 2., 3., 4.]).is_err(), "not allocated yet");
+    sched.alloc(&g).unwrap();
+    sched.set_input(&g, &a, &[1f32, 2., 3., 4.]).unwrap();
+    sched.compute(&g).unwrap();
+    let mut out = [0f32; 4];
+    sched.read(&g, &b, 0, &mut out).unwrap();
+    assert_eq!(out, [2., 4., 6., 8.]);
+    let ctx2 = Context::new(8, 16).unwrap();
+    let c = ctx2.new_tensor(Type::F32, &[4]);
+    c.set_input();
+    let g2 = Graph::new(&ctx2, 16).unwrap();
+    g2.expand(&ctx2.scale(&c, 1.0));
+    sched.alloc(&g2).unwrap();
+    assert!(sched.read(&g, &b, 0, &mut out).is_err(), "the first graph's buffers were reused");
+}
+
+#[test]
+fn type_table() {
+    assert_eq!(Type::from_id(2), Some(Type::Q4_0));
+    assert_eq!(Type::from_id(4), None, "Q4_2 was removed from ggml");
+    assert_eq!(Type::from_id(9999), None);
+    assert_eq!(Type::Q4_K.block_size(), 256);
+    assert_eq!(Type::from_name("q8_0"), Some(Type::Q8_0));
+}

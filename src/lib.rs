@@ -1,0 +1,1 @@
+//! ferrite's core library: GGUF loading, tokenizer, models, sampling and sessions.

@@ -1,0 +1,2 @@
+//! The `ferrite` command line.
+fn main() {}
