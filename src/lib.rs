@@ -1,1 +1,13 @@
 //! ferrite's core library: GGUF loading, tokenizer, models, sampling and sessions.
+//! Front ends (the `ferrite` binary) own all terminal I/O; nothing here imports clap,
+//! rustyline or indicatif.
+
+pub mod arch;
+pub mod catalogue;
+pub mod decoder;
+pub mod error;
+pub mod gguf;
+pub mod graph;
+pub mod info;
+pub mod kv_cache;
+pub mod model;

@@ -138,10 +138,11 @@ impl Context {
 
     // ---- tensor creation -------------------------------------------------------------------
 
-    /// A new tensor of type `ty` and shape `ne` (ggml order, 1 to 4 dims, each ≥ 1).
+    /// A new tensor of type `ty` and shape `ne` (ggml order, 1 to 4 dims, each ≥ 0; an empty
+    /// tensor is valid, e.g. a micro-batch that produces no outputs).
     pub fn new_tensor(&self, ty: Type, ne: &[i64]) -> Tensor {
         assert!((1..=4).contains(&ne.len()), "a tensor has 1 to 4 dimensions");
-        assert!(ne.iter().all(|&n| n >= 1), "tensor dimensions must be positive: {ne:?}");
+        assert!(ne.iter().all(|&n| n >= 0), "tensor dimensions must not be negative: {ne:?}");
         assert!(ne[0] % ty.block_size() == 0, "ne[0] = {} is not a multiple of {}'s block size", ne[0], ty.name());
         self.ensure_room();
         // SAFETY: dims are validated above; the context has room for the metadata.

@@ -206,3 +206,14 @@ pub fn dequantize(ty: Type, src: &[u8], n_per_row: usize) -> Result<Vec<f32>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Memory-maps `file` read-only.
+///
+/// memmap2 marks mapping `unsafe` because the contents can change underneath the program if
+/// another process modifies or truncates the file. Callers validate every offset against the
+/// length seen at mapping time; concurrent truncation of a model file is outside what any
+/// mmap-based loader can defend against (llama.cpp maps models the same way).
+pub fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: read-only mapping of a regular file; see the function documentation.
+    unsafe { memmap2::Mmap::map(file) }
+}

@@ -1,0 +1,5 @@
+//! One file per architecture: hyper-parameters, tensors, graph. Shared pieces live in
+//! `crate::graph`; dispatch is `crate::model::Arch`.
+
+pub mod gemma3;
+pub mod llama;

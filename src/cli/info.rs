@@ -1,0 +1,33 @@
+//! `ferrite info`: what a model file is and whether it fits, after every load-time validation.
+
+use super::ModelArgs;
+use anyhow::Result;
+use ferrite::gguf::GgufFile;
+use ferrite::model::Model;
+use ferrite::{catalogue, info};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Context size for the memory plan (default: the model's, capped at 4096)
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx: Option<u32>,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let path = catalogue::resolve(a.model.model.as_deref())?;
+    let file = GgufFile::open(&path)?;
+    let (arch, hp) = Model::check(&file)?;
+    let report = info::Report::new(&file, arch, &hp, a.ctx)?;
+    if a.json {
+        let v = report.to_json();
+        super::output::println(&serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    super::output::print(&report.to_text())?;
+    Ok(())
+}

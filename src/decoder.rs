@@ -1,0 +1,188 @@
+//! Runs a model over token batches: splits them into micro-batches, places them in the KV cache,
+//! builds and computes each graph on the backend scheduler, and returns the requested logits.
+//! (llama.cpp's `llama_context::decode`.)
+
+use crate::graph::{CParams, GraphBuilder, InputData, UBatch};
+use crate::kv_cache::KvCache;
+use crate::model::Model;
+use anyhow::{bail, Context as _, Result};
+use ggml::{Backend, Device, Sched, Type};
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+
+/// Flash attention setting (`--flash-attn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttn {
+    On,
+    Off,
+    /// llama.cpp's default: on where the backend supports it (always on the CPU).
+    Auto,
+}
+
+/// Settings of a decoding context.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Context size in tokens (0: the model's training context, capped at 4096).
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub n_threads: usize,
+    pub flash_attn: FlashAttn,
+    pub type_k: Type,
+    pub type_v: Type,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            n_ctx: 0,
+            n_batch: 2048,
+            n_ubatch: 512,
+            n_threads: default_threads(),
+            flash_attn: FlashAttn::Auto,
+            type_k: Type::F16,
+            type_v: Type::F16,
+        }
+    }
+}
+
+/// llama.cpp's default thread count: the available cores (at most 32 here; more rarely helps).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).min(32)
+}
+
+/// The default context: the model's training context, capped at 4096 tokens.
+pub const DEFAULT_CTX_CAP: u32 = 4096;
+
+/// A model plus its KV cache and compute state.
+pub struct Decoder {
+    pub model: Rc<Model>,
+    pub cparams: CParams,
+    pub kv: KvCache,
+    backend: Backend,
+    sched: Sched,
+    /// Stops a running computation when set (Ctrl-C).
+    pub interrupt: Option<&'static AtomicBool>,
+}
+
+impl Decoder {
+    pub fn new(model: Rc<Model>, opts: &ContextOptions) -> Result<Decoder> {
+        let hp = &model.hparams;
+        let want = if opts.n_ctx == 0 { hp.n_ctx_train.min(DEFAULT_CTX_CAP) } else { opts.n_ctx };
+        // llama.cpp pads the context to a multiple of 256 cells.
+        let n_ctx = want.div_ceil(256) * 256;
+        let n_batch = opts.n_batch.clamp(1, n_ctx);
+        let n_ubatch = opts.n_ubatch.clamp(1, n_batch);
+        let quantized_v = opts.type_v.is_quantized();
+        let flash = match opts.flash_attn {
+            FlashAttn::On => true,
+            FlashAttn::Auto => true,
+            FlashAttn::Off if quantized_v => {
+                crate::bail_input!("a quantized V cache ({}) needs flash attention; drop --flash-attn off", opts.type_v)
+            }
+            FlashAttn::Off => false,
+        };
+        for t in [opts.type_k, opts.type_v] {
+            if !matches!(t, Type::F16 | Type::F32 | Type::BF16 | Type::Q8_0 | Type::Q4_0 | Type::Q4_1 | Type::Q5_0 | Type::Q5_1) {
+                crate::bail_input!("cache type {t} is not supported (use f16, q8_0 or q4_0)");
+            }
+            if t.is_quantized() && (hp.n_embd_head_k as i64 % t.block_size() != 0 || hp.n_embd_head_v as i64 % t.block_size() != 0) {
+                crate::bail_input!("cache type {t} needs head sizes that are multiples of {}", t.block_size());
+            }
+        }
+        let cparams = CParams::new(hp, n_ctx, n_batch, n_ubatch, flash);
+        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.type_k, opts.type_v, !flash).context("allocating the KV cache")?;
+        let backend = Device::cpu()?.init_backend()?;
+        backend.set_n_threads(opts.n_threads);
+        let sched = Sched::new(std::slice::from_ref(&backend), crate::graph::graph_size(model.n_tensors()), false)?;
+        Ok(Decoder { model, cparams, kv, backend, sched, interrupt: None })
+    }
+
+    pub fn n_ctx(&self) -> u32 {
+        self.cparams.n_ctx
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.hparams.n_vocab as usize
+    }
+
+    pub fn set_threads(&self, n: usize) {
+        self.backend.set_n_threads(n);
+    }
+
+    /// Makes computations stop early when `flag` is set.
+    pub fn set_interrupt(&mut self, flag: &'static AtomicBool) {
+        self.backend.set_abort_flag(flag);
+        self.interrupt = Some(flag);
+    }
+
+    /// Compute buffer bytes held by the scheduler.
+    pub fn compute_bytes(&self) -> usize {
+        self.sched.buffer_size(&self.backend)
+    }
+
+    /// Runs `tokens` at positions `pos0..`; appends the logits of the tokens whose indices are in
+    /// `outputs` (ascending) to `logits`, n_vocab values each.
+    pub fn decode(&mut self, tokens: &[u32], pos0: i32, outputs: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let n_vocab = self.model.hparams.n_vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= n_vocab) {
+            crate::bail_input!("token id {bad} is outside the vocabulary ({n_vocab} tokens)");
+        }
+        let end = pos0 as i64 + tokens.len() as i64;
+        if pos0 < 0 || end > self.cparams.n_ctx as i64 {
+            bail!("positions {pos0}..{end} exceed the context of {} tokens", self.cparams.n_ctx);
+        }
+        let n_ubatch = self.cparams.n_ubatch as usize;
+        for (c, chunk) in tokens.chunks(n_ubatch).enumerate() {
+            let start = c * n_ubatch;
+            let positions: Vec<i32> = (0..chunk.len()).map(|i| pos0 + (start + i) as i32).collect();
+            let outs: Vec<u32> = outputs
+                .iter()
+                .filter(|&&o| (o as usize) >= start && (o as usize) < start + chunk.len())
+                .map(|&o| o - start as u32)
+                .collect();
+            if let Err(e) = self.decode_ubatch(chunk, &positions, &outs, logits) {
+                // forget this micro-batch's positions, as llama.cpp does on failure
+                self.kv.truncate(positions[0]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_ubatch(&mut self, tokens: &[u32], positions: &[i32], outputs: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        self.kv.prepare(positions)?;
+        let model = self.model.clone();
+        let ub = UBatch { tokens, positions, outputs };
+        let built = {
+            let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, model.n_tensors())?;
+            let logits = model.arch.build_graph(&mut g);
+            g.finish(logits)
+        };
+        self.sched.alloc(&built.graph)?;
+        for (t, data) in &built.inputs {
+            match data {
+                InputData::I32(v) => self.sched.set_input(&built.graph, t, v)?,
+                InputData::I64(v) => self.sched.set_input(&built.graph, t, v)?,
+                InputData::F32(v) => self.sched.set_input(&built.graph, t, v)?,
+                InputData::F16(v) => self.sched.set_input(&built.graph, t, v)?,
+            }
+        }
+        if let Err(e) = self.sched.compute(&built.graph) {
+            if self.interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+                return Err(anyhow::Error::new(crate::error::Interrupted));
+            }
+            return Err(e.into());
+        }
+        if !outputs.is_empty() {
+            let n = outputs.len() * self.n_vocab();
+            let at = logits.len();
+            logits.resize(at + n, 0.0);
+            self.sched.read(&built.graph, &built.logits, 0, &mut logits[at..])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,655 @@
+//! The shared graph builder: inputs (tokens, positions, masks, cache indices), norms, Q/K/V
+//! projections, RoPE, attention over the KV cache (flash or not), FFN variants and mixture of
+//! experts. Architecture files compose these; each mirrors llama.cpp's `llm_graph_context`
+//! (src/llama-graph.cpp) op for op, so that ggml computes the same values in the same order.
+
+use crate::kv_cache::{hadamard, CacheKind, KvCache};
+use crate::model::weights::w;
+use crate::model::{HParams, LayerWeights, RopeScaling, Weights};
+use anyhow::Result;
+use ggml::{Context, Graph, Prec, Tensor, Type};
+
+/// Context-level settings a graph depends on (llama.cpp's `llama_cparams`).
+#[derive(Clone, Debug)]
+pub struct CParams {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub flash_attn: bool,
+    pub rope_freq_base: f32,
+    pub rope_freq_scale: f32,
+    pub n_ctx_orig: u32,
+    pub yarn_ext_factor: f32,
+    pub yarn_attn_factor: f32,
+    pub yarn_beta_fast: f32,
+    pub yarn_beta_slow: f32,
+}
+
+impl CParams {
+    /// llama.cpp's defaults for a model: RoPE from its metadata, YaRN factors derived as in
+    /// `llama_context`'s constructor.
+    pub fn new(hp: &HParams, n_ctx: u32, n_batch: u32, n_ubatch: u32, flash_attn: bool) -> CParams {
+        let rope_freq_scale = if hp.rope_scaling == RopeScaling::None { 1.0 } else { hp.rope_freq_scale };
+        let yarn_ext_factor = if hp.rope_scaling == RopeScaling::Yarn { 1.0 } else { 0.0 };
+        let mut yarn_attn_factor = 1.0f32;
+        if yarn_ext_factor != 0.0 {
+            // ref: llama-context.cpp — mscale(factor) then cancel ggml's built-in 1 + 0.1 ln(factor)
+            let factor = 1.0 / rope_freq_scale;
+            let mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+            yarn_attn_factor = mscale(factor);
+            yarn_attn_factor *= 1.0 / (1.0 + 0.1 * factor.ln());
+        }
+        CParams {
+            n_ctx,
+            n_batch,
+            n_ubatch,
+            flash_attn,
+            rope_freq_base: hp.rope_freq_base,
+            rope_freq_scale,
+            n_ctx_orig: hp.n_ctx_orig_yarn,
+            yarn_ext_factor,
+            yarn_attn_factor,
+            yarn_beta_fast: 32.0,
+            yarn_beta_slow: 1.0,
+        }
+    }
+}
+
+/// FFN activation (llama.cpp's `llm_ffn_op_type`, the ones ferrite's architectures use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnOp {
+    Silu,
+    Gelu,
+}
+
+/// Whether the gate runs in parallel with the up projection or after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnGate {
+    Par,
+    Seq,
+}
+
+/// Expert routing of a mixture-of-experts FFN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeGating {
+    /// Softmax over all experts, keep the top k; `norm_w` renormalises the kept weights.
+    Softmax { norm_w: bool },
+}
+
+/// Values to copy into an input tensor once the graph is allocated.
+pub enum InputData {
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+/// Attention inputs of one cache (llama.cpp's `self_k_idxs`, `self_v_idxs`, `self_kq_mask`).
+struct CacheInputs {
+    k_idxs: Tensor,
+    v_idxs: Tensor,
+    mask: Tensor,
+    k_rot: Option<Tensor>,
+    v_rot: Option<Tensor>,
+}
+
+/// A micro-batch to run: tokens at positions, and which of them produce logits.
+pub struct UBatch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [i32],
+    /// Indices (into the micro-batch) of tokens whose logits are wanted.
+    pub outputs: &'a [u32],
+}
+
+/// Builds one forward graph for one micro-batch.
+pub struct GraphBuilder<'a> {
+    pub ctx: Context,
+    pub gf: Graph,
+    pub hp: &'a HParams,
+    pub w: &'a Weights,
+    pub cparams: &'a CParams,
+    kv: &'a KvCache,
+    ub: &'a UBatch<'a>,
+    pub n_tokens: i64,
+    pub n_outputs: i64,
+    inputs: Vec<(Tensor, InputData)>,
+    attn_full: Option<CacheInputs>,
+    attn_swa: Option<CacheInputs>,
+    /// Name nodes as llama.cpp does ("attn_norm-3") so runs can be diffed node by node.
+    pub name_nodes: bool,
+}
+
+/// A built graph: the graph, its input tensors with their data, and the logits node.
+pub struct BuiltGraph {
+    pub graph: Graph,
+    pub inputs: Vec<(Tensor, InputData)>,
+    pub logits: Tensor,
+}
+
+/// Graph node budget: generous for every architecture ferrite runs (llama.cpp uses
+/// max(1024, 8 × tensors)).
+pub fn graph_size(n_tensors: usize) -> usize {
+    (8 * n_tensors).max(8192)
+}
+
+impl<'a> GraphBuilder<'a> {
+    pub fn new(hp: &'a HParams, w: &'a Weights, cparams: &'a CParams, kv: &'a KvCache, ub: &'a UBatch<'a>, n_tensors: usize) -> Result<Self> {
+        let size = graph_size(n_tensors);
+        let ctx = Context::new(size, size)?;
+        let gf = Graph::new(&ctx, size)?;
+        Ok(GraphBuilder {
+            ctx,
+            gf,
+            hp,
+            w,
+            cparams,
+            kv,
+            ub,
+            n_tokens: ub.tokens.len() as i64,
+            n_outputs: ub.outputs.len() as i64,
+            inputs: Vec::new(),
+            attn_full: None,
+            attn_swa: None,
+            name_nodes: true,
+        })
+    }
+
+    pub fn finish(self, logits: Tensor) -> BuiltGraph {
+        self.gf.expand(&logits);
+        BuiltGraph { graph: self.gf, inputs: self.inputs, logits }
+    }
+
+    /// Names a node "name-il" (or "name" for il == usize::MAX), like llama.cpp's callback.
+    pub fn cb(&self, t: &Tensor, name: &str, il: usize) {
+        if self.name_nodes {
+            if il == usize::MAX {
+                t.set_name(name);
+            } else {
+                t.set_name(&format!("{name}-{il}"));
+            }
+        }
+    }
+
+    fn input(&mut self, ty: Type, ne: &[i64], name: &str, data: InputData) -> Tensor {
+        let t = self.ctx.new_tensor(ty, ne);
+        t.set_input();
+        t.set_name(name);
+        self.inputs.push((t.clone(), data));
+        t
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// Token embeddings, scaled by `scale` when it is not 1 (Gemma). F32 [n_embd, n_tokens]
+    pub fn inp_embd(&mut self, tok_embd: &Tensor, scale: f32) -> Tensor {
+        let ids: Vec<i32> = self.ub.tokens.iter().map(|&t| t as i32).collect();
+        let tokens = self.input(Type::I32, &[self.n_tokens], "inp_tokens", InputData::I32(ids));
+        let mut cur = self.ctx.get_rows(tok_embd, &tokens);
+        if scale != 1.0 {
+            // llama.cpp multiplies by a per-row input so that the graph is the same for token and
+            // embedding batches; the product is the same as a scale.
+            let rows = self.input(Type::F32, &[1, self.n_tokens], "inp_scale_rows", InputData::F32(vec![scale; self.n_tokens as usize]));
+            cur = self.ctx.mul(&cur, &rows);
+        }
+        self.cb(&cur, "embd", usize::MAX);
+        self.gf.expand(&cur);
+        cur
+    }
+
+    /// Positions. I32 [n_tokens]
+    pub fn inp_pos(&mut self) -> Tensor {
+        let pos = self.ub.positions.to_vec();
+        self.input(Type::I32, &[self.n_tokens], "inp_pos", InputData::I32(pos))
+    }
+
+    /// Rows of the last layer that produce logits. I32 [n_outputs]
+    pub fn inp_out_ids(&mut self) -> Tensor {
+        let ids: Vec<i32> = self.ub.outputs.iter().map(|&i| i as i32).collect();
+        self.input(Type::I32, &[self.n_outputs], "out_ids", InputData::I32(ids))
+    }
+
+    fn cache_inputs(&mut self, kind: CacheKind) -> CacheInputs {
+        let kv = self.kv;
+        let n_kv = kv.slot(kind).n_kv as i64;
+        let k_idxs = self.input(Type::I64, &[self.n_tokens], "attn_inp_k_idxs", InputData::I64(kv.k_idxs(kind)));
+        let v_idx = kv.v_idxs(kind, self.hp.n_embd_v_gqa());
+        let v_len = v_idx.len() as i64;
+        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", InputData::I64(v_idx));
+        let mask = kv.mask(kind, self.ub.positions);
+        let mask = if self.cparams.flash_attn {
+            let mut h = vec![0u16; mask.len()];
+            ggml::fp32_to_fp16_row(&mask, &mut h);
+            self.input(Type::F16, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", InputData::F16(h))
+        } else {
+            self.input(Type::F32, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", InputData::F32(mask))
+        };
+        let rot = |this: &mut Self, n: u32, name: &str| {
+            (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, InputData::F32(hadamard(n as usize))))
+        };
+        let k_rot = rot(self, kv.n_rot_k, "attn_inp_k_rot");
+        let v_rot = rot(self, kv.n_rot_v, "attn_inp_v_rot");
+        CacheInputs { k_idxs, v_idxs, mask, k_rot, v_rot }
+    }
+
+    /// The attention inputs of every cache the model uses.
+    pub fn inp_attn(&mut self) {
+        if self.kv.has_full() {
+            self.attn_full = Some(self.cache_inputs(CacheKind::Full));
+        }
+        if self.kv.has_swa() {
+            self.attn_swa = Some(self.cache_inputs(CacheKind::Swa));
+        }
+    }
+
+    // ---- building blocks -------------------------------------------------------------------
+
+    /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters).
+    pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
+        self.ctx.mul_mat(w, cur)
+    }
+
+    /// RMSNorm, then the elementwise weight when given (llama.cpp's `build_norm`, LLM_NORM_RMS).
+    pub fn rms_norm(&self, cur: &Tensor, weight: Option<&Tensor>, il: usize) -> Tensor {
+        let mut cur = self.ctx.rms_norm(cur, self.hp.f_norm_rms_eps);
+        if let Some(wt) = weight {
+            self.cb(&cur, "norm", il);
+            cur = self.ctx.mul(&cur, wt);
+        }
+        cur
+    }
+
+    /// LayerNorm with optional weight and bias (llama.cpp's `build_norm`, LLM_NORM).
+    pub fn layer_norm(&self, cur: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, il: usize) -> Tensor {
+        let mut cur = self.ctx.norm(cur, self.hp.f_norm_eps);
+        if weight.is_some() || bias.is_some() {
+            self.cb(&cur, "norm", il);
+        }
+        if let Some(wt) = weight {
+            cur = self.ctx.mul(&cur, wt);
+            if bias.is_some() {
+                self.cb(&cur, "norm_w", il);
+            }
+        }
+        if let Some(b) = bias {
+            cur = self.ctx.add(&cur, b);
+        }
+        cur
+    }
+
+    /// Q, K, V as [head, n_head, n_tokens], from separate or fused projections (with biases).
+    pub fn qkv(&self, l: &LayerWeights, cur: &Tensor, n_embd_head: i64, n_head: i64, n_head_kv: i64, il: usize) -> (Tensor, Tensor, Tensor) {
+        let n_tokens = self.n_tokens;
+        let (n_embd_q, n_embd_k) = (n_embd_head * n_head, n_embd_head * n_head_kv);
+        if let Some(wqkv) = &l.wqkv {
+            let mut qkv = self.mm(wqkv, cur);
+            self.cb(&qkv, "wqkv", il);
+            if let Some(b) = &l.wqkv_b {
+                qkv = self.ctx.add(&qkv, b);
+                self.cb(&qkv, "wqkv_b", il);
+            } else if let (Some(qb), Some(kb), Some(vb)) = (&l.wq_b, &l.wk_b, &l.wv_b) {
+                let b = self.ctx.concat(&self.ctx.concat(qb, kb, 0), vb, 0);
+                qkv = self.ctx.add(&qkv, &b);
+                self.cb(&qkv, "wqkv_b", il);
+            }
+            let es = qkv.ty().row_size(1);
+            let nb1 = qkv.nb()[1];
+            let q = self.ctx.view(&qkv, &[n_embd_head, n_head, n_tokens], &[es * n_embd_head as usize, nb1], 0);
+            let k = self.ctx.view(&qkv, &[n_embd_head, n_head_kv, n_tokens], &[es * n_embd_head as usize, nb1], es * n_embd_q as usize);
+            let v = self.ctx.view(&qkv, &[n_embd_head, n_head_kv, n_tokens], &[es * n_embd_head as usize, nb1], es * (n_embd_q + n_embd_k) as usize);
+            self.cb(&q, "Qcur", il);
+            self.cb(&k, "Kcur", il);
+            self.cb(&v, "Vcur", il);
+            return (q, k, v);
+        }
+        let proj = |wt: &Option<Tensor>, b: &Option<Tensor>, name: &str| {
+            let mut t = self.mm(w(wt), cur);
+            self.cb(&t, name, il);
+            if let Some(b) = b {
+                t = self.ctx.add(&t, b);
+                self.cb(&t, name, il);
+            }
+            t
+        };
+        let q = proj(&l.wq, &l.wq_b, "Qcur");
+        let k = proj(&l.wk, &l.wk_b, "Kcur");
+        let v = proj(&l.wv, &l.wv_b, "Vcur");
+        let q = self.ctx.reshape(&q, &[n_embd_head, n_head, n_tokens]);
+        let k = self.ctx.reshape(&k, &[n_embd_head, n_head_kv, n_tokens]);
+        let v = self.ctx.reshape(&v, &[n_embd_head, n_head_kv, n_tokens]);
+        self.cb(&q, "Qcur", il);
+        self.cb(&k, "Kcur", il);
+        self.cb(&v, "Vcur", il);
+        (q, k, v)
+    }
+
+    /// RoPE with the layer's base and scale (sliding-window layers have their own).
+    pub fn rope(&self, x: &Tensor, pos: &Tensor, freq_factors: Option<&Tensor>, il: usize) -> Tensor {
+        let (hp, cp) = (self.hp, self.cparams);
+        let (base, scale) =
+            if hp.is_swa(il) { (hp.rope_freq_base_swa, hp.rope_freq_scale_swa) } else { (cp.rope_freq_base, cp.rope_freq_scale) };
+        self.ctx.rope_ext(
+            x,
+            pos,
+            freq_factors,
+            hp.n_rot as i32,
+            hp.rope_type,
+            cp.n_ctx_orig as i32,
+            base,
+            scale,
+            cp.yarn_ext_factor,
+            cp.yarn_attn_factor,
+            cp.yarn_beta_fast,
+            cp.yarn_beta_slow,
+        )
+    }
+
+    /// Feed-forward block (llama.cpp's `build_ffn`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ffn(
+        &self,
+        cur: &Tensor,
+        up: Option<&Tensor>,
+        up_b: Option<&Tensor>,
+        gate: Option<&Tensor>,
+        gate_b: Option<&Tensor>,
+        down: Option<&Tensor>,
+        down_b: Option<&Tensor>,
+        op: FfnOp,
+        mut gate_type: FfnGate,
+        il: usize,
+    ) -> Tensor {
+        let ctx = &self.ctx;
+        let mut tmp = match up {
+            Some(u) => self.mm(u, cur),
+            None => cur.clone(),
+        };
+        self.cb(&tmp, "ffn_up", il);
+        if let Some(b) = up_b {
+            tmp = ctx.add(&tmp, b);
+            self.cb(&tmp, "ffn_up_b", il);
+        }
+        let mut cur = if let Some(g) = gate {
+            let mut c = match gate_type {
+                FfnGate::Seq => self.mm(g, &tmp),
+                FfnGate::Par => self.mm(g, cur),
+            };
+            self.cb(&c, "ffn_gate", il);
+            if let Some(b) = gate_b {
+                c = ctx.add(&c, b);
+                self.cb(&c, "ffn_gate_b", il);
+            }
+            c
+        } else {
+            tmp.clone()
+        };
+        let par = gate.is_some() && gate_type == FfnGate::Par;
+        cur = match (op, par) {
+            (FfnOp::Silu, true) => {
+                let c = ctx.swiglu_split(&cur, &tmp);
+                self.cb(&c, "ffn_swiglu", il);
+                gate_type = FfnGate::Seq;
+                c
+            }
+            (FfnOp::Silu, false) => {
+                let c = ctx.silu(&cur);
+                self.cb(&c, "ffn_silu", il);
+                c
+            }
+            (FfnOp::Gelu, true) => {
+                let c = ctx.geglu_split(&cur, &tmp);
+                self.cb(&c, "ffn_geglu", il);
+                gate_type = FfnGate::Seq;
+                c
+            }
+            (FfnOp::Gelu, false) => {
+                let c = ctx.gelu(&cur);
+                self.cb(&c, "ffn_gelu", il);
+                c
+            }
+        };
+        if gate.is_some() && gate_type == FfnGate::Par {
+            cur = ctx.mul(&cur, &tmp);
+            self.cb(&cur, "ffn_gate_par", il);
+        }
+        if let Some(d) = down {
+            cur = self.mm(d, &cur);
+        }
+        if let Some(b) = down_b {
+            self.cb(&cur, "ffn_down", il);
+            cur = ctx.add(&cur, b);
+        }
+        cur
+    }
+
+    /// Mixture-of-experts FFN (llama.cpp's `build_moe_ffn`): route, run the chosen experts with
+    /// `mul_mat_id`, weight and sum their outputs.
+    pub fn moe_ffn(&self, cur: &Tensor, l: &LayerWeights, gating: MoeGating, il: usize) -> Tensor {
+        let ctx = &self.ctx;
+        let hp = self.hp;
+        let n_embd = cur.ne()[0];
+        let n_tokens = cur.ne()[1];
+        let n_expert = hp.n_expert as i64;
+        let n_used = hp.n_expert_used as i64;
+
+        let logits = self.mm(w(&l.ffn_gate_inp), cur); // [n_expert, n_tokens]
+        self.cb(&logits, "ffn_moe_logits", il);
+        let MoeGating::Softmax { norm_w } = gating;
+        let probs = ctx.soft_max(&logits); // [n_expert, n_tokens]
+        self.cb(&probs, "ffn_moe_probs", il);
+
+        let selected = ctx.argsort_top_k(&probs, n_used as i32); // I32 [n_used, n_tokens]
+        self.cb(&selected, "ffn_moe_topk", il);
+        let probs3 = ctx.reshape(&probs, &[1, n_expert, n_tokens]);
+        let mut weights = ctx.get_rows(&probs3, &selected); // [1, n_used, n_tokens]
+        self.cb(&weights, "ffn_moe_weights", il);
+        if norm_w {
+            let w2 = ctx.reshape(&weights, &[n_used, n_tokens]);
+            let sum = ctx.sum_rows(&w2); // [1, n_tokens]
+            self.cb(&sum, "ffn_moe_weights_sum", il);
+            let w2 = ctx.div(&w2, &sum);
+            self.cb(&w2, "ffn_moe_weights_norm", il);
+            weights = ctx.reshape(&w2, &[1, n_used, n_tokens]);
+        }
+
+        let x = ctx.reshape(cur, &[n_embd, 1, n_tokens]);
+        let up = ctx.mul_mat_id(w(&l.ffn_up_exps), &x, &selected); // [n_ff, n_used, n_tokens]
+        self.cb(&up, "ffn_moe_up", il);
+        let gate = ctx.mul_mat_id(w(&l.ffn_gate_exps), &x, &selected);
+        self.cb(&gate, "ffn_moe_gate", il);
+        let act = ctx.swiglu_split(&gate, &up);
+        self.cb(&act, "ffn_moe_swiglu", il);
+        let experts = ctx.mul_mat_id(w(&l.ffn_down_exps), &act, &selected); // [n_embd, n_used, n_tokens]
+        self.cb(&experts, "ffn_moe_down", il);
+        let experts = ctx.mul(&experts, &weights);
+        self.cb(&experts, "ffn_moe_weighted", il);
+
+        // sum the experts' outputs, as llama.cpp does: a chain of adds over views
+        let nb = experts.nb();
+        let view = |i: i64| ctx.view(&experts, &[n_embd, n_tokens], &[nb[2]], i as usize * nb[1]);
+        let mut moe_out = view(0);
+        for i in 1..n_used {
+            moe_out = ctx.add(&moe_out, &view(i));
+        }
+        if n_used == 1 {
+            moe_out = ctx.cont(&moe_out);
+        }
+        self.cb(&moe_out, "ffn_moe_out", il);
+        moe_out
+    }
+
+    /// Multiplies rows of `cur` by a Walsh–Hadamard matrix (llama.cpp's `llama_mul_mat_hadamard`).
+    fn hadamard(&self, cur: &Tensor, rot: &Tensor) -> Tensor {
+        let n = rot.ne()[0];
+        let ne = cur.ne();
+        let flat = if cur.is_contiguous() {
+            self.ctx.reshape(cur, &[n, cur.nelements() / n])
+        } else {
+            self.ctx.cont_shape(cur, &[n, cur.nelements() / n])
+        };
+        let res = self.ctx.mul_mat(rot, &flat);
+        res.set_hadamard_hint();
+        self.ctx.reshape(&res, &ne)
+    }
+
+    /// Stores K and V of the micro-batch in layer `il`'s cache and attends over the cache; then
+    /// the output projection. q, k, v: [head, n_head(_kv), n_tokens].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn(&mut self, il: usize, wo: &Tensor, wo_b: Option<&Tensor>, q: &Tensor, k: &Tensor, v: &Tensor, kq_scale: f32) -> Tensor {
+        let kind = self.kv.layer_kind(il);
+        let inp = match kind {
+            CacheKind::Full => self.attn_full.as_ref(),
+            CacheKind::Swa => self.attn_swa.as_ref(),
+        }
+        .expect("attention inputs are built before the layers");
+        let (k_idxs, v_idxs, mask) = (inp.k_idxs.clone(), inp.v_idxs.clone(), inp.mask.clone());
+        let (k_rot, v_rot) = (inp.k_rot.clone(), inp.v_rot.clone());
+        let (mut q, mut k, mut v) = (q.clone(), k.clone(), v.clone());
+        if let Some(r) = &k_rot {
+            q = self.hadamard(&q, r);
+            k = self.hadamard(&k, r);
+        }
+        if let Some(r) = &v_rot {
+            v = self.hadamard(&v, r);
+        }
+        // llama.cpp expands these together (so they are not reordered); the order differs
+        // between its sliding-window and plain caches.
+        self.gf.expand(&q);
+        if self.kv.has_swa() {
+            self.gf.expand(&k);
+            self.gf.expand(&v);
+        } else {
+            self.gf.expand(&v);
+            self.gf.expand(&k);
+        }
+        let store_k = self.cpy_k(il, &k, &k_idxs);
+        self.gf.expand(&store_k);
+        let store_v = self.cpy_v(il, &v, &v_idxs);
+        self.gf.expand(&store_v);
+        let kc = self.get_k(il);
+        let vc = self.get_v(il);
+        let mut cur = self.attn_mha(&q, &kc, &vc, &mask, kq_scale, il);
+        self.cb(&cur, "kqv_out", il);
+        if let Some(r) = &v_rot {
+            cur = self.hadamard(&cur, r);
+        }
+        cur = self.mm(wo, &cur);
+        if let Some(b) = wo_b {
+            cur = self.ctx.add(&cur, b);
+        }
+        cur
+    }
+
+    fn cpy_k(&self, il: usize, k_cur: &Tensor, k_idxs: &Tensor) -> Tensor {
+        let ne = k_cur.ne();
+        let n_embd_gqa = ne[0] * ne[1];
+        let k_cur = self.ctx.view(k_cur, &[n_embd_gqa, ne[2]], &[k_cur.nb()[2]], 0);
+        self.ctx.set_rows(self.kv.k(il), &k_cur, k_idxs)
+    }
+
+    fn cpy_v(&self, il: usize, v_cur: &Tensor, v_idxs: &Tensor) -> Tensor {
+        let ne = v_cur.ne();
+        let n_embd_gqa = ne[0] * ne[1];
+        let v = self.kv.v(il);
+        if !self.kv.v_trans {
+            let v_cur = self.ctx.view(v_cur, &[n_embd_gqa, ne[2]], &[v_cur.nb()[2]], 0);
+            return self.ctx.set_rows(v, &v_cur, v_idxs);
+        }
+        let v_cur = if v_cur.ty().row_size(n_embd_gqa) == v_cur.nb()[2] {
+            self.ctx.reshape(v_cur, &[n_embd_gqa, ne[2]])
+        } else {
+            self.ctx.cont_shape(v_cur, &[n_embd_gqa, ne[2]])
+        };
+        // each row of the transposed store is a single element
+        let v_view = self.ctx.reshape(v, &[1, v.nelements()]);
+        let v_cur = self.ctx.reshape(&v_cur, &[1, v_cur.nelements()]);
+        self.ctx.set_rows(&v_view, &v_cur, v_idxs)
+    }
+
+    /// K of layer `il` over the cells attention visits: [head_k, n_head_kv, n_kv].
+    fn get_k(&self, il: usize) -> Tensor {
+        let (hp, k) = (self.hp, self.kv.k(il));
+        let n_kv = self.kv.slot(self.kv.layer_kind(il)).n_kv as i64;
+        let ty = k.ty();
+        let (head, n_head_kv, gqa) = (hp.n_embd_head_k as i64, hp.n_head_kv as i64, hp.n_embd_k_gqa() as i64);
+        let kv_size = k.ne()[1];
+        self.ctx.view(
+            k,
+            &[head, n_head_kv, n_kv, 1],
+            &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)],
+            0,
+        )
+    }
+
+    /// V of layer `il`: [head_v, n_head_kv, n_kv], or transposed [n_kv, n_head_kv, head_v].
+    fn get_v(&self, il: usize) -> Tensor {
+        let (hp, v) = (self.hp, self.kv.v(il));
+        let n_kv = self.kv.slot(self.kv.layer_kind(il)).n_kv as i64;
+        let ty = v.ty();
+        let (head, n_head_kv, gqa) = (hp.n_embd_head_v as i64, hp.n_head_kv as i64, hp.n_embd_v_gqa() as i64);
+        let kv_size = v.ne()[1];
+        if !self.kv.v_trans {
+            return self.ctx.view(
+                v,
+                &[head, n_head_kv, n_kv, 1],
+                &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)],
+                0,
+            );
+        }
+        self.ctx.view(
+            v,
+            &[n_kv, n_head_kv, head, 1],
+            &[ty.row_size(kv_size * head), ty.row_size(kv_size), ty.row_size(kv_size * gqa)],
+            0,
+        )
+    }
+
+    /// Multi-head attention (llama.cpp's `build_attn_mha`) with flash attention or
+    /// softmax(KQ)·V. Result F32 [head_v * n_head, n_tokens].
+    fn attn_mha(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, kq_scale: f32, il: usize) -> Tensor {
+        let ctx = &self.ctx;
+        let hp = self.hp;
+        let v_trans = v.nb()[1] > v.nb()[2];
+        let qn = q.ne();
+        let q = ctx.view(q, &[qn[0], qn[1], qn[2], 1], &[q.nb()[1], q.nb()[2], q.nb()[2] * qn[2] as usize], 0);
+        let q = ctx.permute(&q, [0, 2, 1, 3]);
+        let k = ctx.permute(k, [0, 2, 1, 3]);
+        let mut v = ctx.permute(v, [0, 2, 1, 3]);
+        let softcap = hp.f_attn_logit_softcapping;
+
+        if self.cparams.flash_attn {
+            if v_trans {
+                v = ctx.transpose(&v);
+            }
+            let k = if k.ty() == Type::F32 { ctx.cast(&k, Type::F16) } else { k };
+            let v = if v.ty() == Type::F32 { ctx.cast(&v, Type::F16) } else { v };
+            let cur = ctx.flash_attn_ext(&q, &k, &v, Some(mask), kq_scale, 0.0, softcap);
+            cur.set_flash_attn_n_kv_max(0);
+            cur.set_prec(Prec::F32);
+            let ne = cur.ne();
+            return ctx.reshape(&cur, &[ne[0] * ne[1], ne[2] * ne[3]]);
+        }
+
+        let mut kq = ctx.mul_mat(&k, &q);
+        self.cb(&kq, "kq", il);
+        kq.set_prec(Prec::F32);
+        if softcap > 0.0 {
+            kq = ctx.scale(&kq, 1.0 / softcap);
+            self.cb(&kq, "kq_scaled_1", il);
+            kq = ctx.tanh(&kq);
+            self.cb(&kq, "kq_tanh", il);
+            kq = ctx.scale(&kq, softcap);
+            self.cb(&kq, "kq_scaled_2", il);
+        }
+        let kq = ctx.soft_max_ext(&kq, Some(mask), kq_scale, 0.0);
+        self.cb(&kq, "kq_soft_max", il);
+        if !v_trans {
+            v = ctx.cont(&ctx.transpose(&v));
+            self.cb(&v, "v_cont", il);
+        }
+        let kqv = ctx.mul_mat(&v, &kq);
+        self.cb(&kqv, "kqv", il);
+        let cur = ctx.permute(&kqv, [0, 2, 1, 3]);
+        let ne = cur.ne();
+        ctx.cont_shape(&cur, &[ne[0] * ne[1], ne[2] * ne[3]])
+    }
+}

@@ -1,0 +1,221 @@
+//! The model report behind `ferrite info`: architecture, hyper-parameters, tokenizer, tensors
+//! and a memory plan for a context size, computed without loading the weights.
+
+use crate::decoder::DEFAULT_CTX_CAP;
+use crate::gguf::{GgufFile, Value};
+use crate::model::{Arch, HParams};
+use anyhow::Result;
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+
+/// Default micro-batch used to estimate compute buffers.
+const N_UBATCH: u64 = 512;
+
+pub struct Report {
+    pub path: String,
+    pub name: Option<String>,
+    pub arch: Arch,
+    pub hp: HParams,
+    pub file_size: u64,
+    pub version: u32,
+    pub n_tensors: usize,
+    pub n_params: u64,
+    pub tensor_types: BTreeMap<String, usize>,
+    pub tokenizer_model: Option<String>,
+    pub tokenizer_pre: Option<String>,
+    pub special: Vec<(&'static str, u32)>,
+    pub chat_template: bool,
+    pub n_ctx: u32,
+    pub weights_bytes: u64,
+    pub kv_bytes: u64,
+    pub compute_bytes: u64,
+    pub available_bytes: Option<u64>,
+    pub extras: Vec<(&'static str, String)>,
+}
+
+impl Report {
+    pub fn new(file: &GgufFile, arch: Arch, hp: &HParams, n_ctx: Option<u32>) -> Result<Report> {
+        let mut tensor_types = BTreeMap::new();
+        let mut n_params = 0u64;
+        let mut weights_bytes = 0u64;
+        for t in file.tensors() {
+            *tensor_types.entry(t.ty.name().to_string()).or_insert(0) += 1;
+            n_params += t.nelements() as u64;
+            weights_bytes += t.nbytes;
+        }
+        let want = n_ctx.filter(|&c| c > 0).unwrap_or(hp.n_ctx_train.min(DEFAULT_CTX_CAP));
+        let n_ctx = want.div_ceil(256) * 256;
+        let mut special = Vec::new();
+        for (name, key) in [
+            ("bos", "tokenizer.ggml.bos_token_id"),
+            ("eos", "tokenizer.ggml.eos_token_id"),
+            ("eot", "tokenizer.ggml.eot_token_id"),
+            ("unk", "tokenizer.ggml.unknown_token_id"),
+            ("pad", "tokenizer.ggml.padding_token_id"),
+        ] {
+            if let Some(id) = file.get_u32(key)? {
+                special.push((name, id));
+            }
+        }
+        Ok(Report {
+            path: std::fs::canonicalize(file.path()).unwrap_or_else(|_| file.path().to_path_buf()).display().to_string(),
+            name: file.get_str("general.name")?.map(str::to_string),
+            arch,
+            hp: hp.clone(),
+            file_size: file.file_size(),
+            version: file.version,
+            n_tensors: file.tensors().len(),
+            n_params,
+            tensor_types,
+            tokenizer_model: file.get_str("tokenizer.ggml.model")?.map(str::to_string),
+            tokenizer_pre: file.get_str("tokenizer.ggml.pre")?.map(str::to_string),
+            special,
+            chat_template: matches!(file.get("tokenizer.chat_template"), Some(Value::Str(_))),
+            n_ctx,
+            weights_bytes,
+            kv_bytes: kv_bytes(hp, n_ctx),
+            compute_bytes: compute_estimate(hp, n_ctx),
+            available_bytes: available_memory(),
+            extras: arch.describe(hp),
+        })
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.weights_bytes + self.kv_bytes + self.compute_bytes
+    }
+
+    pub fn fits(&self) -> Option<bool> {
+        self.available_bytes.map(|a| self.total_bytes() <= a)
+    }
+
+    pub fn to_json(&self) -> Json {
+        let hp = &self.hp;
+        let mut extras = serde_json::Map::new();
+        for (k, v) in &self.extras {
+            extras.insert(k.to_string(), json!(v));
+        }
+        json!({
+            "path": self.path,
+            "name": self.name,
+            "architecture": self.arch.name(),
+            "gguf_version": self.version,
+            "file_size": self.file_size,
+            "n_params": self.n_params,
+            "tensors": self.n_tensors,
+            "tensor_types": self.tensor_types,
+            "n_layer": hp.n_layer,
+            "n_embd": hp.n_embd,
+            "n_head": hp.n_head,
+            "n_head_kv": hp.n_head_kv,
+            "n_embd_head_k": hp.n_embd_head_k,
+            "n_embd_head_v": hp.n_embd_head_v,
+            "n_ff": hp.n_ff,
+            "n_vocab": hp.n_vocab,
+            "n_ctx_train": hp.n_ctx_train,
+            "n_rot": hp.n_rot,
+            "rope_freq_base": hp.rope_freq_base,
+            "rope_freq_scale": hp.rope_freq_scale,
+            "rms_norm_eps": hp.f_norm_rms_eps,
+            "arch_params": extras,
+            "tokenizer": {
+                "model": self.tokenizer_model,
+                "pre": self.tokenizer_pre,
+                "special": self.special.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "chat_template": self.chat_template,
+            },
+            "memory": {
+                "n_ctx": self.n_ctx,
+                "weights": self.weights_bytes,
+                "kv_cache": self.kv_bytes,
+                "compute_estimate": self.compute_bytes,
+                "total": self.total_bytes(),
+                "available": self.available_bytes,
+                "fits": self.fits(),
+            },
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let hp = &self.hp;
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22} {v}\n"));
+        line("path", self.path.clone());
+        if let Some(n) = &self.name {
+            line("name", n.clone());
+        }
+        line("architecture", self.arch.name().to_string());
+        line("file", format!("{} (GGUF v{})", gib(self.file_size), self.version));
+        line("parameters", format!("{:.2} M", self.n_params as f64 / 1e6));
+        let types: Vec<String> = self.tensor_types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        line("tensors", format!("{} ({})", self.n_tensors, types.join(", ")));
+        line("n_layer", hp.n_layer.to_string());
+        line("n_embd", hp.n_embd.to_string());
+        line("n_head / n_head_kv", format!("{} / {}", hp.n_head, hp.n_head_kv));
+        line("head size (k, v)", format!("{}, {}", hp.n_embd_head_k, hp.n_embd_head_v));
+        line("n_ff", hp.n_ff.to_string());
+        line("n_vocab", hp.n_vocab.to_string());
+        line("n_ctx_train", hp.n_ctx_train.to_string());
+        line("rope", format!("{:?}, n_rot {}, base {}, scale {}", hp.rope_type, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale));
+        line("rms_norm_eps", format!("{:e}", hp.f_norm_rms_eps));
+        for (k, v) in &self.extras {
+            line(k, v.clone());
+        }
+        let tok = format!(
+            "{} (pre: {})",
+            self.tokenizer_model.as_deref().unwrap_or("none"),
+            self.tokenizer_pre.as_deref().unwrap_or("default")
+        );
+        line("tokenizer", tok);
+        let sp: Vec<String> = self.special.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        line("special tokens", sp.join(", "));
+        line("chat template", if self.chat_template { "present".into() } else { "none (base model)".into() });
+        line("memory at n_ctx", self.n_ctx.to_string());
+        line("  weights", gib(self.weights_bytes));
+        line("  KV cache (f16)", gib(self.kv_bytes));
+        line("  compute (estimate)", gib(self.compute_bytes));
+        let verdict = match (self.available_bytes, self.fits()) {
+            (Some(a), Some(true)) => format!("{} — fits (available {})", gib(self.total_bytes()), gib(a)),
+            (Some(a), _) => format!("{} — needs {}, has {}", gib(self.total_bytes()), gib(self.total_bytes()), gib(a)),
+            (None, _) => format!("{} (available memory unknown)", gib(self.total_bytes())),
+        };
+        line("  total", verdict);
+        s
+    }
+}
+
+fn gib(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// KV cache bytes at `n_ctx` with an f16 cache; sliding-window layers keep only their window
+/// plus a micro-batch (as `KvCache::new` sizes them).
+pub fn kv_bytes(hp: &HParams, n_ctx: u32) -> u64 {
+    let swa = (n_ctx.min(hp.n_swa + N_UBATCH as u32)).div_ceil(256) * 256;
+    (0..hp.n_layer as usize)
+        .map(|il| {
+            let cells = if hp.is_swa(il) { swa } else { n_ctx } as u64;
+            cells * 2 * (hp.n_embd_k_gqa() + hp.n_embd_v_gqa()) as u64
+        })
+        .sum()
+}
+
+/// Compute buffer estimate for a 512-token micro-batch: activations of the widest layer, the
+/// attention scores of one layer, and the logits of one output row.
+pub fn compute_estimate(hp: &HParams, n_ctx: u32) -> u64 {
+    let t = N_UBATCH.min(n_ctx as u64);
+    let widest = (hp.n_embd as u64 * 4).max(hp.n_ff as u64 * 3).max((hp.n_head * hp.n_embd_head_k) as u64 * 3);
+    let scores = hp.n_head as u64 * n_ctx as u64 * t;
+    4 * (widest * t + scores + hp.n_vocab as u64)
+}
+
+/// MemAvailable from /proc/meminfo (None where unknown).
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

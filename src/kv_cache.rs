@@ -1,0 +1,410 @@
+//! The KV cache: per-layer K and V tensors in a backend buffer, the cells' positions, slot
+//! search, masks and per-layer views. One sequence. Layers attending through a sliding window
+//! get their own smaller cache whose cells are reused once they fall out of the window.
+//! Cell placement, n_kv padding and masks follow llama.cpp's `llama_kv_cache` so that attention
+//! visits the same entries in the same order.
+
+use crate::model::HParams;
+use anyhow::{bail, Result};
+use ggml::{BufferType, Context, Tensor, Type};
+
+/// Cell bookkeeping of one cache (the full-attention one or the sliding-window one).
+#[derive(Clone, Debug)]
+pub struct Cells {
+    /// Position held by each cell (-1: empty).
+    pos: Vec<i32>,
+    head: u32,
+    used: u32,
+    /// Sliding window (0: none).
+    n_swa: u32,
+}
+
+impl Cells {
+    fn new(size: u32, n_swa: u32) -> Cells {
+        Cells { pos: vec![-1; size as usize], head: 0, used: 0, n_swa }
+    }
+
+    pub fn size(&self) -> u32 {
+        self.pos.len() as u32
+    }
+
+    fn is_empty(&self, i: usize) -> bool {
+        self.pos[i] < 0
+    }
+
+    /// llama.cpp's `is_masked_swa` (standard window): p1 does not see p0.
+    fn masked_swa(&self, p0: i32, p1: i32) -> bool {
+        self.n_swa > 0 && p1 - p0 >= self.n_swa as i32
+    }
+
+    fn pos_max(&self) -> i32 {
+        self.pos.iter().copied().max().unwrap_or(-1)
+    }
+
+    fn pos_min(&self) -> i32 {
+        self.pos.iter().copied().filter(|&p| p >= 0).min().unwrap_or(-1)
+    }
+
+    /// Index of the last used cell + 1.
+    fn used_max_p1(&self) -> u32 {
+        self.pos.iter().rposition(|&p| p >= 0).map_or(0, |i| i as u32 + 1)
+    }
+
+    /// Cells for `n_tokens` new tokens: empty ones, or ones whose position has left the window
+    /// of every later token (llama.cpp's `find_slot`, non-contiguous search from the head).
+    fn find_slot(&self, n_tokens: u32) -> Option<Vec<u32>> {
+        let size = self.size();
+        if n_tokens > size {
+            return None;
+        }
+        let mut head = self.head;
+        if head > self.used + 2 * n_tokens {
+            head = 0;
+        }
+        let seq_pos_max = self.pos_max();
+        let mut idxs = Vec::with_capacity(n_tokens as usize);
+        let mut tested = 0u32;
+        while idxs.len() < n_tokens as usize {
+            if head >= size {
+                head = 0;
+            }
+            let i = head as usize;
+            head += 1;
+            tested += 1;
+            let usable = self.is_empty(i) || self.masked_swa(self.pos[i], seq_pos_max + 1);
+            if usable {
+                idxs.push(i as u32);
+            }
+            if tested >= size && idxs.len() < n_tokens as usize {
+                return None;
+            }
+        }
+        Some(idxs)
+    }
+
+    /// Stores positions into the chosen cells (llama.cpp's `apply_ubatch`): overwritten cells
+    /// purge every older position so the cache always holds a contiguous range.
+    fn apply(&mut self, idxs: &[u32], positions: &[i32]) {
+        let mut max_rm = -1;
+        for (&i, &p) in idxs.iter().zip(positions) {
+            let i = i as usize;
+            if !self.is_empty(i) {
+                max_rm = max_rm.max(self.pos[i]);
+                self.pos[i] = -1;
+                self.used -= 1;
+            }
+            self.pos[i] = p;
+            self.used += 1;
+        }
+        if max_rm >= 0 && self.pos_min() <= max_rm {
+            self.remove_range(self.pos_min(), max_rm + 1);
+        }
+        self.head = idxs.last().map_or(self.head, |&i| i + 1);
+    }
+
+    /// Empties cells with positions in [p0, p1).
+    fn remove_range(&mut self, p0: i32, p1: i32) {
+        let mut new_head = None;
+        for (i, p) in self.pos.iter_mut().enumerate() {
+            if *p >= p0 && *p < p1 {
+                *p = -1;
+                self.used -= 1;
+                if new_head.is_none() {
+                    new_head = Some(i as u32);
+                }
+            }
+        }
+        // llama.cpp's seq_rm: restart the search from the first freed cell if it is before the head
+        if let Some(h) = new_head {
+            if h < self.head {
+                self.head = h;
+            }
+        }
+    }
+
+    /// Number of cells the attention must visit: used extent padded to 256, capped by the size.
+    fn n_kv(&self) -> u32 {
+        let pad = 256u32;
+        let padded = self.used_max_p1().div_ceil(pad) * pad;
+        self.size().min(pad.max(padded))
+    }
+
+    /// Fills a [n_kv, n_tokens] mask: 0 where token i may attend to cell j, -inf elsewhere.
+    fn fill_mask(&self, n_kv: usize, positions: &[i32], out: &mut [f32]) {
+        for (i, &p1) in positions.iter().enumerate() {
+            let row = &mut out[i * n_kv..(i + 1) * n_kv];
+            for (j, m) in row.iter_mut().enumerate() {
+                let p0 = self.pos[j];
+                let visible = p0 >= 0 && p0 <= p1 && !self.masked_swa(p0, p1);
+                *m = if visible { 0.0 } else { f32::NEG_INFINITY };
+            }
+        }
+    }
+}
+
+/// Which of the two caches a layer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    Full,
+    Swa,
+}
+
+/// Where the current micro-batch goes in one cache, and how much of it attention visits.
+#[derive(Clone, Debug, Default)]
+pub struct Slot {
+    pub idxs: Vec<u32>,
+    pub n_kv: u32,
+}
+
+struct Layer {
+    k: Tensor, // [n_embd_k_gqa, kv_size]
+    v: Tensor, // [n_embd_v_gqa, kv_size], element (j, cell) at j*kv_size + cell when transposed
+    kind: CacheKind,
+}
+
+/// The KV cache of one model context.
+pub struct KvCache {
+    _ctx: Context,
+    buffer_bytes: usize,
+    layers: Vec<Layer>,
+    full: Cells,
+    swa: Option<Cells>,
+    pub type_k: Type,
+    pub type_v: Type,
+    /// V stored transposed (when flash attention is off), as llama.cpp does.
+    pub v_trans: bool,
+    /// Sizes of the Walsh-Hadamard rotations applied to K and V (0: none); llama.cpp rotates
+    /// heads before storing them in a quantized cache.
+    pub n_rot_k: u32,
+    pub n_rot_v: u32,
+    /// Slots of the micro-batch being processed.
+    pub slot_full: Slot,
+    pub slot_swa: Slot,
+}
+
+impl KvCache {
+    /// A cache of `kv_size` cells for the full-attention layers and, for sliding-window layers,
+    /// llama.cpp's size: the window plus a micro-batch, padded to 256 (at most kv_size).
+    pub fn new(hp: &HParams, kv_size: u32, n_ubatch: u32, type_k: Type, type_v: Type, v_trans: bool) -> Result<KvCache> {
+        if kv_size == 0 {
+            bail!("KV cache of size 0");
+        }
+        let swa_size = if hp.has_swa() { (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256 } else { 0 };
+        let ctx = Context::new(2 * hp.n_layer as usize, 0)?;
+        let mut layers = Vec::new();
+        for il in 0..hp.n_layer as usize {
+            let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
+            let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
+            let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size]);
+            k.set_name(&format!("cache_k_l{il}"));
+            let v = ctx.new_tensor(type_v, &[hp.n_embd_v_gqa() as i64, size]);
+            v.set_name(&format!("cache_v_l{il}"));
+            layers.push(Layer { k, v, kind });
+        }
+        let buf = BufferType::cpu().alloc_ctx_tensors(&ctx)?.expect("the cache has tensors");
+        // Zeroed so that padding cells never hold NaNs (masked entries still enter some kernels).
+        buf.clear(0);
+        let rot = |head: u32, ty: Type, grow: bool| -> u32 {
+            if !ty.is_quantized() || head % 64 != 0 {
+                return 0;
+            }
+            let mut n = 64;
+            while grow && head % (2 * n) == 0 {
+                n *= 2;
+            }
+            n
+        };
+        Ok(KvCache {
+            buffer_bytes: buf.size(),
+            _ctx: ctx,
+            layers,
+            full: Cells::new(kv_size, 0),
+            swa: (swa_size > 0).then(|| Cells::new(swa_size, hp.n_swa)),
+            type_k,
+            type_v,
+            v_trans,
+            n_rot_k: rot(hp.n_embd_head_k, type_k, true),
+            n_rot_v: rot(hp.n_embd_head_v, type_v, false),
+            slot_full: Slot::default(),
+            slot_swa: Slot::default(),
+        })
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.buffer_bytes
+    }
+
+    /// Cells of the full-attention cache (the context size).
+    pub fn n_ctx(&self) -> u32 {
+        self.full.size()
+    }
+
+    pub fn has_swa(&self) -> bool {
+        self.swa.is_some()
+    }
+
+    pub fn has_full(&self) -> bool {
+        self.layers.iter().any(|l| l.kind == CacheKind::Full)
+    }
+
+    fn cells(&self, kind: CacheKind) -> &Cells {
+        match kind {
+            CacheKind::Full => &self.full,
+            CacheKind::Swa => self.swa.as_ref().expect("swa cache exists for swa layers"),
+        }
+    }
+
+    pub fn slot(&self, kind: CacheKind) -> &Slot {
+        match kind {
+            CacheKind::Full => &self.slot_full,
+            CacheKind::Swa => &self.slot_swa,
+        }
+    }
+
+    /// Empties the cache (data stays; masks hide it).
+    pub fn clear(&mut self) {
+        self.full = Cells::new(self.full.size(), 0);
+        if let Some(s) = &self.swa {
+            self.swa = Some(Cells::new(s.size(), s.n_swa));
+        }
+    }
+
+    /// Forgets every position >= `p0` (to rewind a conversation).
+    pub fn truncate(&mut self, p0: i32) {
+        self.full.remove_range(p0, i32::MAX);
+        if let Some(s) = &mut self.swa {
+            s.remove_range(p0, i32::MAX);
+        }
+    }
+
+    /// Highest position stored (-1: empty).
+    pub fn pos_max(&self) -> i32 {
+        self.full.pos_max().max(self.swa.as_ref().map_or(-1, |s| s.pos_max()))
+    }
+
+    /// Places a micro-batch at `positions` in every cache; fails when there is no room.
+    pub fn prepare(&mut self, positions: &[i32]) -> Result<()> {
+        let n = positions.len() as u32;
+        let full = self.full.find_slot(n).ok_or_else(|| anyhow::anyhow!("the KV cache is full ({} cells)", self.full.size()))?;
+        self.full.apply(&full, positions);
+        self.slot_full = Slot { n_kv: self.full.n_kv(), idxs: full };
+        if let Some(s) = &mut self.swa {
+            let idxs = s.find_slot(n).ok_or_else(|| anyhow::anyhow!("the sliding-window KV cache is full"))?;
+            s.apply(&idxs, positions);
+            self.slot_swa = Slot { n_kv: s.n_kv(), idxs };
+        }
+        Ok(())
+    }
+
+    pub fn layer_kind(&self, il: usize) -> CacheKind {
+        self.layers[il].kind
+    }
+
+    pub fn k(&self, il: usize) -> &Tensor {
+        &self.layers[il].k
+    }
+
+    pub fn v(&self, il: usize) -> &Tensor {
+        &self.layers[il].v
+    }
+
+    /// The mask for the current micro-batch in cache `kind`: [n_kv, n_tokens] values.
+    pub fn mask(&self, kind: CacheKind, positions: &[i32]) -> Vec<f32> {
+        let n_kv = self.slot(kind).n_kv as usize;
+        let mut out = vec![0f32; n_kv * positions.len()];
+        self.cells(kind).fill_mask(n_kv, positions, &mut out);
+        out
+    }
+
+    /// Row indices for storing K of the current micro-batch.
+    pub fn k_idxs(&self, kind: CacheKind) -> Vec<i64> {
+        self.slot(kind).idxs.iter().map(|&i| i as i64).collect()
+    }
+
+    /// Element indices for storing V: per token its row index, or with a transposed V one index
+    /// per element (j * kv_size + cell), as llama.cpp's `set_input_v_idxs`.
+    pub fn v_idxs(&self, kind: CacheKind, n_embd_v_gqa: u32) -> Vec<i64> {
+        let idxs = &self.slot(kind).idxs;
+        if !self.v_trans {
+            return idxs.iter().map(|&i| i as i64).collect();
+        }
+        let kv_size = self.cells(kind).size() as i64;
+        let mut out = Vec::with_capacity(idxs.len() * n_embd_v_gqa as usize);
+        for &i in idxs {
+            for j in 0..n_embd_v_gqa as i64 {
+                out.push(j * kv_size + i as i64);
+            }
+        }
+        out
+    }
+
+    /// Snapshot of the cell bookkeeping (for session files).
+    pub fn cells_state(&self) -> (Vec<i32>, u32, Option<(Vec<i32>, u32)>) {
+        (self.full.pos.clone(), self.full.head, self.swa.as_ref().map(|s| (s.pos.clone(), s.head)))
+    }
+}
+
+/// The orthonormal Walsh–Hadamard matrix of size n (a power of two), row-major; H·H = I.
+/// Same construction as llama.cpp's `ggml_gen_hadamard` (Sylvester doubling from 1/sqrt(n)).
+pub fn hadamard(n: usize) -> Vec<f32> {
+    let mut d = vec![0f32; n * n];
+    d[0] = 1.0 / (n as f32).sqrt();
+    let mut s = 1;
+    while s < n {
+        for i in 0..s {
+            for j in 0..s {
+                let v = d[i * n + j];
+                d[(i + s) * n + j] = v;
+                d[i * n + j + s] = v;
+                d[(i + s) * n + j + s] = -v;
+            }
+        }
+        s *= 2;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_fill_in_order_and_pad_n_kv() {
+        let mut c = Cells::new(1024, 0);
+        let idx = c.find_slot(5).unwrap();
+        assert_eq!(idx, vec![0, 1, 2, 3, 4]);
+        c.apply(&idx, &[0, 1, 2, 3, 4]);
+        assert_eq!(c.n_kv(), 256);
+        let idx = c.find_slot(1).unwrap();
+        assert_eq!(idx, vec![5]);
+    }
+
+    #[test]
+    fn sliding_window_reuses_cells_out_of_the_window() {
+        let mut c = Cells::new(8, 4);
+        let pos: Vec<i32> = (0..8).collect();
+        let idx = c.find_slot(8).unwrap();
+        c.apply(&idx, &pos);
+        // position 8 sees 5..=8; cells holding 0..=4 are reusable.
+        let idx = c.find_slot(1).unwrap();
+        assert_eq!(idx, vec![0]);
+        c.apply(&idx, &[8]);
+        assert_eq!(c.pos[0], 8);
+        let mut m = vec![0f32; 8];
+        c.fill_mask(8, &[8], &mut m);
+        let visible: Vec<i32> = (0..8).filter(|&j| m[j] == 0.0).map(|j| c.pos[j]).collect();
+        assert_eq!(visible, vec![8, 5, 6, 7]);
+    }
+
+    #[test]
+    fn hadamard_is_orthonormal() {
+        let n = 64;
+        let h = hadamard(n);
+        for i in 0..n {
+            for j in 0..n {
+                let dot: f32 = (0..n).map(|k| h[i * n + k] * h[j * n + k]).sum();
+                assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
+            }
+        }
+    }
+}

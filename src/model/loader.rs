@@ -1,0 +1,267 @@
+//! Binds a model's weights to ggml tensors: checks every declared tensor's type and shape
+//! against the file, picks each one's buffer type the way llama.cpp does (ggml's repacked
+//! "extra" CPU layouts where the device says they serve the tensor's operation, else the plain
+//! CPU buffer), then maps plain tensors in place over the file and copies repacked ones.
+
+use super::HParams;
+use crate::gguf::GgufFile;
+use anyhow::{Context as _, Result};
+use ggml::{Buffer, BufferType, Context, Device, Tensor, Type};
+use std::sync::Arc;
+
+/// How a weight is used by the graph; decides which buffer types can hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    GetRows,
+    MatMul,
+    MatMulId,
+    Mul,
+    Add,
+    Rope,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Map the file and read plain tensors in place (else copy the file into memory).
+    pub use_mmap: bool,
+    /// Use ggml's repacked CPU layouts where they apply (llama.cpp's default).
+    pub use_extra_bufts: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { use_mmap: true, use_extra_bufts: true }
+    }
+}
+
+struct Entry {
+    tensor: Tensor,
+    buft: usize,
+    src: usize,
+}
+
+/// Collects the tensors an architecture declares, then loads them (`finish`).
+pub struct TensorLoader<'f> {
+    file: &'f GgufFile,
+    hp: HParams,
+    opts: LoadOptions,
+    plan_only: bool,
+    device: Option<Device>,
+    /// Candidate buffer types in order of preference; the last is the plain CPU buffer.
+    bufts: Vec<BufferType>,
+    ctxs: Vec<Option<Context>>,
+    entries: Vec<Entry>,
+    used: Vec<bool>,
+}
+
+/// The loaded weights' memory: contexts and buffers (kept alive by the tensors themselves too).
+#[derive(Clone)]
+pub struct LoadedWeights {
+    /// (buffer type name, bytes, tensors) per buffer.
+    pub buffers: Vec<(String, usize, usize)>,
+    _buffers: Vec<Buffer>,
+}
+
+impl<'f> TensorLoader<'f> {
+    /// A loader for `file`. With `plan_only`, tensors are checked but nothing is allocated
+    /// (`ferrite info`).
+    pub fn new(file: &'f GgufFile, hp: &HParams, opts: LoadOptions, plan_only: bool) -> Result<Self> {
+        let mut bufts = Vec::new();
+        let mut device = None;
+        if !plan_only {
+            let cpu = Device::cpu()?;
+            if opts.use_extra_bufts {
+                bufts.extend(cpu.extra_buffer_types());
+            }
+            device = Some(cpu);
+        }
+        bufts.push(BufferType::cpu());
+        let n = bufts.len();
+        Ok(TensorLoader {
+            file,
+            hp: hp.clone(),
+            opts,
+            plan_only,
+            device,
+            bufts,
+            ctxs: (0..n).map(|_| None).collect(),
+            entries: Vec::new(),
+            used: vec![false; file.tensors().len()],
+        })
+    }
+
+    fn ctx_for(&mut self, buft: usize) -> Result<Context> {
+        if self.ctxs[buft].is_none() {
+            // Room for every tensor of the file, plus duplicates (tied output, per-layer rope_freqs).
+            let n = self.file.tensors().len() + 2 * self.hp.n_layer as usize + 8;
+            self.ctxs[buft] = Some(Context::new(n, 0)?);
+        }
+        Ok(self.ctxs[buft].clone().expect("created above"))
+    }
+
+    /// A required tensor of exactly `shape` (ggml order).
+    pub fn tensor(&mut self, name: &str, shape: &[i64], usage: Usage) -> Result<Tensor> {
+        self.create(name, shape, usage, false)?.ok_or_else(|| self.file.error(name, "missing required tensor"))
+    }
+
+    /// An optional tensor: None when the file does not have it.
+    pub fn optional(&mut self, name: &str, shape: &[i64], usage: Usage) -> Result<Option<Tensor>> {
+        self.create(name, shape, usage, false)
+    }
+
+    /// A second handle to a tensor already declared under another use (e.g. the token embedding
+    /// as the output projection); it gets its own buffer type and, if repacked, its own copy.
+    pub fn duplicate(&mut self, name: &str, shape: &[i64], usage: Usage) -> Result<Tensor> {
+        self.create(name, shape, usage, true)?.ok_or_else(|| self.file.error(name, "missing required tensor"))
+    }
+
+    /// `duplicate` for optional tensors.
+    pub fn optional_duplicate(&mut self, name: &str, shape: &[i64], usage: Usage) -> Result<Option<Tensor>> {
+        self.create(name, shape, usage, true)
+    }
+
+    fn create(&mut self, name: &str, shape: &[i64], usage: Usage, dup: bool) -> Result<Option<Tensor>> {
+        let Some(idx) = self.file.tensor_index(name) else {
+            return Ok(None);
+        };
+        let info = &self.file.tensors()[idx];
+        let mut want = [1i64; 4];
+        want[..shape.len()].copy_from_slice(shape);
+        if info.ne != want {
+            return Err(self.file.error(
+                &format!("tensor '{name}'"),
+                format!("has shape {:?}, expected {:?}", info.shape(), shape),
+            ));
+        }
+        if self.used[idx] && !dup {
+            return Err(self.file.error(&format!("tensor '{name}'"), "declared twice"));
+        }
+        self.used[idx] = true;
+        if matches!(usage, Usage::Mul | Usage::Add | Usage::Rope) && info.ty != Type::F32 {
+            return Err(self.file.error(&format!("tensor '{name}'"), format!("must be f32, is {}", info.ty)));
+        }
+        let buft = self.select_buft(info.ty, &info.ne, usage)?;
+        let ctx = self.ctx_for(buft)?;
+        let t = ctx.new_tensor(info.ty, &info.ne[..info.n_dims]);
+        t.set_name(name);
+        self.entries.push(Entry { tensor: t.clone(), buft, src: idx });
+        Ok(Some(t))
+    }
+
+    /// The first buffer type whose device can run the tensor's operation with the tensor in it
+    /// (llama.cpp's `select_weight_buft`, with the same probe operations).
+    fn select_buft(&self, ty: Type, ne: &[i64; 4], usage: Usage) -> Result<usize> {
+        let last = self.bufts.len() - 1;
+        let Some(device) = self.device else { return Ok(last) };
+        for (i, &buft) in self.bufts.iter().enumerate().take(last) {
+            let scratch = Context::new(8, 0)?;
+            let w = scratch.new_tensor(ty, ne);
+            let op = match usage {
+                Usage::GetRows => scratch.get_rows(&w, &scratch.new_tensor(Type::I32, &[512])),
+                Usage::MatMul => scratch.mul_mat(&w, &scratch.new_tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]])),
+                Usage::MatMulId => {
+                    let n_used = self.hp.n_expert_used.max(1) as i64;
+                    let b = scratch.new_tensor(Type::F32, &[ne[0], n_used, 512]);
+                    let ids = scratch.new_tensor(Type::I32, &[n_used, 512]);
+                    scratch.mul_mat_id(&w, &b, &ids)
+                }
+                Usage::Mul => scratch.mul(&scratch.new_tensor(Type::F32, ne), &w),
+                Usage::Add => scratch.add(&scratch.new_tensor(Type::F32, ne), &w),
+                Usage::Rope => {
+                    let a = scratch.new_tensor(Type::F32, &[self.hp.n_embd_head_v as i64, self.hp.n_head as i64, 512]);
+                    let pos = scratch.new_tensor(Type::I32, &[512]);
+                    scratch.rope_ext(&a, &pos, Some(&w), (2 * ne[0]).min(a.ne()[0]) as i32, ggml::RopeMode::Normal, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+                }
+            };
+            if device.supports_op_with(&op, &w, buft)? {
+                return Ok(i);
+            }
+        }
+        Ok(last)
+    }
+
+    /// Allocates and fills every declared tensor. `progress(done, total)` reports bytes copied.
+    pub fn finish(self, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedWeights> {
+        let file = self.file;
+        if let Some(i) = self.used.iter().position(|&u| !u) {
+            let n = self.used.iter().filter(|&&u| !u).count();
+            return Err(file.error(
+                &format!("tensor '{}'", file.tensors()[i].name),
+                format!("not used by the {} architecture ({n} unused tensor(s); wrong architecture or corrupt file?)", self.hp.arch.name()),
+            ));
+        }
+        if self.plan_only {
+            return Ok(LoadedWeights { buffers: Vec::new(), _buffers: Vec::new() });
+        }
+        let device = self.device.expect("set when not plan_only");
+        let last = self.bufts.len() - 1;
+        let mut buffers = Vec::new();
+        let mut summary = Vec::new();
+
+        let copy_total: u64 = self
+            .entries
+            .iter()
+            .filter(|e| e.buft != last || !self.opts.use_mmap)
+            .map(|e| file.tensors()[e.src].nbytes)
+            .sum();
+        let mut done = 0u64;
+        progress(0, copy_total);
+
+        // Plain tensors: one buffer over the file image, each tensor read in place.
+        let plain: Vec<&Entry> = self.entries.iter().filter(|e| e.buft == last).collect();
+        if !plain.is_empty() {
+            let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = if self.opts.use_mmap {
+                file.bytes()
+            } else {
+                let image = read_into_memory(file)?;
+                done += plain.iter().map(|e| file.tensors()[e.src].nbytes).sum::<u64>();
+                progress(done, copy_total);
+                image
+            };
+            let max = plain.iter().map(|e| file.tensors()[e.src].nbytes as usize).max().unwrap_or(0);
+            let buf = device.buffer_from_host(bytes, max).context("mapping the weights")?;
+            buf.set_usage_weights();
+            for e in &plain {
+                buf.place(&e.tensor, file.tensors()[e.src].offset as usize)?;
+            }
+            summary.push((format!("{} (mapped)", self.bufts[last].name()), buf.size(), plain.len()));
+            buffers.push(buf);
+        }
+
+        // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts).
+        for (i, ctx) in self.ctxs.iter().enumerate().take(last) {
+            let Some(ctx) = ctx else { continue };
+            let Some(buf) = self.bufts[i].alloc_ctx_tensors(ctx)? else { continue };
+            buf.set_usage_weights();
+            let mut n = 0;
+            for e in self.entries.iter().filter(|e| e.buft == i) {
+                let info = &file.tensors()[e.src];
+                e.tensor.write_bytes(file.tensor_data(info))?;
+                done += info.nbytes;
+                n += 1;
+                progress(done, copy_total);
+            }
+            summary.push((self.bufts[i].name(), buf.size(), n));
+            buffers.push(buf);
+        }
+        Ok(LoadedWeights { buffers: summary, _buffers: buffers })
+    }
+}
+
+/// Copies the whole file into anonymous memory (`--no-mmap`).
+fn read_into_memory(file: &GgufFile) -> Result<Arc<dyn AsRef<[u8]> + Send + Sync>> {
+    use std::io::Read;
+    let len = file.file_size() as usize;
+    let mut m = memmap2::MmapMut::map_anon(len).context("allocating memory for the model")?;
+    let mut f = std::fs::File::open(file.path()).with_context(|| format!("{}: reopening", file.path().display()))?;
+    f.read_exact(&mut m[..]).with_context(|| format!("{}: reading", file.path().display()))?;
+    Ok(Arc::new(ReadOnly(m.make_read_only().context("sealing the model memory")?)))
+}
+
+struct ReadOnly(memmap2::Mmap);
+
+impl AsRef<[u8]> for ReadOnly {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}

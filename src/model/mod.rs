@@ -1,0 +1,139 @@
+//! The architectures ferrite runs (one enum, one dispatch `match`), their hyper-parameters and
+//! weights, and loading a model from a GGUF file.
+
+mod hparams;
+pub mod loader;
+pub mod weights;
+
+pub use hparams::{HParams, RopeScaling};
+pub use loader::{LoadOptions, TensorLoader};
+pub use weights::{LayerWeights, Weights};
+
+use crate::arch;
+use crate::bail_input;
+use crate::gguf::GgufFile;
+use anyhow::Result;
+
+/// A supported architecture (`general.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+impl Arch {
+    pub const ALL: &'static [Arch] = &[Arch::Llama, Arch::Gemma3];
+
+    /// The GGUF name, also the prefix of the architecture's metadata keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    pub fn from_gguf(f: &GgufFile) -> Result<Arch> {
+        let name = f.architecture()?;
+        match Arch::ALL.iter().find(|a| a.name() == name) {
+            Some(&a) => Ok(a),
+            None => {
+                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                bail_input!(
+                    "{}: general.architecture: '{name}' is not supported (supported: {})",
+                    f.path().display(),
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Reads the hyper-parameters: the common ones, then the architecture's own.
+    pub fn load_hparams(self, f: &GgufFile) -> Result<HParams> {
+        let mut hp = HParams::load_common(f, self)?;
+        match self {
+            Arch::Llama => arch::llama::load_hparams(f, &mut hp)?,
+            Arch::Gemma3 => arch::gemma3::load_hparams(f, &mut hp)?,
+        }
+        Ok(hp)
+    }
+
+    /// Declares the architecture's tensors (names, shapes, uses) to the loader.
+    pub fn load_tensors(self, hp: &HParams, ld: &mut TensorLoader) -> Result<Weights> {
+        match self {
+            Arch::Llama => arch::llama::load_tensors(hp, ld),
+            Arch::Gemma3 => arch::gemma3::load_tensors(hp, ld),
+        }
+    }
+
+    /// Builds the forward graph for one micro-batch; returns the logits tensor.
+    pub fn build_graph(self, g: &mut crate::graph::GraphBuilder) -> ggml::Tensor {
+        match self {
+            Arch::Llama => arch::llama::build_graph(g),
+            Arch::Gemma3 => arch::gemma3::build_graph(g),
+        }
+    }
+
+    /// Architecture-specific hyper-parameters worth showing (`ferrite info`).
+    pub fn describe(self, hp: &HParams) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if hp.has_swa() {
+            v.push(("sliding_window", hp.n_swa.to_string()));
+            let n = hp.swa_layers.iter().filter(|&&s| s).count();
+            v.push(("swa_layers", format!("{n} of {}", hp.n_layer)));
+            v.push(("rope_freq_base_swa", hp.rope_freq_base_swa.to_string()));
+        }
+        if hp.f_attn_logit_softcapping > 0.0 {
+            v.push(("attn_logit_softcapping", hp.f_attn_logit_softcapping.to_string()));
+        }
+        if hp.f_final_logit_softcapping > 0.0 {
+            v.push(("final_logit_softcapping", hp.f_final_logit_softcapping.to_string()));
+        }
+        if hp.n_expert > 0 {
+            v.push(("n_expert", hp.n_expert.to_string()));
+            v.push(("n_expert_used", hp.n_expert_used.to_string()));
+            if hp.n_ff_exp > 0 {
+                v.push(("n_ff_exp", hp.n_ff_exp.to_string()));
+            }
+        }
+        v
+    }
+}
+
+/// A loaded model: the mapped file, hyper-parameters and weights bound to ggml tensors.
+pub struct Model {
+    pub file: GgufFile,
+    pub arch: Arch,
+    pub hparams: HParams,
+    pub weights: Weights,
+    /// (buffer type, bytes, tensor count) per weight buffer.
+    pub buffers: Vec<(String, usize, usize)>,
+    _loaded: loader::LoadedWeights,
+}
+
+impl Model {
+    /// Opens, validates and loads a model. `progress(done, total)` reports bytes copied.
+    pub fn load(path: &std::path::Path, opts: LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        let arch = Arch::from_gguf(&file)?;
+        let hparams = arch.load_hparams(&file)?;
+        let mut ld = TensorLoader::new(&file, &hparams, opts, false)?;
+        let weights = arch.load_tensors(&hparams, &mut ld)?;
+        let loaded = ld.finish(progress)?;
+        let buffers = loaded.buffers.clone();
+        Ok(Model { file, arch, hparams, weights, buffers, _loaded: loaded })
+    }
+
+    /// Validates a file as `load` would, without allocating the weights (for `ferrite info`).
+    pub fn check(file: &GgufFile) -> Result<(Arch, HParams)> {
+        let arch = Arch::from_gguf(file)?;
+        let hparams = arch.load_hparams(file)?;
+        let mut ld = TensorLoader::new(file, &hparams, LoadOptions::default(), true)?;
+        arch.load_tensors(&hparams, &mut ld)?;
+        ld.finish(&mut |_, _| {})?;
+        Ok((arch, hparams))
+    }
+
+    pub fn n_tensors(&self) -> usize {
+        self.file.tensors().len()
+    }
+}
