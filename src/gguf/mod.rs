@@ -6,6 +6,7 @@
 //! file, the field and the value.
 
 mod reader;
+pub mod vocab;
 
 use crate::error::BadInput;
 use anyhow::Result;

@@ -116,6 +116,7 @@ impl Model {
         let file = GgufFile::open(path)?;
         let arch = Arch::from_gguf(&file)?;
         let hparams = arch.load_hparams(&file)?;
+        check_vocab(&file, &hparams)?;
         let mut ld = TensorLoader::new(&file, &hparams, opts, false)?;
         let weights = arch.load_tensors(&hparams, &mut ld)?;
         let loaded = ld.finish(progress)?;
@@ -127,6 +128,7 @@ impl Model {
     pub fn check(file: &GgufFile) -> Result<(Arch, HParams)> {
         let arch = Arch::from_gguf(file)?;
         let hparams = arch.load_hparams(file)?;
+        check_vocab(file, &hparams)?;
         let mut ld = TensorLoader::new(file, &hparams, LoadOptions::default(), true)?;
         arch.load_tensors(&hparams, &mut ld)?;
         ld.finish(&mut |_, _| {})?;
@@ -136,4 +138,16 @@ impl Model {
     pub fn n_tensors(&self) -> usize {
         self.file.tensors().len()
     }
+}
+
+/// The tokenizer metadata must be valid and match the model's vocabulary size.
+fn check_vocab(file: &GgufFile, hp: &HParams) -> Result<crate::gguf::vocab::VocabMeta> {
+    let v = crate::gguf::vocab::VocabMeta::from_gguf(file)?;
+    if v.n_vocab() != hp.n_vocab as usize {
+        return Err(file.error(
+            "tokenizer.ggml.tokens",
+            format!("has {} tokens but the model's vocabulary has {}", v.n_vocab(), hp.n_vocab),
+        ));
+    }
+    Ok(v)
 }
