@@ -76,6 +76,18 @@ pub enum MoeGating {
     Softmax { norm_w: bool },
 }
 
+/// The per-architecture choices of a self-attention block.
+#[derive(Clone, Copy)]
+pub struct AttnSpec<'t> {
+    /// RMS-normalise each head of Q and K before RoPE (Qwen 3, Gemma 3).
+    pub qk_norm: bool,
+    /// RoPE frequency factors (Llama 3 `rope_freqs`, Phi-3 long/short factors).
+    pub rope_factors: Option<&'t Tensor>,
+    /// Scale Q after RoPE (Gemma, Phi-3); the softmax scale is then `kq_scale`.
+    pub q_scale: Option<f32>,
+    pub kq_scale: f32,
+}
+
 /// Values to copy into an input tensor once the graph is allocated.
 pub enum InputData {
     I32(Vec<i32>),
@@ -446,10 +458,15 @@ impl<'a> GraphBuilder<'a> {
             let w2 = ctx.reshape(&weights, &[n_used, n_tokens]);
             let sum = ctx.sum_rows(&w2); // [1, n_tokens]
             self.cb(&sum, "ffn_moe_weights_sum", il);
+            // avoid dividing by zero: clamp to the smallest normal f16
+            let sum = ctx.clamp(&sum, 6.103515625e-5, f32::INFINITY);
+            self.cb(&sum, "ffn_moe_weights_sum_clamped", il);
             let w2 = ctx.div(&w2, &sum);
             self.cb(&w2, "ffn_moe_weights_norm", il);
             weights = ctx.reshape(&w2, &[1, n_used, n_tokens]);
         }
+        // llama.cpp expands the weights early (lets backends fuse the routing)
+        self.gf.expand(&weights);
 
         let x = ctx.reshape(cur, &[n_embd, 1, n_tokens]);
         let up = ctx.mul_mat_id(w(&l.ffn_up_exps), &x, &selected); // [n_ff, n_used, n_tokens]
@@ -462,19 +479,91 @@ impl<'a> GraphBuilder<'a> {
         self.cb(&experts, "ffn_moe_down", il);
         let experts = ctx.mul(&experts, &weights);
         self.cb(&experts, "ffn_moe_weighted", il);
+        self.gf.expand(&experts);
 
-        // sum the experts' outputs, as llama.cpp does: a chain of adds over views
+        // sum the experts' outputs, as llama.cpp does: views first, then a chain of adds
         let nb = experts.nb();
-        let view = |i: i64| ctx.view(&experts, &[n_embd, n_tokens], &[nb[2]], i as usize * nb[1]);
-        let mut moe_out = view(0);
-        for i in 1..n_used {
-            moe_out = ctx.add(&moe_out, &view(i));
+        let views: Vec<Tensor> = (0..n_used)
+            .map(|i| {
+                let v = ctx.view(&experts, &[n_embd, n_tokens], &[nb[2]], i as usize * nb[1]);
+                self.gf.expand(&v);
+                v
+            })
+            .collect();
+        let mut moe_out = views[0].clone();
+        for v in &views[1..] {
+            moe_out = ctx.add(&moe_out, v);
+            self.gf.expand(&moe_out);
         }
         if n_used == 1 {
             moe_out = ctx.cont(&moe_out);
         }
         self.cb(&moe_out, "ffn_moe_out", il);
         moe_out
+    }
+
+    /// Self-attention of block `il` on the normalised input `cur`: Q/K/V projections, optional
+    /// per-head Q/K norms, RoPE, attention over the cache, output projection.
+    pub fn self_attention(&mut self, l: &LayerWeights, cur: &Tensor, pos: &Tensor, spec: AttnSpec, il: usize) -> Tensor {
+        let hp = self.hp;
+        let (q, k, v) = self.qkv(l, cur, hp.n_embd_head_k as i64, hp.n_head as i64, hp.n_head_kv as i64, il);
+        let (q, k) = if spec.qk_norm {
+            let q = self.rms_norm(&q, l.attn_q_norm.as_ref(), il);
+            self.cb(&q, "Qcur_normed", il);
+            let q = self.rope(&q, pos, spec.rope_factors, il);
+            let k = self.rms_norm(&k, l.attn_k_norm.as_ref(), il);
+            self.cb(&k, "Kcur_normed", il);
+            (q, self.rope(&k, pos, spec.rope_factors, il))
+        } else {
+            (self.rope(&q, pos, spec.rope_factors, il), self.rope(&k, pos, spec.rope_factors, il))
+        };
+        self.cb(&q, "Qcur", il);
+        self.cb(&k, "Kcur", il);
+        self.cb(&v, "Vcur", il);
+        let q = match spec.q_scale {
+            Some(s) => self.ctx.scale(&q, s),
+            None => q,
+        };
+        let cur = self.attn(il, w(&l.wo), l.wo_b.as_ref(), &q, &k, &v, spec.kq_scale);
+        self.cb(&cur, "attn_out", il);
+        cur
+    }
+
+    /// The feed-forward block of layer `il` as its weights say: a mixture of experts, a fused
+    /// [gate|up] SwiGLU (Phi-3), or a gated FFN with activation `op`.
+    pub fn feed_forward(&self, l: &LayerWeights, cur: &Tensor, op: FfnOp, il: usize) -> Tensor {
+        let cur = if l.ffn_gate_inp.is_some() {
+            self.moe_ffn(cur, l, MoeGating::Softmax { norm_w: true }, il)
+        } else if l.ffn_gate.is_none() {
+            let up = self.mm(w(&l.ffn_up), cur);
+            self.cb(&up, "ffn_up", il);
+            let act = self.ctx.swiglu(&up);
+            self.cb(&act, "ffn_swiglu", il);
+            self.mm(w(&l.ffn_down), &act)
+        } else {
+            self.ffn(cur, l.ffn_up.as_ref(), l.ffn_up_b.as_ref(), l.ffn_gate.as_ref(), l.ffn_gate_b.as_ref(), l.ffn_down.as_ref(), l.ffn_down_b.as_ref(), op, FfnGate::Par, il)
+        };
+        self.cb(&cur, "ffn_out", il);
+        cur
+    }
+
+    /// Final norm, LM head, output bias and final logit soft-capping (when the model has them).
+    pub fn lm_head(&self, cur: &Tensor) -> Tensor {
+        let (hp, wt) = (self.hp, self.w);
+        let cur = self.rms_norm(cur, Some(&wt.output_norm), usize::MAX);
+        self.cb(&cur, "result_norm", usize::MAX);
+        let mut cur = self.mm(&wt.output, &cur);
+        if let Some(b) = &wt.output_b {
+            cur = self.ctx.add(&cur, b);
+        }
+        if hp.f_final_logit_softcapping > 0.0 {
+            let cap = hp.f_final_logit_softcapping;
+            cur = self.ctx.scale(&cur, 1.0 / cap);
+            cur = self.ctx.tanh(&cur);
+            cur = self.ctx.scale(&cur, cap);
+        }
+        self.cb(&cur, "result_output", usize::MAX);
+        cur
     }
 
     /// Multiplies rows of `cur` by a Walsh–Hadamard matrix (llama.cpp's `llama_mul_mat_hadamard`).

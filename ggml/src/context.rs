@@ -375,6 +375,12 @@ impl Context {
         self.binary(a, b, sys::ggml_swiglu_split)
     }
 
+    /// silu(first half of each row) * second half (SwiGLU over a fused [gate|up] projection).
+    pub fn swiglu(&self, a: &Tensor) -> Tensor {
+        assert!(a.ne()[0] % 2 == 0, "swiglu: row length must be even");
+        self.unary(a, sys::ggml_swiglu)
+    }
+
     /// gelu(a) * b (GeGLU with separate gate and up projections).
     pub fn geglu_split(&self, a: &Tensor, b: &Tensor) -> Tensor {
         assert_eq!(a.ne(), b.ne(), "geglu_split: shapes differ");

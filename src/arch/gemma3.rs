@@ -1,13 +1,12 @@
 //! Gemma 3 (text): the embedding scaled by sqrt(n_embd); each block is RMSNorm → attention with
-//! RMS-normalised Q and K, NEOX RoPE and the attention scale from the key length → post-attention
+//! RMS-normalised Q and K, NEOX RoPE and queries scaled by 1/sqrt(key length) → post-attention
 //! RMSNorm → residual → RMSNorm → GeGLU FFN → post-FFN RMSNorm → residual. Five of every six
-//! layers attend through a sliding window with their own RoPE base. Graph after llama.cpp
+//! layers attend through a sliding window with their own RoPE base. After llama.cpp
 //! `src/models/gemma3.cpp`.
 
 use crate::gguf::GgufFile;
-use crate::graph::{FfnGate, FfnOp, GraphBuilder};
+use crate::graph::{AttnSpec, FfnOp, GraphBuilder};
 use crate::model::loader::Usage;
-use crate::model::weights::w;
 use crate::model::{HParams, LayerWeights, TensorLoader, Weights};
 use anyhow::Result;
 use ggml::{RopeMode, Tensor};
@@ -16,6 +15,7 @@ use ggml::{RopeMode, Tensor};
 
 pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
     hp.require_rms_eps(f)?;
+    hp.require_ffn(f)?;
     hp.rope_type = RopeMode::Neox;
     hp.n_swa = f.get_u32(&hp.key("attention.sliding_window"))?.unwrap_or(0);
     if hp.n_swa > 0 {
@@ -25,10 +25,7 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
         }
     }
     hp.f_final_logit_softcapping = f.get_f32(&hp.key("final_logit_softcapping"))?.unwrap_or(0.0);
-    if hp.n_ff == 0 {
-        return Err(f.error(&hp.key("feed_forward_length"), "missing required key"));
-    }
-    // Gemma 3 27B scales by the model width per head; the others by the key length.
+    // Gemma 3 27B scales by the model width per head, the others by the key length.
     // ref: google/gemma_pytorch gemma/config.py (query_pre_attn_scalar)
     hp.f_attention_scale = if hp.n_layer == 62 {
         1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt()
@@ -41,94 +38,62 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
 // ---- tensors -------------------------------------------------------------------------------
 
 pub fn load_tensors(hp: &HParams, ld: &mut TensorLoader) -> Result<Weights> {
-    let (n_embd, n_ff) = (hp.n_embd as i64, hp.n_ff as i64);
-    let n_embd_head_k = hp.n_embd_head_k as i64;
-    let n_embd_q = (hp.n_embd_head_k * hp.n_head) as i64;
-    let (n_k, n_v) = (hp.n_embd_k_gqa() as i64, hp.n_embd_v_gqa() as i64);
-    let (tok_embd, output_norm, output) = super::llama::load_io(hp, ld)?;
-    let mut layers = Vec::with_capacity(hp.n_layer as usize);
+    let mut wt = ld.io(hp, false)?;
+    let n_embd = hp.n_embd as i64;
     for il in 0..hp.n_layer as usize {
-        let b = |s: &str| format!("blk.{il}.{s}");
-        let mut l = LayerWeights { attn_norm: Some(ld.tensor(&b("attn_norm.weight"), &[n_embd], Usage::Mul)?), ..Default::default() };
-        super::llama::load_qkv(ld, &mut l, il, n_embd, n_embd_q, n_k, n_v)?;
-        l.wo = Some(ld.tensor(&b("attn_output.weight"), &[n_embd_q, n_embd], Usage::MatMul)?);
-        l.attn_post_norm = Some(ld.tensor(&b("post_attention_norm.weight"), &[n_embd], Usage::Mul)?);
-        l.attn_k_norm = Some(ld.tensor(&b("attn_k_norm.weight"), &[n_embd_head_k], Usage::Mul)?);
-        l.attn_q_norm = Some(ld.tensor(&b("attn_q_norm.weight"), &[n_embd_head_k], Usage::Mul)?);
-        l.ffn_norm = Some(ld.tensor(&b("ffn_norm.weight"), &[n_embd], Usage::Mul)?);
-        l.ffn_gate = Some(ld.tensor(&b("ffn_gate.weight"), &[n_embd, n_ff], Usage::MatMul)?);
-        l.ffn_up = Some(ld.tensor(&b("ffn_up.weight"), &[n_embd, n_ff], Usage::MatMul)?);
-        l.ffn_down = Some(ld.tensor(&b("ffn_down.weight"), &[n_ff, n_embd], Usage::MatMul)?);
-        l.ffn_post_norm = Some(ld.tensor(&b("post_ffw_norm.weight"), &[n_embd], Usage::Mul)?);
-        layers.push(l);
+        let mut l = LayerWeights::default();
+        ld.attention(hp, il, &mut l, true)?;
+        l.attn_post_norm = Some(ld.tensor(&format!("blk.{il}.post_attention_norm.weight"), &[n_embd], Usage::Mul)?);
+        ld.feed_forward(hp, il, &mut l)?;
+        l.ffn_post_norm = Some(ld.tensor(&format!("blk.{il}.post_ffw_norm.weight"), &[n_embd], Usage::Mul)?);
+        wt.layers.push(l);
     }
-    Ok(Weights { tok_embd, output_norm, output, layers })
+    Ok(wt)
 }
 
 // ---- graph ---------------------------------------------------------------------------------
 
 pub fn build_graph(g: &mut GraphBuilder) -> Tensor {
     let (hp, wt) = (g.hp, g.w);
-    let n_embd_head = hp.n_embd_head_k as i64;
-
     let mut inp_l = g.inp_embd(&wt.tok_embd, (hp.n_embd as f32).sqrt()); // F32 [n_embd, n_tokens]
     g.cb(&inp_l, "inp_scaled", usize::MAX);
     let inp_pos = g.inp_pos(); // I32 [n_tokens]
     g.inp_attn();
     let inp_out_ids = g.inp_out_ids(); // I32 [n_outputs]
+    blocks(g, &mut inp_l, &inp_pos, &inp_out_ids, true);
+    g.lm_head(&inp_l)
+}
 
+/// The Gemma 2/3 block stack: attention and FFN each wrapped in a pre-norm and a post-norm.
+pub(super) fn blocks(g: &mut GraphBuilder, inp_l: &mut Tensor, inp_pos: &Tensor, inp_out_ids: &Tensor, qk_norm: bool) {
+    let (hp, wt) = (g.hp, g.w);
     for il in 0..hp.n_layer as usize {
         let l = &wt.layers[il];
 
-        let cur = g.rms_norm(&inp_l, l.attn_norm.as_ref(), il);
-        g.cb(&cur, "attn_norm", il);
-
         // self-attention
-        let (q, k, v) = g.qkv(l, &cur, n_embd_head, hp.n_head as i64, hp.n_head_kv as i64, il);
-        let q = g.rms_norm(&q, l.attn_q_norm.as_ref(), il);
-        g.cb(&q, "Qcur_normed", il);
-        let q = g.rope(&q, &inp_pos, None, il);
-        let k = g.rms_norm(&k, l.attn_k_norm.as_ref(), il);
-        g.cb(&k, "Kcur_normed", il);
-        let k = g.rope(&k, &inp_pos, None, il);
-        g.cb(&q, "Qcur", il);
-        g.cb(&k, "Kcur", il);
-        g.cb(&v, "Vcur", il);
+        let cur = g.rms_norm(inp_l, l.attn_norm.as_ref(), il);
+        g.cb(&cur, "attn_norm", il);
         // ref: google/gemma_pytorch gemma/model.py — queries are scaled before the product
-        let q = g.ctx.scale(&q, hp.f_attention_scale);
-        let mut cur = g.attn(il, w(&l.wo), None, &q, &k, &v, 1.0);
-
+        let spec = AttnSpec { qk_norm, rope_factors: None, q_scale: Some(hp.f_attention_scale), kq_scale: 1.0 };
+        let mut cur = g.self_attention(l, &cur, inp_pos, spec, il);
         if il == hp.n_layer as usize - 1 {
-            cur = g.ctx.get_rows(&cur, &inp_out_ids);
-            inp_l = g.ctx.get_rows(&inp_l, &inp_out_ids);
+            cur = g.ctx.get_rows(&cur, inp_out_ids);
+            *inp_l = g.ctx.get_rows(inp_l, inp_out_ids);
         }
         let cur = g.rms_norm(&cur, l.attn_post_norm.as_ref(), il);
         g.cb(&cur, "attn_post_norm", il);
-        let sa_out = g.ctx.add(&cur, &inp_l);
+        let sa_out = g.ctx.add(&cur, inp_l);
         g.cb(&sa_out, "sa_out", il);
 
         // feed-forward network
         let cur = g.rms_norm(&sa_out, l.ffn_norm.as_ref(), il);
         g.cb(&cur, "ffn_norm", il);
-        let cur = g.ffn(&cur, l.ffn_up.as_ref(), None, l.ffn_gate.as_ref(), None, l.ffn_down.as_ref(), None, FfnOp::Gelu, FfnGate::Par, il);
-        g.cb(&cur, "ffn_out", il);
+        let cur = g.feed_forward(l, &cur, FfnOp::Gelu, il);
         let cur = g.rms_norm(&cur, l.ffn_post_norm.as_ref(), usize::MAX);
         g.cb(&cur, "ffn_post_norm", il);
 
         let cur = g.ctx.add(&cur, &sa_out);
         g.cb(&cur, "l_out", il);
-        inp_l = cur;
+        *inp_l = cur;
     }
-
-    let cur = g.rms_norm(&inp_l, Some(&wt.output_norm), usize::MAX);
-    g.cb(&cur, "result_norm", usize::MAX);
-    let mut cur = g.mm(&wt.output, &cur);
-    if hp.f_final_logit_softcapping > 0.0 {
-        let cap = hp.f_final_logit_softcapping;
-        cur = g.ctx.scale(&cur, 1.0 / cap);
-        cur = g.ctx.tanh(&cur);
-        cur = g.ctx.scale(&cur, cap);
-    }
-    g.cb(&cur, "result_output", usize::MAX);
-    cur
 }

@@ -239,6 +239,25 @@ impl HParams {
         })
     }
 
+    /// A dense FFN width is required (`<arch>.feed_forward_length`).
+    pub fn require_ffn(&self, f: &GgufFile) -> Result<()> {
+        if self.n_ff == 0 {
+            return Err(f.error(&self.key("feed_forward_length"), "missing required key (or 0)"));
+        }
+        Ok(())
+    }
+
+    /// Key and value heads must have the same size (the architectures that assume it).
+    pub fn require_equal_heads(&self, f: &GgufFile) -> Result<()> {
+        if self.n_embd_head_k != self.n_embd_head_v {
+            return Err(f.error(
+                &self.key("attention.value_length"),
+                format!("{} must equal attention.key_length {}", self.n_embd_head_v, self.n_embd_head_k),
+            ));
+        }
+        Ok(())
+    }
+
     /// A required `<arch>.attention.layer_norm_rms_epsilon` (llama.cpp requires it for RMSNorm models).
     pub fn require_rms_eps(&mut self, f: &GgufFile) -> Result<()> {
         let key = self.key("attention.layer_norm_rms_epsilon");

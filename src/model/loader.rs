@@ -265,3 +265,91 @@ impl AsRef<[u8]> for ReadOnly {
         &self.0
     }
 }
+
+/// The tensor declarations many architectures share (names as in llama.cpp's llm_tensor names).
+impl TensorLoader<'_> {
+    /// Embedding, final norm and LM head — tied to the embedding when `output.weight` is absent
+    /// (or always, with `always_tied`, as Gemma 2 does) — and an optional output bias.
+    pub fn io(&mut self, hp: &HParams, always_tied: bool) -> Result<super::Weights> {
+        let (n_embd, n_vocab) = (hp.n_embd as i64, hp.n_vocab as i64);
+        let tok_embd = self.tensor("token_embd.weight", &[n_embd, n_vocab], Usage::GetRows)?;
+        let output_norm = self.tensor("output_norm.weight", &[n_embd], Usage::Mul)?;
+        let output = match always_tied {
+            true => None,
+            false => self.optional("output.weight", &[n_embd, n_vocab], Usage::MatMul)?,
+        };
+        let output = match output {
+            Some(t) => t,
+            None => self.duplicate("token_embd.weight", &[n_embd, n_vocab], Usage::MatMul)?,
+        };
+        let output_b = self.optional("output.bias", &[n_vocab], Usage::Add)?;
+        Ok(super::Weights { tok_embd, output_norm, output, output_b, layers: Vec::new() })
+    }
+
+    /// Attention norm, Q/K/V (separate or fused [q|k|v], with optional biases) and the output
+    /// projection of block `il`; Q/K norms of one head each when `qk_norm`.
+    pub fn attention(&mut self, hp: &HParams, il: usize, l: &mut super::LayerWeights, qk_norm: bool) -> Result<()> {
+        let b = |s: &str| format!("blk.{il}.{s}");
+        let n_embd = hp.n_embd as i64;
+        let n_q = (hp.n_embd_head_k * hp.n_head) as i64;
+        let (n_k, n_v) = (hp.n_embd_k_gqa() as i64, hp.n_embd_v_gqa() as i64);
+        l.attn_norm = Some(self.tensor(&b("attn_norm.weight"), &[n_embd], Usage::Mul)?);
+        l.wqkv = self.optional(&b("attn_qkv.weight"), &[n_embd, n_q + n_k + n_v], Usage::MatMul)?;
+        if l.wqkv.is_some() {
+            l.wqkv_b = self.optional(&b("attn_qkv.bias"), &[n_q + n_k + n_v], Usage::Add)?;
+            if l.wqkv_b.is_none() {
+                l.wq_b = self.optional(&b("attn_q.bias"), &[n_q], Usage::Add)?;
+                l.wk_b = self.optional(&b("attn_k.bias"), &[n_k], Usage::Add)?;
+                l.wv_b = self.optional(&b("attn_v.bias"), &[n_v], Usage::Add)?;
+            }
+        } else {
+            l.wq = Some(self.tensor(&b("attn_q.weight"), &[n_embd, n_q], Usage::MatMul)?);
+            l.wk = Some(self.tensor(&b("attn_k.weight"), &[n_embd, n_k], Usage::MatMul)?);
+            l.wv = Some(self.tensor(&b("attn_v.weight"), &[n_embd, n_v], Usage::MatMul)?);
+            l.wq_b = self.optional(&b("attn_q.bias"), &[n_q], Usage::Add)?;
+            l.wk_b = self.optional(&b("attn_k.bias"), &[n_k], Usage::Add)?;
+            l.wv_b = self.optional(&b("attn_v.bias"), &[n_v], Usage::Add)?;
+        }
+        l.wo = Some(self.tensor(&b("attn_output.weight"), &[n_q, n_embd], Usage::MatMul)?);
+        l.wo_b = self.optional(&b("attn_output.bias"), &[n_embd], Usage::Add)?;
+        if qk_norm {
+            let head = hp.n_embd_head_k as i64;
+            l.attn_k_norm = Some(self.tensor(&b("attn_k_norm.weight"), &[head], Usage::Mul)?);
+            l.attn_q_norm = Some(self.tensor(&b("attn_q_norm.weight"), &[head], Usage::Mul)?);
+        }
+        Ok(())
+    }
+
+    /// FFN norm and a gated FFN of width `n_ff` (with optional biases), or, in a model with
+    /// experts, the router and stacked experts of width `n_ff_exp`.
+    pub fn feed_forward(&mut self, hp: &HParams, il: usize, l: &mut super::LayerWeights) -> Result<()> {
+        let b = |s: &str| format!("blk.{il}.{s}");
+        let (n_embd, n_ff) = (hp.n_embd as i64, hp.n_ff as i64);
+        l.ffn_norm = Some(self.tensor(&b("ffn_norm.weight"), &[n_embd], Usage::Mul)?);
+        if hp.n_expert == 0 {
+            l.ffn_gate = Some(self.tensor(&b("ffn_gate.weight"), &[n_embd, n_ff], Usage::MatMul)?);
+            l.ffn_down = Some(self.tensor(&b("ffn_down.weight"), &[n_ff, n_embd], Usage::MatMul)?);
+            l.ffn_up = Some(self.tensor(&b("ffn_up.weight"), &[n_embd, n_ff], Usage::MatMul)?);
+            l.ffn_gate_b = self.optional(&b("ffn_gate.bias"), &[n_ff], Usage::Add)?;
+            l.ffn_down_b = self.optional(&b("ffn_down.bias"), &[n_embd], Usage::Add)?;
+            l.ffn_up_b = self.optional(&b("ffn_up.bias"), &[n_ff], Usage::Add)?;
+            return Ok(());
+        }
+        let n_expert = hp.n_expert as i64;
+        let n_ff_exp = hp.n_ff_exp as i64;
+        l.ffn_gate_inp = Some(self.tensor(&b("ffn_gate_inp.weight"), &[n_embd, n_expert], Usage::MatMul)?);
+        l.ffn_gate_exps = Some(self.tensor(&b("ffn_gate_exps.weight"), &[n_embd, n_ff_exp, n_expert], Usage::MatMulId)?);
+        l.ffn_down_exps = Some(self.tensor(&b("ffn_down_exps.weight"), &[n_ff_exp, n_embd, n_expert], Usage::MatMulId)?);
+        l.ffn_up_exps = Some(self.tensor(&b("ffn_up_exps.weight"), &[n_embd, n_ff_exp, n_expert], Usage::MatMulId)?);
+        Ok(())
+    }
+
+    /// A tensor shared by every layer (e.g. `rope_freqs.weight`): declared once, duplicated after.
+    pub fn shared(&mut self, il: usize, name: &str, shape: &[i64], usage: Usage) -> Result<Option<Tensor>> {
+        if il == 0 {
+            self.optional(name, shape, usage)
+        } else {
+            self.optional_duplicate(name, shape, usage)
+        }
+    }
+}

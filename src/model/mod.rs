@@ -1,7 +1,7 @@
 //! The architectures ferrite runs (one enum, one dispatch `match`), their hyper-parameters and
 //! weights, and loading a model from a GGUF file.
 
-mod hparams;
+pub mod hparams;
 pub mod loader;
 pub mod weights;
 
@@ -18,16 +18,26 @@ use anyhow::Result;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Llama,
+    Qwen2,
+    Qwen3,
+    Qwen3Moe,
+    Phi3,
+    Gemma2,
     Gemma3,
 }
 
 impl Arch {
-    pub const ALL: &'static [Arch] = &[Arch::Llama, Arch::Gemma3];
+    pub const ALL: &'static [Arch] = &[Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Qwen3Moe, Arch::Phi3, Arch::Gemma2, Arch::Gemma3];
 
     /// The GGUF name, also the prefix of the architecture's metadata keys.
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3moe",
+            Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
         }
     }
@@ -52,6 +62,10 @@ impl Arch {
         let mut hp = HParams::load_common(f, self)?;
         match self {
             Arch::Llama => arch::llama::load_hparams(f, &mut hp)?,
+            Arch::Qwen2 => arch::qwen2::load_hparams(f, &mut hp)?,
+            Arch::Qwen3 | Arch::Qwen3Moe => arch::qwen3::load_hparams(f, &mut hp)?,
+            Arch::Phi3 => arch::phi3::load_hparams(f, &mut hp)?,
+            Arch::Gemma2 => arch::gemma2::load_hparams(f, &mut hp)?,
             Arch::Gemma3 => arch::gemma3::load_hparams(f, &mut hp)?,
         }
         Ok(hp)
@@ -61,6 +75,10 @@ impl Arch {
     pub fn load_tensors(self, hp: &HParams, ld: &mut TensorLoader) -> Result<Weights> {
         match self {
             Arch::Llama => arch::llama::load_tensors(hp, ld),
+            Arch::Qwen2 => arch::qwen2::load_tensors(hp, ld),
+            Arch::Qwen3 | Arch::Qwen3Moe => arch::qwen3::load_tensors(hp, ld),
+            Arch::Phi3 => arch::phi3::load_tensors(hp, ld),
+            Arch::Gemma2 => arch::gemma2::load_tensors(hp, ld),
             Arch::Gemma3 => arch::gemma3::load_tensors(hp, ld),
         }
     }
@@ -69,6 +87,10 @@ impl Arch {
     pub fn build_graph(self, g: &mut crate::graph::GraphBuilder) -> ggml::Tensor {
         match self {
             Arch::Llama => arch::llama::build_graph(g),
+            Arch::Qwen2 => arch::qwen2::build_graph(g),
+            Arch::Qwen3 | Arch::Qwen3Moe => arch::qwen3::build_graph(g),
+            Arch::Phi3 => arch::phi3::build_graph(g),
+            Arch::Gemma2 => arch::gemma2::build_graph(g),
             Arch::Gemma3 => arch::gemma3::build_graph(g),
         }
     }

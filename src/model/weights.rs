@@ -21,6 +21,9 @@ pub struct LayerWeights {
     pub attn_k_norm: Option<Tensor>,
     pub attn_post_norm: Option<Tensor>,
     pub rope_freqs: Option<Tensor>,
+    /// Phi-3 RoPE factors for contexts beyond / within the original one.
+    pub rope_long: Option<Tensor>,
+    pub rope_short: Option<Tensor>,
 
     pub ffn_norm: Option<Tensor>,
     pub ffn_gate: Option<Tensor>,
@@ -47,6 +50,8 @@ pub struct Weights {
     pub output_norm: Tensor,
     /// [n_embd, n_vocab]; the embedding itself when the model ties them.
     pub output: Tensor,
+    /// [n_vocab] (Qwen 2, Phi-3 may have one)
+    pub output_b: Option<Tensor>,
     pub layers: Vec<LayerWeights>,
 }
 
