@@ -3,6 +3,7 @@
 //! rustyline or indicatif.
 
 pub mod arch;
+pub mod bench;
 pub mod catalogue;
 pub mod decoder;
 pub mod error;

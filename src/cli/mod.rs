@@ -1,6 +1,7 @@
 //! Command-line front end: clap definitions, dispatch, and the exit-code/stderr discipline.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 interrupted.
 
+mod bench;
 mod info;
 pub mod output;
 
@@ -18,6 +19,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Show a model's architecture, hyper-parameters, tokenizer and memory plan (validates the file)
     Info(info::Args),
+    /// Measure prompt-processing and generation speed (llama-bench's method)
+    Bench(bench::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -28,8 +31,84 @@ pub struct ModelArgs {
     pub model: Option<String>,
 }
 
+/// Options of the model context shared by the subcommands that compute.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ContextArgs {
+    /// Context size in tokens (default: the model's, capped at 4096)
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<u32>,
+    /// Threads (default: the available cores)
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Logical batch size for prompt processing
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
+    pub batch: u32,
+    /// Physical (micro-)batch size
+    #[arg(long = "ubatch-size", visible_alias = "ub", default_value_t = 512, value_name = "N")]
+    pub ubatch: u32,
+    /// Flash attention: on, off or auto
+    #[arg(long = "flash-attn", visible_alias = "fa", default_value = "auto", value_name = "on|off|auto")]
+    pub flash_attn: String,
+    /// KV cache type for K (f16, q8_0, q4_0)
+    #[arg(long = "cache-type-k", visible_alias = "ctk", default_value = "f16", value_name = "TYPE")]
+    pub cache_type_k: String,
+    /// KV cache type for V (f16, q8_0, q4_0)
+    #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f16", value_name = "TYPE")]
+    pub cache_type_v: String,
+    /// Read the model into memory instead of mapping it
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+}
+
+impl ContextArgs {
+    pub fn options(&self) -> anyhow::Result<ferrite::decoder::ContextOptions> {
+        use ferrite::decoder::{ContextOptions, FlashAttn};
+        let flash_attn = match self.flash_attn.as_str() {
+            "on" | "1" | "true" => FlashAttn::On,
+            "off" | "0" | "false" => FlashAttn::Off,
+            "auto" => FlashAttn::Auto,
+            other => ferrite::bail_input!("--flash-attn: '{other}' is not on, off or auto"),
+        };
+        let cache = |flag: &str, v: &str| -> anyhow::Result<ggml::Type> {
+            match ggml::Type::from_name(v) {
+                Some(t) if matches!(t, ggml::Type::F16 | ggml::Type::Q8_0 | ggml::Type::Q4_0 | ggml::Type::F32 | ggml::Type::BF16) => Ok(t),
+                _ => ferrite::bail_input!("{flag}: '{v}' is not a supported cache type (f16, q8_0, q4_0)"),
+            }
+        };
+        if self.threads == Some(0) {
+            ferrite::bail_input!("--threads must be at least 1");
+        }
+        if self.batch == 0 || self.ubatch == 0 {
+            ferrite::bail_input!("--batch-size and --ubatch-size must be at least 1");
+        }
+        Ok(ContextOptions {
+            n_ctx: self.ctx_size.unwrap_or(0),
+            n_batch: self.batch,
+            n_ubatch: self.ubatch,
+            n_threads: self.threads.unwrap_or_else(ferrite::decoder::default_threads),
+            flash_attn,
+            type_k: cache("--cache-type-k", &self.cache_type_k)?,
+            type_v: cache("--cache-type-v", &self.cache_type_v)?,
+        })
+    }
+}
+
+/// llama.cpp's multi-letter short flags, which clap cannot express, mapped to their long forms
+/// so users' habits carry over (`-ub 512`, `-fa off`, `-ctk q8_0`).
+const LLAMA_SHORT_FLAGS: &[(&str, &str)] =
+    &[("-ub", "--ubatch-size"), ("-fa", "--flash-attn"), ("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")];
+
+fn normalized_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .map(|a| match LLAMA_SHORT_FLAGS.iter().find(|(s, _)| a == *s) {
+            Some((_, long)) => long.into(),
+            None => a,
+        })
+        .collect()
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(normalized_args()) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -39,6 +118,7 @@ pub fn main() -> i32 {
     };
     let result = match cli.cmd {
         Some(Cmd::Info(a)) => info::main(a),
+        Some(Cmd::Bench(a)) => bench::main(a),
         None => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
     };
     match result {

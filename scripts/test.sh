@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs build dependencies, fetches the models, makes
+# the tiny random-weight models, builds llama.cpp's reference tools (the peer ferrite's parity
+# tests compare against on this machine's CPU), then runs every test.  usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bash scripts/deps.sh
+models/fetch.sh
+
+# tiny random-weight models of every architecture (deterministic bytes; ~30 s)
+python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check gguf numpy
+shared="$root/../shared"
+tiny="$root/target/tiny-models"
+if [ -f "$shared/tools/tiny_models.py" ]; then
+  if ! (cd "$tiny" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$shared/reference/tiny-reference.json" >/dev/null 2>&1); then
+    mkdir -p "$tiny"
+    python3 "$shared/tools/tiny_models.py" "$tiny" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
+  fi
+  export FERRITE_TINY_MODELS="$tiny"
+fi
+
+# llama.cpp built on this machine: the reference for exact parity (results depend on the CPU)
+if [ -f "$shared/tools/build-llamacpp-ref.sh" ]; then
+  export FERRITE_LLAMACPP_BIN=$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)
+fi
+
+cargo test --release --workspace

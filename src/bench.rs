@@ -1,0 +1,128 @@
+//! Throughput measurement with llama-bench's method: per test a fresh context of exactly the
+//! tokens it needs, a warm-up run, then `reps` timed runs from an empty cache; prompt processing
+//! (pp) decodes one prompt of random tokens in batches, text generation (tg) decodes single
+//! random tokens one after another. Reported: mean ± sample standard deviation of tokens/s.
+
+use crate::decoder::{ContextOptions, Decoder};
+use crate::model::Model;
+use anyhow::Result;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// One benchmark test: `n_prompt` tokens of prompt processing or `n_gen` of generation.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub n_prompt: u32,
+    pub n_gen: u32,
+    pub samples_ns: Vec<u64>,
+}
+
+impl BenchResult {
+    /// "pp512" / "tg128".
+    pub fn name(&self) -> String {
+        if self.n_prompt > 0 {
+            format!("pp{}", self.n_prompt)
+        } else {
+            format!("tg{}", self.n_gen)
+        }
+    }
+
+    fn n_tokens(&self) -> u64 {
+        (self.n_prompt + self.n_gen) as u64
+    }
+
+    pub fn samples_ts(&self) -> Vec<f64> {
+        self.samples_ns.iter().map(|&ns| 1e9 * self.n_tokens() as f64 / ns as f64).collect()
+    }
+
+    pub fn avg_ts(&self) -> f64 {
+        mean(&self.samples_ts())
+    }
+
+    pub fn stddev_ts(&self) -> f64 {
+        stddev(&self.samples_ts())
+    }
+
+    pub fn avg_ns(&self) -> f64 {
+        mean(&self.samples_ns.iter().map(|&x| x as f64).collect::<Vec<_>>())
+    }
+
+    pub fn stddev_ns(&self) -> f64 {
+        stddev(&self.samples_ns.iter().map(|&x| x as f64).collect::<Vec<_>>())
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Sample standard deviation (n − 1), 0 for fewer than two samples, as llama-bench.
+fn stddev(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+/// A tiny deterministic generator for the random token ids (quality is irrelevant here).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u32) -> u32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as u32
+    }
+}
+
+/// Runs one test (`n_prompt` > 0 xor `n_gen` > 0) with `reps` timed repetitions.
+pub fn run_test(model: &Rc<Model>, opts: &ContextOptions, bos: Option<u32>, n_prompt: u32, n_gen: u32, reps: u32) -> Result<BenchResult> {
+    let mut o = opts.clone();
+    o.n_ctx = n_prompt + n_gen;
+    let mut dec = Decoder::new(model.clone(), &o)?;
+    let n_vocab = model.hparams.n_vocab;
+    let mut rng = Lcg(1);
+    let mut run = |dec: &mut Decoder, n_prompt: u32, n_gen: u32| -> Result<()> {
+        dec.kv.clear();
+        let mut logits = Vec::new();
+        if n_prompt > 0 {
+            let n_batch = dec.cparams.n_batch;
+            let mut done = 0u32;
+            while done < n_prompt {
+                let n = (n_prompt - done).min(n_batch);
+                let tokens: Vec<u32> = (0..n)
+                    .map(|i| match (done + i, bos) {
+                        (0, Some(b)) => b,
+                        _ => rng.next(n_vocab),
+                    })
+                    .collect();
+                logits.clear();
+                dec.decode(&tokens, done as i32, &[n - 1], &mut logits)?;
+                done += n;
+            }
+        }
+        let mut token = bos.unwrap_or_else(|| rng.next(n_vocab));
+        for i in 0..n_gen {
+            logits.clear();
+            dec.decode(&[token], i as i32, &[0], &mut logits)?;
+            token = rng.next(n_vocab);
+        }
+        Ok(())
+    };
+    // warm-up, as llama-bench: the whole prompt, or one generated token
+    if n_prompt > 0 {
+        run(&mut dec, n_prompt, 0)?;
+    } else {
+        run(&mut dec, 0, 1)?;
+    }
+    let mut samples_ns = Vec::with_capacity(reps as usize);
+    for _ in 0..reps {
+        let t = Instant::now();
+        run(&mut dec, n_prompt, n_gen)?;
+        samples_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(BenchResult { n_prompt, n_gen, samples_ns })
+}
