@@ -2,8 +2,8 @@
 //! builds and computes each graph on the backend scheduler, and returns the requested logits.
 //! (llama.cpp's `llama_context::decode`.)
 
-use crate::graph::{CParams, GraphBuilder, InputData, UBatch};
-use crate::kv_cache::KvCache;
+use crate::graph::{BuiltGraph, CParams, GraphBuilder, Input, UBatch};
+use crate::kv_cache::{hadamard, KvCache};
 use crate::model::Model;
 use anyhow::{bail, Context as _, Result};
 use ggml::{Backend, Device, Sched, Type};
@@ -54,6 +54,16 @@ pub fn default_threads() -> usize {
 /// The default context: the model's training context, capped at 4096 tokens.
 pub const DEFAULT_CTX_CAP: u32 = 4096;
 
+/// What determines a graph's topology: a graph built for one micro-batch is reused for the
+/// next one with the same key (only the inputs change), as llama.cpp does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    n_tokens: u32,
+    n_outputs: u32,
+    n_kv_full: u32,
+    n_kv_swa: u32,
+}
+
 /// A model plus its KV cache and compute state.
 pub struct Decoder {
     pub model: Rc<Model>,
@@ -61,6 +71,11 @@ pub struct Decoder {
     pub kv: KvCache,
     backend: Backend,
     sched: Sched,
+    /// The last graph, kept for reuse.
+    last: Option<(GraphKey, BuiltGraph)>,
+    /// Graph builds and reuses so far (for tests and `--verbose`).
+    pub n_graph_builds: u64,
+    pub n_graph_reuses: u64,
     /// Stops a running computation when set (Ctrl-C).
     pub interrupt: Option<&'static AtomicBool>,
 }
@@ -95,7 +110,7 @@ impl Decoder {
         let backend = Device::cpu()?.init_backend()?;
         backend.set_n_threads(opts.n_threads);
         let sched = Sched::new(std::slice::from_ref(&backend), crate::graph::graph_size(model.n_tensors()), false)?;
-        Ok(Decoder { model, cparams, kv, backend, sched, interrupt: None })
+        Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None })
     }
 
     pub fn n_ctx(&self) -> u32 {
@@ -155,21 +170,31 @@ impl Decoder {
 
     fn decode_ubatch(&mut self, tokens: &[u32], positions: &[i32], outputs: &[u32], logits: &mut Vec<f32>) -> Result<()> {
         self.kv.prepare(positions)?;
-        let model = self.model.clone();
-        let ub = UBatch { tokens, positions, outputs };
-        let built = {
-            let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, model.n_tensors())?;
-            let logits = model.arch.build_graph(&mut g);
-            g.finish(logits)
+        let key = GraphKey {
+            n_tokens: tokens.len() as u32,
+            n_outputs: outputs.len() as u32,
+            n_kv_full: self.kv.slot_full.n_kv,
+            n_kv_swa: self.kv.slot_swa.n_kv,
         };
-        self.sched.alloc(&built.graph)?;
-        for (t, data) in &built.inputs {
-            match data {
-                InputData::I32(v) => self.sched.set_input(&built.graph, t, v)?,
-                InputData::I64(v) => self.sched.set_input(&built.graph, t, v)?,
-                InputData::F32(v) => self.sched.set_input(&built.graph, t, v)?,
-                InputData::F16(v) => self.sched.set_input(&built.graph, t, v)?,
-            }
+        let reuse = matches!(&self.last, Some((k, g)) if *k == key && self.sched.holds(&g.graph));
+        if reuse {
+            self.n_graph_reuses += 1;
+        } else {
+            self.last = None;
+            let model = self.model.clone();
+            let ub = UBatch { tokens, positions, outputs };
+            let built = {
+                let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, model.n_tensors())?;
+                let logits = model.arch.build_graph(&mut g);
+                g.finish(logits)
+            };
+            self.sched.alloc(&built.graph)?;
+            self.n_graph_builds += 1;
+            self.last = Some((key, built));
+        }
+        let (_, built) = self.last.as_ref().expect("set above");
+        for (t, what) in &built.inputs {
+            set_input(&self.sched, built, t, *what, &self.kv, tokens, positions, outputs, self.model.hparams.n_embd_v_gqa(), self.cparams.flash_attn)?;
         }
         if let Err(e) = self.sched.compute(&built.graph) {
             if self.interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
@@ -185,4 +210,41 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Computes and copies the values of one graph input for the current micro-batch.
+#[allow(clippy::too_many_arguments)]
+fn set_input(
+    sched: &Sched,
+    built: &BuiltGraph,
+    t: &ggml::Tensor,
+    what: Input,
+    kv: &KvCache,
+    tokens: &[u32],
+    positions: &[i32],
+    outputs: &[u32],
+    n_embd_v_gqa: u32,
+    flash_attn: bool,
+) -> Result<()> {
+    let g = &built.graph;
+    match what {
+        Input::Tokens => sched.set_input(g, t, &tokens.iter().map(|&x| x as i32).collect::<Vec<_>>())?,
+        Input::ScaleRows(s) => sched.set_input(g, t, &vec![s; tokens.len()])?,
+        Input::Pos => sched.set_input(g, t, positions)?,
+        Input::OutIds => sched.set_input(g, t, &outputs.iter().map(|&x| x as i32).collect::<Vec<_>>())?,
+        Input::KIdxs(kind) => sched.set_input(g, t, &kv.k_idxs(kind))?,
+        Input::VIdxs(kind) => sched.set_input(g, t, &kv.v_idxs(kind, n_embd_v_gqa))?,
+        Input::Mask(kind) => {
+            let mask = kv.mask(kind, positions);
+            if flash_attn {
+                let mut h = vec![0u16; mask.len()];
+                ggml::fp32_to_fp16_row(&mask, &mut h);
+                sched.set_input(g, t, &h)?
+            } else {
+                sched.set_input(g, t, &mask)?
+            }
+        }
+        Input::Rotation(n) => sched.set_input(g, t, &hadamard(n as usize))?,
+    }
+    Ok(())
 }

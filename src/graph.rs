@@ -3,7 +3,7 @@
 //! experts. Architecture files compose these; each mirrors llama.cpp's `llm_graph_context`
 //! (src/llama-graph.cpp) op for op, so that ggml computes the same values in the same order.
 
-use crate::kv_cache::{hadamard, CacheKind, KvCache};
+use crate::kv_cache::{CacheKind, KvCache};
 use crate::model::weights::w;
 use crate::model::{HParams, LayerWeights, RopeScaling, Weights};
 use anyhow::Result;
@@ -88,12 +88,26 @@ pub struct AttnSpec<'t> {
     pub kq_scale: f32,
 }
 
-/// Values to copy into an input tensor once the graph is allocated.
-pub enum InputData {
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    F32(Vec<f32>),
-    F16(Vec<u16>),
+/// What an input tensor holds; its values are computed for each micro-batch (so a graph can be
+/// reused for the next micro-batch of the same shape with new inputs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Input {
+    /// I32 token ids.
+    Tokens,
+    /// F32 per-row embedding scale.
+    ScaleRows(f32),
+    /// I32 positions.
+    Pos,
+    /// I32 rows of the last layer that produce logits.
+    OutIds,
+    /// I64 rows of the cache where K is stored.
+    KIdxs(CacheKind),
+    /// I64 rows (or elements, when V is transposed) of the cache where V is stored.
+    VIdxs(CacheKind),
+    /// KQ mask (F16 with flash attention, else F32).
+    Mask(CacheKind),
+    /// F32 Walsh–Hadamard matrix of this size.
+    Rotation(u32),
 }
 
 /// Attention inputs of one cache (llama.cpp's `self_k_idxs`, `self_v_idxs`, `self_kq_mask`).
@@ -121,20 +135,19 @@ pub struct GraphBuilder<'a> {
     pub w: &'a Weights,
     pub cparams: &'a CParams,
     kv: &'a KvCache,
-    ub: &'a UBatch<'a>,
     pub n_tokens: i64,
     pub n_outputs: i64,
-    inputs: Vec<(Tensor, InputData)>,
+    inputs: Vec<(Tensor, Input)>,
     attn_full: Option<CacheInputs>,
     attn_swa: Option<CacheInputs>,
     /// Name nodes as llama.cpp does ("attn_norm-3") so runs can be diffed node by node.
     pub name_nodes: bool,
 }
 
-/// A built graph: the graph, its input tensors with their data, and the logits node.
+/// A built graph: the graph, its input tensors, and the logits node.
 pub struct BuiltGraph {
     pub graph: Graph,
-    pub inputs: Vec<(Tensor, InputData)>,
+    pub inputs: Vec<(Tensor, Input)>,
     pub logits: Tensor,
 }
 
@@ -145,7 +158,7 @@ pub fn graph_size(n_tensors: usize) -> usize {
 }
 
 impl<'a> GraphBuilder<'a> {
-    pub fn new(hp: &'a HParams, w: &'a Weights, cparams: &'a CParams, kv: &'a KvCache, ub: &'a UBatch<'a>, n_tensors: usize) -> Result<Self> {
+    pub fn new(hp: &'a HParams, w: &'a Weights, cparams: &'a CParams, kv: &'a KvCache, ub: &UBatch, n_tensors: usize) -> Result<Self> {
         let size = graph_size(n_tensors);
         let ctx = Context::new(size, size)?;
         let gf = Graph::new(&ctx, size)?;
@@ -156,7 +169,6 @@ impl<'a> GraphBuilder<'a> {
             w,
             cparams,
             kv,
-            ub,
             n_tokens: ub.tokens.len() as i64,
             n_outputs: ub.outputs.len() as i64,
             inputs: Vec::new(),
@@ -167,6 +179,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     pub fn finish(self, logits: Tensor) -> BuiltGraph {
+        logits.set_output();
         self.gf.expand(&logits);
         BuiltGraph { graph: self.gf, inputs: self.inputs, logits }
     }
@@ -182,11 +195,11 @@ impl<'a> GraphBuilder<'a> {
         }
     }
 
-    fn input(&mut self, ty: Type, ne: &[i64], name: &str, data: InputData) -> Tensor {
+    fn input(&mut self, ty: Type, ne: &[i64], name: &str, what: Input) -> Tensor {
         let t = self.ctx.new_tensor(ty, ne);
         t.set_input();
         t.set_name(name);
-        self.inputs.push((t.clone(), data));
+        self.inputs.push((t.clone(), what));
         t
     }
 
@@ -194,13 +207,12 @@ impl<'a> GraphBuilder<'a> {
 
     /// Token embeddings, scaled by `scale` when it is not 1 (Gemma). F32 [n_embd, n_tokens]
     pub fn inp_embd(&mut self, tok_embd: &Tensor, scale: f32) -> Tensor {
-        let ids: Vec<i32> = self.ub.tokens.iter().map(|&t| t as i32).collect();
-        let tokens = self.input(Type::I32, &[self.n_tokens], "inp_tokens", InputData::I32(ids));
+        let tokens = self.input(Type::I32, &[self.n_tokens], "inp_tokens", Input::Tokens);
         let mut cur = self.ctx.get_rows(tok_embd, &tokens);
         if scale != 1.0 {
             // llama.cpp multiplies by a per-row input so that the graph is the same for token and
             // embedding batches; the product is the same as a scale.
-            let rows = self.input(Type::F32, &[1, self.n_tokens], "inp_scale_rows", InputData::F32(vec![scale; self.n_tokens as usize]));
+            let rows = self.input(Type::F32, &[1, self.n_tokens], "inp_scale_rows", Input::ScaleRows(scale));
             cur = self.ctx.mul(&cur, &rows);
         }
         self.cb(&cur, "embd", usize::MAX);
@@ -210,33 +222,24 @@ impl<'a> GraphBuilder<'a> {
 
     /// Positions. I32 [n_tokens]
     pub fn inp_pos(&mut self) -> Tensor {
-        let pos = self.ub.positions.to_vec();
-        self.input(Type::I32, &[self.n_tokens], "inp_pos", InputData::I32(pos))
+        self.input(Type::I32, &[self.n_tokens], "inp_pos", Input::Pos)
     }
 
     /// Rows of the last layer that produce logits. I32 [n_outputs]
     pub fn inp_out_ids(&mut self) -> Tensor {
-        let ids: Vec<i32> = self.ub.outputs.iter().map(|&i| i as i32).collect();
-        self.input(Type::I32, &[self.n_outputs], "out_ids", InputData::I32(ids))
+        self.input(Type::I32, &[self.n_outputs], "out_ids", Input::OutIds)
     }
 
     fn cache_inputs(&mut self, kind: CacheKind) -> CacheInputs {
         let kv = self.kv;
         let n_kv = kv.slot(kind).n_kv as i64;
-        let k_idxs = self.input(Type::I64, &[self.n_tokens], "attn_inp_k_idxs", InputData::I64(kv.k_idxs(kind)));
-        let v_idx = kv.v_idxs(kind, self.hp.n_embd_v_gqa());
-        let v_len = v_idx.len() as i64;
-        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", InputData::I64(v_idx));
-        let mask = kv.mask(kind, self.ub.positions);
-        let mask = if self.cparams.flash_attn {
-            let mut h = vec![0u16; mask.len()];
-            ggml::fp32_to_fp16_row(&mask, &mut h);
-            self.input(Type::F16, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", InputData::F16(h))
-        } else {
-            self.input(Type::F32, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", InputData::F32(mask))
-        };
+        let k_idxs = self.input(Type::I64, &[self.n_tokens], "attn_inp_k_idxs", Input::KIdxs(kind));
+        let v_len = if kv.v_trans { self.n_tokens * self.hp.n_embd_v_gqa() as i64 } else { self.n_tokens };
+        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind));
+        let mask_ty = if self.cparams.flash_attn { Type::F16 } else { Type::F32 };
+        let mask = self.input(mask_ty, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", Input::Mask(kind));
         let rot = |this: &mut Self, n: u32, name: &str| {
-            (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, InputData::F32(hadamard(n as usize))))
+            (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, Input::Rotation(n)))
         };
         let k_rot = rot(self, kv.n_rot_k, "attn_inp_k_rot");
         let v_rot = rot(self, kv.n_rot_v, "attn_inp_v_rot");
