@@ -12,3 +12,4 @@ pub mod graph;
 pub mod info;
 pub mod kv_cache;
 pub mod model;
+pub mod perplexity;
