@@ -344,6 +344,160 @@ impl KvCache {
     }
 }
 
+/// A little-endian reader over a saved state that turns every shortfall into a BadInput error.
+struct StateReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> StateReader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.data.len() - self.pos {
+            crate::bail_input!("session KV state is truncated");
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+}
+
+impl KvCache {
+    /// Row bytes of one cell in layer `il`: (K bytes, V bytes).
+    fn row_bytes(&self, il: usize) -> (usize, usize) {
+        let (k, v) = (&self.layers[il].k, &self.layers[il].v);
+        (k.ty().row_size(k.ne()[0]), v.ty().row_size(v.ne()[0]))
+    }
+
+    /// Serialises the cache: layout parameters, used cells and their K/V rows.
+    pub fn write_state(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let put = |out: &mut Vec<u8>, x: u32| out.extend_from_slice(&x.to_le_bytes());
+        put(&mut out, self.layers.len() as u32);
+        put(&mut out, self.type_k.id());
+        put(&mut out, self.type_v.id());
+        put(&mut out, self.v_trans as u32);
+        let caches: Vec<&Cells> = std::iter::once(&self.full).chain(self.swa.as_ref()).collect();
+        put(&mut out, caches.len() as u32);
+        for c in &caches {
+            put(&mut out, c.size());
+            put(&mut out, c.head);
+            let used: Vec<(usize, i32)> = c.pos.iter().copied().enumerate().filter(|&(_, p)| p >= 0).collect();
+            put(&mut out, used.len() as u32);
+            for (i, p) in used {
+                put(&mut out, i as u32);
+                put(&mut out, p as u32);
+            }
+        }
+        for il in 0..self.layers.len() {
+            let cells = self.cells(self.layers[il].kind);
+            let (kb, vb) = self.row_bytes(il);
+            let (k, v) = (&self.layers[il].k, &self.layers[il].v);
+            let mut buf = vec![0u8; kb.max(vb)];
+            // a transposed V is gathered from a copy of the whole tensor
+            let v_all = if self.v_trans { v.read_bytes()? } else { Vec::new() };
+            for (i, _) in cells.pos.iter().enumerate().filter(|&(_, &p)| p >= 0) {
+                k.read_range(i * kb, &mut buf[..kb])?;
+                out.extend_from_slice(&buf[..kb]);
+                if self.v_trans {
+                    // element j of cell i lives at j * size + i
+                    let es = v.ty().type_size();
+                    let size = cells.size() as usize;
+                    for j in 0..v.ne()[0] as usize {
+                        let at = (j * size + i) * es;
+                        out.extend_from_slice(&v_all[at..at + es]);
+                    }
+                } else {
+                    v.read_range(i * vb, &mut buf[..vb])?;
+                    out.extend_from_slice(&buf[..vb]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores a state written by `write_state` for a cache of the same layout; anything else
+    /// (another model, other cache types or sizes, a damaged state) is a BadInput error and
+    /// leaves the cache empty.
+    pub fn read_state(&mut self, data: &[u8]) -> Result<()> {
+        self.clear();
+        let r = self.read_state_inner(data);
+        if r.is_err() {
+            self.clear();
+        }
+        r
+    }
+
+    fn read_state_inner(&mut self, data: &[u8]) -> Result<()> {
+        let mut r = StateReader { data, pos: 0 };
+        let mismatch = |what: &str| crate::bad_input!("session KV state was saved with a different {what}");
+        if r.u32()? as usize != self.layers.len() {
+            return Err(mismatch("layer count"));
+        }
+        if r.u32()? != self.type_k.id() || r.u32()? != self.type_v.id() {
+            return Err(mismatch("KV cache type (--cache-type-k/-v)"));
+        }
+        if (r.u32()? != 0) != self.v_trans {
+            return Err(mismatch("flash-attention setting"));
+        }
+        let n_caches = r.u32()? as usize;
+        if n_caches != 1 + self.swa.is_some() as usize {
+            return Err(mismatch("cache layout"));
+        }
+        for ci in 0..n_caches {
+            let size = r.u32()?;
+            let head = r.u32()?;
+            let n_used = r.u32()?;
+            let cells = if ci == 0 { &mut self.full } else { self.swa.as_mut().expect("checked") };
+            if size != cells.size() {
+                return Err(mismatch("context size (-c)"));
+            }
+            if head > size || n_used > size {
+                crate::bail_input!("session KV state is damaged (cell counts)");
+            }
+            for _ in 0..n_used {
+                let i = r.u32()?;
+                let p = r.u32()? as i32;
+                if i >= size || p < 0 || cells.pos[i as usize] >= 0 {
+                    crate::bail_input!("session KV state is damaged (cell {i})");
+                }
+                cells.pos[i as usize] = p;
+                cells.used += 1;
+            }
+            cells.head = head;
+        }
+        for il in 0..self.layers.len() {
+            let kind = self.layers[il].kind;
+            let used: Vec<usize> = self.cells(kind).pos.iter().enumerate().filter(|&(_, &p)| p >= 0).map(|(i, _)| i).collect();
+            let size = self.cells(kind).size() as usize;
+            let (kb, vb) = self.row_bytes(il);
+            let v = self.layers[il].v.clone();
+            let mut v_all = if self.v_trans { v.read_bytes()? } else { Vec::new() };
+            for i in used {
+                self.layers[il].k.write_range(i * kb, r.take(kb)?)?;
+                if self.v_trans {
+                    let es = v.ty().type_size();
+                    for j in 0..v.ne()[0] as usize {
+                        let at = (j * size + i) * es;
+                        v_all[at..at + es].copy_from_slice(r.take(es)?);
+                    }
+                } else {
+                    v.write_range(i * vb, r.take(vb)?)?;
+                }
+            }
+            if self.v_trans {
+                v.write_bytes(&v_all)?;
+            }
+        }
+        if r.pos != data.len() {
+            crate::bail_input!("session KV state has {} trailing bytes", data.len() - r.pos);
+        }
+        Ok(())
+    }
+}
+
 /// The orthonormal Walsh–Hadamard matrix of size n (a power of two), row-major; H·H = I.
 /// Same construction as llama.cpp's `ggml_gen_hadamard` (Sylvester doubling from 1/sqrt(n)).
 pub fn hadamard(n: usize) -> Vec<f32> {

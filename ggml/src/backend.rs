@@ -256,6 +256,12 @@ impl Buffer {
         cstr(unsafe { sys::ggml_backend_buffer_name(self.raw()) })
     }
 
+    /// Whether this is a plain CPU buffer (byte-addressable, no layout conversion on access).
+    pub fn is_plain_cpu(&self) -> bool {
+        // SAFETY: live buffer; buffer types are static.
+        unsafe { sys::ggml_backend_buffer_get_type(self.raw()) == sys::ggml_backend_cpu_buffer_type() }
+    }
+
     /// Fills the whole buffer with `value`.
     pub fn clear(&self, value: u8) {
         // SAFETY: live buffer.

@@ -682,6 +682,32 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Copies `len` bytes starting at byte `offset` of the tensor's data (owned buffer only).
+    pub fn read_range(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+            return err(format!("tensor '{}' has no contiguous buffer of its own to read from", self.name()));
+        }
+        if offset.checked_add(out.len()).is_none_or(|end| end > self.nbytes()) {
+            return err(format!("tensor '{}': read of {} bytes at {} is out of range", self.name(), out.len(), offset));
+        }
+        // SAFETY: the tensor is allocated in a live buffer (checked) and the range lies inside it.
+        unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr() as *mut _, offset, out.len()) };
+        Ok(())
+    }
+
+    /// Writes `data` at byte `offset` of the tensor's data (owned buffer only).
+    pub fn write_range(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+            return err(format!("tensor '{}' has no contiguous buffer of its own to write to", self.name()));
+        }
+        if offset.checked_add(data.len()).is_none_or(|end| end > self.nbytes()) {
+            return err(format!("tensor '{}': write of {} bytes at {} is out of range", self.name(), data.len(), offset));
+        }
+        // SAFETY: the tensor is allocated in a live buffer (checked) and the range lies inside it.
+        unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr() as *const _, offset, data.len()) };
+        Ok(())
+    }
+
     /// Reads an F32 tensor from a buffer its context owns.
     pub fn read_f32(&self) -> Result<Vec<f32>> {
         if self.ty() != Type::F32 {

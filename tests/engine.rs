@@ -1,0 +1,71 @@
+//! Engine tests on the real models: KV-cache state round trips, graph reuse, and that results
+//! do not depend on the thread count.
+
+use ferrite::decoder::{ContextOptions, Decoder, FlashAttn};
+use ferrite::model::{LoadOptions, Model};
+use std::path::Path;
+use std::rc::Rc;
+
+fn model(name: &str) -> Rc<Model> {
+    let path = ferrite::catalogue::resolve(Some(name)).expect("models are fetched by scripts/test.sh");
+    Rc::new(Model::load(Path::new(&path), LoadOptions::default(), &mut |_, _| {}).unwrap())
+}
+
+fn opts(fa: FlashAttn) -> ContextOptions {
+    ContextOptions { n_ctx: 512, n_threads: 2, flash_attn: fa, ..Default::default() }
+}
+
+const PROMPT: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 198];
+
+#[test]
+fn kv_state_round_trip_continues_identically() {
+    let m = model("smollm2");
+    for fa in [FlashAttn::On, FlashAttn::Off] {
+        let mut a = Decoder::new(m.clone(), &opts(fa)).unwrap();
+        let mut logits = Vec::new();
+        a.decode(&PROMPT, 0, &[7], &mut logits).unwrap();
+        let state = a.kv.write_state().unwrap();
+        logits.clear();
+        a.decode(&[504], 8, &[0], &mut logits).unwrap();
+
+        let mut b = Decoder::new(m.clone(), &opts(fa)).unwrap();
+        b.kv.read_state(&state).unwrap();
+        let mut again = Vec::new();
+        b.decode(&[504], 8, &[0], &mut again).unwrap();
+        assert_eq!(logits, again, "restored cache must continue bit-identically ({fa:?})");
+
+        // a state from another layout is refused and leaves the cache empty
+        let mut c = Decoder::new(m.clone(), &ContextOptions { n_ctx: 1024, ..opts(fa) }).unwrap();
+        assert!(c.kv.read_state(&state).is_err());
+        assert_eq!(c.kv.pos_max(), -1);
+        assert!(c.kv.read_state(&state[..state.len() - 3]).is_err(), "truncated state");
+    }
+}
+
+#[test]
+fn generation_reuses_the_graph() {
+    let m = model("smollm2");
+    let mut d = Decoder::new(m, &opts(FlashAttn::Auto)).unwrap();
+    let mut logits = Vec::new();
+    d.decode(&PROMPT, 0, &[7], &mut logits).unwrap();
+    for i in 0..20 {
+        logits.clear();
+        d.decode(&[198], 8 + i, &[0], &mut logits).unwrap();
+    }
+    // one build for the prompt, one for the first single token, then reuse
+    assert_eq!(d.n_graph_builds, 2);
+    assert_eq!(d.n_graph_reuses, 19);
+}
+
+#[test]
+fn thread_count_changes_nothing() {
+    let m = model("gemma3");
+    let mut out = Vec::new();
+    for threads in [1, 2] {
+        let mut d = Decoder::new(m.clone(), &ContextOptions { n_threads: threads, ..opts(FlashAttn::Auto) }).unwrap();
+        let mut logits = Vec::new();
+        d.decode(&[2, 818, 5279, 529, 7001, 563], 0, &[5], &mut logits).unwrap();
+        out.push(logits);
+    }
+    assert_eq!(out[0], out[1], "thread count must not change results");
+}
