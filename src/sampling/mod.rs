@@ -38,10 +38,16 @@
 //!
 //! # Speed
 //!
-//! `sample` copies the logits into a buffer owned by the sampler, applies biases and penalties
-//! to the handful of tokens concerned, and then either takes the argmax with a vectorised scan
-//! (greedy) or, with top-k on, streams the vocabulary through a k-element heap so that only k
-//! candidates are ever built and sorted. Buffers keep their capacity: after the first call nothing is allocated.
+//! With logit biases or penalties, `sample` copies the logits into a buffer owned by the sampler
+//! and adjusts the handful of tokens concerned there; otherwise it reads the caller's logits in
+//! place. Greedy then takes the argmax with a vectorised scan. With top-k on, the vocabulary streams through a k-element heap (blocks that
+//! cannot beat the k-th best are skipped with one vector compare), so only k candidates are ever
+//! built and sorted; the later steps work on those k. Buffers keep their capacity, so
+//! steady-state sampling allocates nothing. Without top-k, top-p over the whole vocabulary sorts
+//! only the best 256 unless they hold less than `top_p` of the mass (as llama.cpp does); long
+//! sorts go through integer keys. Per token at a 262144-token vocabulary (the ignored test
+//! `bench_sample`), on a loaded 2-core machine: greedy ~30 us, default chain ~40 us, and ~35 us
+//! more for the copy when biases or penalties are on.
 //!
 //! # Differences from llama.cpp
 //!
@@ -142,31 +148,39 @@ impl Sampler {
     /// the chosen id. The caller's logits are not modified. Does not record the token: call
     /// [`accept`](Self::accept) with the token actually used. Empty logits yield token 0.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        // NaN (a broken model) counts as -inf, so that comparisons and sorts stay total.
-        self.logits.clear();
-        self.logits.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
-        let buf = &mut self.logits;
-        for b in &self.config.logit_bias {
-            if let Some(l) = buf.get_mut(b.token as usize) {
-                *l += b.bias;
+        // Biases and penalties go to a copy; without them the caller's logits are read in
+        // place. Either way NaN (a broken model) ends up as -inf: replaced here, skipped by
+        // `argmax` and `fill_top_k`, replaced by `fill`.
+        let adjusted = !self.config.logit_bias.is_empty() || self.penalties.is_enabled();
+        let src: &[f32] = if adjusted {
+            let buf = &mut self.logits;
+            buf.clear();
+            buf.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
+            for b in &self.config.logit_bias {
+                if let Some(l) = buf.get_mut(b.token as usize) {
+                    *l += b.bias;
+                }
             }
-        }
-        self.penalties.apply_to_logits(buf);
+            self.penalties.apply_to_logits(buf);
+            buf
+        } else {
+            logits
+        };
 
         let c = &mut self.cands;
         let cfg = &self.config;
         if cfg.is_greedy() {
-            let id = candidates::argmax(buf);
+            let id = candidates::argmax(src);
             c.data.clear();
-            c.data.push(Candidate { id: id as u32, logit: buf.get(id).copied().unwrap_or(0.0), p: 1.0 });
+            c.data.push(Candidate { id: id as u32, logit: src.get(id).copied().unwrap_or(0.0), p: 1.0 });
             c.sorted = true;
             return id as u32;
         }
         let k = cfg.top_k as usize;
-        if k > 0 && k < buf.len() {
-            c.fill_top_k(buf, k);
+        if k > 0 && k < src.len() {
+            c.fill_top_k(src, k);
         } else {
-            c.fill(buf);
+            c.fill(src);
             candidates::top_k(c, cfg.top_k);
         }
         candidates::typical(c, cfg.typical_p, 0);

@@ -512,6 +512,24 @@ fn same_seed_same_tokens() {
 }
 
 #[test]
+fn copied_and_in_place_logits_agree() {
+    // Penalties on but an empty window take the copy path without changing a logit: the tokens
+    // must be those of the in-place path, NaNs included.
+    let mut rng = Xoshiro256::from_seed(8);
+    let rows: Vec<Vec<f32>> = (0..40)
+        .map(|_| (0..3000).map(|i| if i % 97 == 5 { f32::NAN } else { (rng.next_f64() * 12.0) as f32 }).collect())
+        .collect();
+    for base in [cfg(3), SamplerConfig { top_k: 0, ..cfg(3) }, SamplerConfig::greedy()] {
+        let mut plain = Sampler::new(base.clone(), 3000).unwrap();
+        let mut copied = Sampler::new(SamplerConfig { repeat_penalty: 1.3, ..base }, 3000).unwrap();
+        for r in &rows {
+            assert_eq!(plain.sample(r), copied.sample(r));
+            assert_eq!(plain.candidates().data, copied.candidates().data);
+        }
+    }
+}
+
+#[test]
 fn random_seed_is_reported_and_reproduces() {
     let logits: Vec<f32> = (0..500).map(|i| (i % 17) as f32 * 0.1).collect();
     let mut s = Sampler::new(SamplerConfig::default(), 500).unwrap();
@@ -807,6 +825,7 @@ fn bench_sample() {
     );
     for (name, config) in [
         ("greedy", SamplerConfig::greedy()),
+        ("greedy+penalties", SamplerConfig { repeat_penalty: 1.1, ..SamplerConfig::greedy() }),
         ("default", cfg(1)),
         ("default+penalties", SamplerConfig { repeat_penalty: 1.1, ..cfg(1) }),
         ("top_k 0, top_p 0.95", SamplerConfig { top_k: 0, ..cfg(1) }),
