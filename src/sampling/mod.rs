@@ -40,14 +40,14 @@
 //!
 //! With logit biases or penalties, `sample` copies the logits into a buffer owned by the sampler
 //! and adjusts the handful of tokens concerned there; otherwise it reads the caller's logits in
-//! place. Greedy then takes the argmax with a vectorised scan. With top-k on, the vocabulary streams through a k-element heap (blocks that
-//! cannot beat the k-th best are skipped with one vector compare), so only k candidates are ever
-//! built and sorted; the later steps work on those k. Buffers keep their capacity, so
-//! steady-state sampling allocates nothing. Without top-k, top-p over the whole vocabulary sorts
-//! only the best 256 unless they hold less than `top_p` of the mass (as llama.cpp does); long
-//! sorts go through integer keys. Per token at a 262144-token vocabulary (the ignored test
-//! `bench_sample`), on a loaded 2-core machine: greedy ~30 us, default chain ~40 us, and ~35 us
-//! more for the copy when biases or penalties are on.
+//! place. Greedy then takes the argmax with a vectorised scan. With top-k on, the vocabulary
+//! streams through a k-element heap (blocks that cannot beat the k-th best are skipped with one
+//! vector compare), so only k candidates are ever built and sorted; the later steps work on
+//! those k. Buffers keep their capacity, so steady-state sampling allocates nothing. Without
+//! top-k, top-p over the whole vocabulary sorts only the best 256 unless they hold less than
+//! `top_p` of the mass (as llama.cpp does); long sorts go through integer keys. Per token at a
+//! 262144-token vocabulary (the ignored test `bench_sample`), on a loaded 2-core machine: greedy
+//! ~30 us, default chain ~40 us, and ~35 us more for the copy when biases or penalties are on.
 //!
 //! # Differences from llama.cpp
 //!
@@ -114,13 +114,21 @@ impl Sampler {
         );
         let mut cands = Candidates::new();
         let k = config.top_k as usize;
-        cands.data.reserve(if k > 0 && k < n_vocab { k } else { n_vocab });
+        let n_cands = if config.is_greedy() {
+            1
+        } else if k > 0 && k < n_vocab {
+            k
+        } else {
+            n_vocab
+        };
+        cands.data.reserve(n_cands);
+        let adjusted = !config.logit_bias.is_empty() || penalties.is_enabled();
         Ok(Sampler {
             n_vocab,
             seed,
             rng: Xoshiro256::from_seed(seed),
             penalties,
-            logits: Vec::with_capacity(n_vocab),
+            logits: Vec::with_capacity(if adjusted { n_vocab } else { 0 }),
             cands,
             config,
         })
