@@ -13,3 +13,4 @@ pub mod info;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod sampling;
