@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod catalogue;
+pub mod chat;
 pub mod decoder;
 pub mod error;
 pub mod gguf;
