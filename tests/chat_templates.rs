@@ -478,6 +478,40 @@ fn python_compatibility() {
     assert_eq!(r("{{ bos_token }}{{ eos_token }}{{ add_generation_prompt }}"), "<s></s>False");
     assert_eq!(r("{% generation %}kept{% endgeneration %}"), "kept");
     assert_eq!(r("{{ tools | length }}{{ messages | count }}"), "01");
+    assert_eq!(r("{{ 1.0 }} {{ 2 / 1 }} {{ 7 // 2 }} {{ 1e20 }} {{ 0.1 + 0.2 }}"), "1.0 2.0 3 1e+20 0.30000000000000004");
+    assert_eq!(r("{{ none | string }} {{ [true, none] | join(', ') }} {{ messages | join('|', attribute='role') }} {{ 'abc' | join('-') }}"), "None True, None user a-b-c");
     // trim_blocks and lstrip_blocks.
     assert_eq!(r("a\n  {% if true %}\nb\n  {% endif %}\nc"), "a\nb\nc");
+}
+
+/// The stop string read off each committed real template (the markup after an assistant turn).
+#[test]
+fn stop_strings_of_real_templates() {
+    let dir = golden_dir();
+    let manifest: Json = serde_json::from_str(&read(&dir.join("cases.json"))).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for case in manifest["cases"].as_array().unwrap() {
+        let name = case["template"].as_str().unwrap();
+        if seen.contains_key(name) {
+            continue;
+        }
+        let t = ChatTemplate::from_gguf_str(&read(&dir.join("templates").join(name))).unwrap();
+        seen.insert(name.to_string(), t.stop_strings(case["bos"].as_str().unwrap(), case["eos"].as_str().unwrap()));
+    }
+    let want: &[(&str, &str)] = &[
+        ("HuggingFaceTB-SmolLM3-3B.jinja", "<|im_end|>"),
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", "<|im_end|>"),
+        ("Qwen-Qwen3-0.6B.jinja", "<|im_end|>"),
+        ("SmolLM2-135M-Instruct.jinja", "<|im_end|>"),
+        ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "<｜end▁of▁sentence｜>"),
+        ("google-gemma-2-2b-it.jinja", "<end_of_turn>"),
+        ("ibm-granite-granite-3.3-2B-Instruct.jinja", "<|end_of_text|>"),
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", "<|eot_id|>"),
+        ("meta-llama-Llama-3.2-3B-Instruct.jinja", "<|eot_id|>"),
+        ("microsoft-Phi-3.5-mini-instruct.jinja", "<|end|>"),
+        ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "</s>"),
+    ];
+    let want: std::collections::BTreeMap<String, Vec<String>> =
+        want.iter().map(|(n, s)| (n.to_string(), vec![s.to_string()])).collect();
+    assert_eq!(seen, want);
 }

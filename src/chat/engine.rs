@@ -101,6 +101,8 @@ fn environment<'s>(fixed_now: Option<i64>, fuel: u64) -> Environment<'s> {
     env.add_filter("tojson", python::tojson);
     env.add_filter("length", python::length);
     env.add_filter("count", python::length);
+    env.add_filter("string", python::string);
+    env.add_filter("join", python::join);
     env.add_function("raise_exception", |msg: Option<Value>| -> Result<Value, Error> {
         let mut text = String::new();
         if let Some(m) = msg {

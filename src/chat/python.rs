@@ -377,6 +377,58 @@ pub fn json_str_inner(s: &str, ensure_ascii: bool, out: &mut String) {
     }
 }
 
+/// `string`: Python's `str()` (`None`, `True`, `['a']`) rather than MiniJinja's spelling.
+pub fn string(v: &Value) -> Result<Value, Error> {
+    if v.kind() == ValueKind::String {
+        return Ok(v.clone());
+    }
+    let mut s = String::new();
+    py_str(v, &mut s, 0)?;
+    Ok(Value::from(s))
+}
+
+/// `join(d='', attribute=None)`: jinja2's, joining the items' Python `str()`.
+pub fn join(v: &Value, d: Option<Value>, attribute: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
+    let d: Option<Value> = match d {
+        Some(d) => Some(d),
+        None => kwargs.get("d")?,
+    };
+    let attribute: Option<Value> = match attribute {
+        Some(a) => Some(a),
+        None => kwargs.get("attribute")?,
+    };
+    kwargs.assert_all_used()?;
+    let d = d
+        .map(|d| {
+            d.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "join: separator must be a string"))
+        })
+        .transpose()?;
+    let d = d.as_deref();
+    if v.is_undefined() || v.is_none() {
+        return Ok(String::new());
+    }
+    if let Some(s) = v.as_str() {
+        // jinja2 iterates a string's characters.
+        return Ok(s.chars().map(String::from).collect::<Vec<_>>().join(d.unwrap_or("")));
+    }
+    too_many(v)?;
+    let mut out = String::new();
+    for (i, item) in v.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(d.unwrap_or(""));
+        }
+        let item = match &attribute {
+            Some(a) => item.get_item(a)?,
+            None => item,
+        };
+        py_str(&item, &mut out, 0)?;
+        too_large(&out)?;
+    }
+    Ok(out)
+}
+
 /// `length`/`count`: as MiniJinja's, except that an undefined value has length 0, as
 /// jinja2's `Undefined.__len__` gives (templates test `tools|length > 0` without `tools`).
 pub fn length(v: &Value) -> Result<usize, Error> {
