@@ -515,3 +515,37 @@ fn stop_strings_of_real_templates() {
         want.iter().map(|(n, s)| (n.to_string(), vec![s.to_string()])).collect();
     assert_eq!(seen, want);
 }
+
+/// A template can nest a value one level per instruction; MiniJinja's printing, comparing and
+/// dropping recurse per level. At the most fuel a render gets (1000 messages) none may crash.
+#[test]
+fn deeply_nested_values_do_not_crash() {
+    let msgs: Vec<Message> = (0..1000).map(|i| Message::user(format!("m{i}"))).collect();
+    let nest = format!("{}ns.x{}", "[".repeat(50), "]".repeat(50));
+    let ops = [
+        ("", true),
+        ("{{ (ns.x ~ '') | length }}", true),
+        ("{{ ns.x == ns.x }}", true),
+        ("{{ [ns.x, ns.x] | sort | length }}", true),
+        ("{{ [ns.x, ns.x] | unique | list | length }}", true),
+        ("{{ ns.x }}", false),
+        ("{{ ns.x | tojson }}", false),
+        ("{{ ns.x | string }}", false),
+        ("{{ ns.x | pprint }}", false),
+        ("{{ debug() }}", false),
+    ];
+    for (op, should_render) in ops {
+        // 13_000 iterations of ~56 instructions: just inside the fuel, ~650k levels deep.
+        let src = format!("{{% set ns = namespace(x=[]) %}}{{% for i in range(13000) %}}{{% set ns.x = {nest} %}}{{% endfor %}}{op}");
+        let t = ChatTemplate::from_gguf_str(&src).unwrap();
+        let start = Instant::now();
+        match t.render(&msgs, false, "", "") {
+            Ok(_) => assert!(should_render, "{op}: rendered"),
+            Err(e) => {
+                assert_eq!(exit_code(&e), 2, "{op}: {e}");
+                assert!(!should_render, "{op}: {}", ferrite::error::one_line(&e));
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(2), "{op}: took {:?}", start.elapsed());
+    }
+}

@@ -13,13 +13,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Largest template accepted (the biggest real ones, with tool-calling logic, are ~20 KiB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
-/// Instructions one render may execute. Real templates take a few hundred per message; this
-/// many run in well under a second.
-pub const FUEL: u64 = 5_000_000;
-/// Extra fuel per message, so very long conversations never run out.
-pub const FUEL_PER_MESSAGE: u64 = 20_000;
+/// Instructions one render may execute: this many plus `FUEL_PER_MESSAGE` per message, at most
+/// `MAX_FUEL`. Real templates take under 200 plus under 100 per message (measured on the
+/// templates in tests/golden/chat/templates), so ~5000 messages fit; `MAX_FUEL` runs in ~30 ms.
+pub const FUEL: u64 = 300_000;
+pub const FUEL_PER_MESSAGE: u64 = 500;
+pub const MAX_FUEL: u64 = 800_000;
+/// Stack of the thread that renders. A template can nest a value one level per instruction
+/// (`{% set ns.x = [ns.x] %}` in a loop) and MiniJinja's printing, comparison and dropping of
+/// values recurse per level, printing at ~480 bytes a level: `MAX_FUEL` levels need ~390 MiB.
+/// Only the pages touched are ever allocated. Where that much address space is refused, a
+/// `FALLBACK_STACK` is used with the fuel cut to fit (`STACK_PER_FUEL` bytes a level, with margin).
+pub const RENDER_STACK: usize = 512 << 20;
+const FALLBACK_STACK: usize = 64 << 20;
+const STACK_PER_FUEL: usize = 640;
 /// Nesting of macro calls, includes and expressions. MiniJinja's default is 500; chat templates
-/// need a handful and a low limit keeps deep recursion far from the stack's end.
+/// need a handful.
 pub const RECURSION_LIMIT: usize = 64;
 /// The rendered prompt may be at most this big, or `OUTPUT_FACTOR` times the input (messages
 /// plus template), whichever is larger.
@@ -52,9 +61,11 @@ impl Engine {
             crate::bail_input!("chat template is {} bytes, more than the {MAX_TEMPLATE_BYTES} allowed", source.len());
         }
         let engine = Engine { source: strip_generation_tags(source), fixed_now };
-        let env = environment(engine.fixed_now, FUEL);
-        guard(|| env.template_from_named_str("chat_template", &engine.source).map(|_| ()))
-            .map_err(|e| template_error(&e, None))?;
+        on_render_thread(|_| {
+            let env = environment(engine.fixed_now, FUEL);
+            guard(|| env.template_from_named_str("chat_template", &engine.source).map(|_| ()))
+                .map_err(|e| template_error(&e, None))
+        })?;
         Ok(engine)
     }
 
@@ -64,7 +75,11 @@ impl Engine {
 
     /// Renders with `ctx` as the context. `n_messages` and `input_bytes` scale the limits.
     pub fn render(&self, ctx: &Value, n_messages: usize, input_bytes: usize) -> Result<String> {
-        let fuel = FUEL.saturating_add(FUEL_PER_MESSAGE.saturating_mul(n_messages as u64));
+        on_render_thread(|max_fuel| self.render_here(ctx, n_messages, input_bytes, max_fuel))
+    }
+
+    fn render_here(&self, ctx: &Value, n_messages: usize, input_bytes: usize, max_fuel: u64) -> Result<String> {
+        let fuel = FUEL.saturating_add(FUEL_PER_MESSAGE.saturating_mul(n_messages as u64)).min(max_fuel);
         let cap = MIN_OUTPUT_CAP.max(input_bytes.saturating_add(self.source.len()).saturating_mul(OUTPUT_FACTOR));
         let env = environment(self.fixed_now, fuel);
         let mut out = CappedWriter { buf: Vec::new(), cap, overflowed: false };
@@ -78,6 +93,29 @@ impl Engine {
             Err(e) => Err(template_error(&e, Some(fuel))),
         }
     }
+}
+
+/// Runs `f` on a thread with a `RENDER_STACK` stack (see there), passing it the most fuel that
+/// stack allows.
+fn on_render_thread<T: Send>(f: impl FnOnce(u64) -> Result<T> + Send) -> Result<T> {
+    // Taken by whichever thread starts (spawning can fail before the closure is moved).
+    let f = std::sync::Mutex::new(Some(f));
+    let f = &f;
+    std::thread::scope(|scope| {
+        let spawn = |stack: usize| std::thread::Builder::new().name("chat-template".to_string()).stack_size(stack);
+        let run = |stack: usize| {
+            spawn(stack).spawn_scoped(scope, move || {
+                let f = f.lock().ok().and_then(|mut g| g.take());
+                let max_fuel = MAX_FUEL.min((stack / STACK_PER_FUEL) as u64);
+                f.map_or_else(|| Err(anyhow::anyhow!("chat template thread started twice")), |f| f(max_fuel))
+            })
+        };
+        run(RENDER_STACK)
+            .or_else(|_| run(FALLBACK_STACK))
+            .map_err(|e| anyhow::anyhow!("cannot start the chat template thread: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err(bad_input!("chat template crashed the template engine")))
+    })
 }
 
 /// Runs MiniJinja, turning a panic inside it (a bug there, never expected) into an error.
@@ -97,6 +135,10 @@ fn environment<'s>(fixed_now: Option<i64>, fuel: u64) -> Environment<'s> {
     env.set_fuel(Some(fuel));
     env.set_recursion_limit(RECURSION_LIMIT);
     env.set_formatter(python::format_value);
+    // Printing helpers whose output grows with the square of a value's nesting; no chat
+    // template uses them.
+    env.remove_filter("pprint");
+    env.remove_global("debug");
     env.set_unknown_method_callback(python::unknown_method);
     env.add_filter("tojson", python::tojson);
     env.add_filter("length", python::length);

@@ -26,7 +26,9 @@ mod python;
 mod segment;
 
 pub use builtin::BUILTIN_NAMES;
-pub use engine::{FUEL, MAX_TEMPLATE_BYTES, MIN_OUTPUT_CAP, OUTPUT_FACTOR, RECURSION_LIMIT};
+pub use engine::{
+    FUEL, FUEL_PER_MESSAGE, MAX_FUEL, MAX_TEMPLATE_BYTES, MIN_OUTPUT_CAP, OUTPUT_FACTOR, RECURSION_LIMIT, RENDER_STACK,
+};
 pub use segment::Segment;
 
 use crate::{bad_input, bail_input};
