@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod bench;
 pub mod catalogue;
+pub mod chat;
 pub mod decoder;
 pub mod error;
 pub mod gguf;
