@@ -11,3 +11,4 @@ pub mod graph;
 pub mod info;
 pub mod kv_cache;
 pub mod model;
+pub mod tokenizer;

@@ -3,6 +3,7 @@
 
 mod info;
 pub mod output;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use ferrite::error::{exit_code, one_line};
@@ -18,6 +19,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Show a model's architecture, hyper-parameters, tokenizer and memory plan (validates the file)
     Info(info::Args),
+    /// Print a text's token ids (reads only the model's vocabulary)
+    Tokenize(tokenize::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -39,6 +42,7 @@ pub fn main() -> i32 {
     };
     let result = match cli.cmd {
         Some(Cmd::Info(a)) => info::main(a),
+        Some(Cmd::Tokenize(a)) => tokenize::main(a),
         None => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
     };
     match result {

@@ -114,7 +114,9 @@ impl VocabMeta {
         let merges = match f.get_str_array("tokenizer.ggml.merges", None)? {
             None => Vec::new(),
             Some(m) => {
-                if let Some(i) = m.iter().position(|w| w.get(1..).is_none_or(|rest| !rest.contains(' '))) {
+                // llama.cpp splits at the first space after the first byte (which may be inside a
+                // multi-byte character such as "Ġ")
+                if let Some(i) = m.iter().position(|w| !w.as_bytes().iter().skip(1).any(|&b| b == b' ')) {
                     return Err(f.error("tokenizer.ggml.merges", format!("merge {i} ({:?}) is not \"left right\"", m[i])));
                 }
                 m.to_vec()
