@@ -15,3 +15,4 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod tokenizer;

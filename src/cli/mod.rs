@@ -4,6 +4,7 @@
 mod bench;
 mod info;
 pub mod output;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use ferrite::error::{exit_code, one_line};
@@ -21,6 +22,8 @@ pub enum Cmd {
     Info(info::Args),
     /// Measure prompt-processing and generation speed (llama-bench's method)
     Bench(bench::Args),
+    /// Print a text's token ids (reads only the model's vocabulary)
+    Tokenize(tokenize::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -119,6 +122,7 @@ pub fn main() -> i32 {
     let result = match cli.cmd {
         Some(Cmd::Info(a)) => info::main(a),
         Some(Cmd::Bench(a)) => bench::main(a),
+        Some(Cmd::Tokenize(a)) => tokenize::main(a),
         None => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
     };
     match result {
