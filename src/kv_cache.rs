@@ -277,6 +277,13 @@ impl KvCache {
         }
     }
 
+    /// Whether every position in [p0, p1) is held by every cache (a sliding-window cache loses
+    /// positions that left its window).
+    pub fn holds_range(&self, p0: i32, p1: i32) -> bool {
+        let holds = |c: &Cells| (p0..p1).all(|p| c.pos.contains(&p));
+        holds(&self.full) && self.swa.as_ref().is_none_or(holds)
+    }
+
     /// Highest position stored (-1: empty).
     pub fn pos_max(&self) -> i32 {
         self.full.pos_max().max(self.swa.as_ref().map_or(-1, |s| s.pos_max()))

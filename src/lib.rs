@@ -15,4 +15,6 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod session;
+pub mod session_file;
 pub mod tokenizer;

@@ -11,6 +11,7 @@ mod backend;
 mod context;
 mod graph;
 mod sched;
+pub mod signal;
 mod types;
 
 pub use backend::{Backend, Buffer, BufferType, Device, DeviceKind};

@@ -2,8 +2,13 @@
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 interrupted.
 
 mod bench;
+mod chat;
+mod common;
 mod info;
 pub mod output;
+mod perplexity;
+mod run;
+mod sessionfile;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +29,12 @@ pub enum Cmd {
     Bench(bench::Args),
     /// Print a text's token ids (reads only the model's vocabulary)
     Tokenize(tokenize::Args),
+    /// Answer one prompt (chat template applied; --raw for plain completion)
+    Run(Box<run::Args>),
+    /// Chat interactively (REPL)
+    Chat(Box<chat::Args>),
+    /// Measure perplexity over a text file (llama-perplexity's method)
+    Perplexity(perplexity::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -123,6 +134,16 @@ pub fn main() -> i32 {
         Some(Cmd::Info(a)) => info::main(a),
         Some(Cmd::Bench(a)) => bench::main(a),
         Some(Cmd::Tokenize(a)) => tokenize::main(a),
+        Some(Cmd::Run(a)) => run::main(*a),
+        Some(Cmd::Chat(a)) => chat::main(*a),
+        Some(Cmd::Perplexity(a)) => perplexity::main(a),
+        // plain `ferrite` on a terminal: the REPL on the default model
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            match Cli::try_parse_from(["ferrite", "chat"]) {
+                Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),
+                _ => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
+            }
+        }
         None => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
     };
     match result {

@@ -1,0 +1,215 @@
+//! Pieces shared by the generating subcommands: sampling and chat flags, loading a model with a
+//! progress bar, reading prompts from arguments and stdin, Ctrl-C, and stderr reporting.
+
+use super::{ContextArgs, ModelArgs};
+use anyhow::{Context as _, Result};
+use ferrite::chat::{self, ChatTemplate};
+use ferrite::gguf::GgufFile;
+use ferrite::model::{LoadOptions, Model};
+use ferrite::sampling::{LogitBias, SamplerConfig};
+use ferrite::session::{Overflow, Session, SessionOptions};
+use ferrite::tokenizer::Tokenizer;
+use std::io::{IsTerminal, Read};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by Ctrl-C (see `ggml::signal`); cleared once the interruption is handled.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn install_interrupt() {
+    ggml::signal::install(&INTERRUPTED);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+}
+
+/// Sampling flags (llama.cpp's names and defaults).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 (or less) means greedy
+    #[arg(long, default_value_t = 0.8, value_name = "T", allow_negative_numbers = true)]
+    pub temp: f32,
+    /// Keep the K most likely tokens (0: off)
+    #[arg(long = "top-k", default_value_t = 40, value_name = "K")]
+    pub top_k: i32,
+    /// Keep the most likely tokens up to cumulative probability P (1: off)
+    #[arg(long = "top-p", default_value_t = 0.95, value_name = "P")]
+    pub top_p: f32,
+    /// Drop tokens below P times the top token's probability (0: off)
+    #[arg(long = "min-p", default_value_t = 0.05, value_name = "P")]
+    pub min_p: f32,
+    /// Locally typical sampling (1: off)
+    #[arg(long = "typical", visible_alias = "typical-p", default_value_t = 1.0, value_name = "P")]
+    pub typical_p: f32,
+    /// Penalise repeating tokens of the last --repeat-last-n (1: off)
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_name = "X")]
+    pub repeat_penalty: f32,
+    /// Window of the penalties (0: off, -1: everything since the session began)
+    #[arg(long = "repeat-last-n", default_value_t = 64, value_name = "N", allow_negative_numbers = true)]
+    pub repeat_last_n: i32,
+    /// Presence penalty (0: off)
+    #[arg(long = "presence-penalty", default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// Frequency penalty (0: off)
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
+    /// Add BIAS to a token's logit: ID+BIAS, ID-BIAS, ID-inf (bans it); repeatable
+    #[arg(long = "logit-bias", value_name = "ID(+|-)BIAS", allow_hyphen_values = true)]
+    pub logit_bias: Vec<String>,
+    /// Random seed (default: random, reported with --verbose and in --json)
+    #[arg(short = 's', long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<SamplerConfig> {
+        let logit_bias = self.logit_bias.iter().map(|s| LogitBias::parse(s)).collect::<Result<Vec<_>>>()?;
+        let c = SamplerConfig {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias,
+            seed: self.seed,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Generation and chat flags shared by `run` and `chat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Tokens to generate per answer (-1: until the model stops or the context is full)
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, value_name = "N", allow_negative_numbers = true)]
+    pub n_predict: i32,
+    /// Stop when this string appears (repeatable)
+    #[arg(long = "stop", value_name = "STR")]
+    pub stop: Vec<String>,
+    /// A system prompt for the conversation
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Chat template: a built-in name (chatml, llama2, llama3, mistral, gemma, phi3), a Jinja file, or `none`
+    #[arg(long = "chat-template", value_name = "NAME|FILE")]
+    pub chat_template: Option<String>,
+    /// Print the rendered prompt to stderr
+    #[arg(long = "show-prompt")]
+    pub show_prompt: bool,
+    /// What to do when the conversation outgrows the context: fail, shift or drop-oldest
+    #[arg(long, default_value = "drop-oldest", value_name = "POLICY")]
+    pub overflow: String,
+    /// Show special tokens in the output
+    #[arg(long = "special")]
+    pub special: bool,
+    /// Only errors on stderr
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// More detail on stderr (settings, ggml's log)
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+/// A loaded model with its tokenizer.
+pub struct Loaded {
+    pub model: Rc<Model>,
+    pub tok: Rc<Tokenizer>,
+    pub load_ms: f64,
+}
+
+/// Loads a model (progress bar on stderr for slow loads unless quiet) and its tokenizer.
+pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded> {
+    let t = Instant::now();
+    let path = ferrite::catalogue::resolve(model.model.as_deref())?;
+    let opts = LoadOptions { use_mmap: !ctx.no_mmap, ..Default::default() };
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {bytes}/{total_bytes}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        b
+    });
+    let model = Model::load(&path, opts, &mut |done, total| {
+        if let Some(b) = &bar {
+            // draw only loads that take a while (copies of more than 64 MiB)
+            if total > 64 << 20 && b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(total);
+            b.set_position(done);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let tok = Tokenizer::from_gguf(&model.file)?;
+    Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })
+}
+
+/// The chat template for this run (None: raw), with the one-line reason when there is none.
+pub fn template(file: &GgufFile, flag: Option<&str>) -> Result<(Option<ChatTemplate>, String)> {
+    let gguf = file.get_str("tokenizer.chat_template")?;
+    let sel = chat::select(flag, gguf)?;
+    Ok((sel.template, sel.reason))
+}
+
+/// Builds the session for `run`/`chat`.
+pub fn session(l: &Loaded, ctx: &ContextArgs, s: &SamplingArgs, g: &GenArgs, template: Option<ChatTemplate>) -> Result<Session> {
+    let opts = SessionOptions {
+        n_predict: g.n_predict,
+        stop: g.stop.clone(),
+        overflow: Overflow::parse(&g.overflow)?,
+        show_special: g.special,
+        capture_top: 0,
+    };
+    if g.n_predict < -1 {
+        ferrite::bail_input!("--n-predict must be -1 or more");
+    }
+    let mut sess = Session::new(l.model.clone(), l.tok.clone(), &ctx.options()?, s.config()?, opts, template)?;
+    sess.system = g.system.clone();
+    sess.dec.set_interrupt(&INTERRUPTED);
+    Ok(sess)
+}
+
+/// Reads all of stdin as UTF-8 (BadInput naming the offset of the first invalid byte).
+pub fn read_stdin() -> Result<String> {
+    let mut buf = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut buf).context("reading standard input")?;
+    String::from_utf8(buf).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        ferrite::bad_input!("standard input is not valid UTF-8: invalid byte 0x{:02x} at byte offset {at}", e.as_bytes()[at])
+    })
+}
+
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// One timing line for stderr.
+pub fn timing_line(t: &ferrite::session::Timings, n_cached: usize, n_ctx: usize) -> String {
+    format!(
+        "prompt {} tok in {:.0} ms ({:.1} t/s) · generation {} tok in {:.0} ms ({:.1} t/s) · context {}/{}",
+        t.prompt_tokens,
+        t.prompt_ms,
+        t.prompt_tps(),
+        t.gen_tokens,
+        t.gen_ms,
+        t.gen_tps(),
+        n_cached,
+        n_ctx
+    )
+}
