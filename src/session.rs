@@ -270,16 +270,29 @@ impl Session {
                 ids.push(b);
             }
         }
-        for s in &segments {
-            if s.is_content {
-                if let Some((_, known)) = self.reply_ids.iter().find(|(text, _)| *text == s.text) {
-                    ids.extend_from_slice(known);
-                    continue;
-                }
-            }
-            ids.extend(self.tok.encode(&s.text, false, !s.is_content)?);
-        }
+        self.encode_rendered(&segments, &mut ids)?;
         Ok(ids)
+    }
+
+    /// Appends the ids of rendered template segments: template text with special tokens parsed,
+    /// message text without (the injection barrier), tokenized together across boundaries as the
+    /// rendered string is. A reply this session generated keeps the ids it was generated as, so
+    /// the cache's prefix still matches on the next turn.
+    fn encode_rendered(&self, segments: &[Segment], ids: &mut Vec<u32>) -> Result<()> {
+        let mut run: Vec<(&str, bool)> = Vec::new();
+        for s in segments {
+            let known = if s.is_content { self.reply_ids.iter().find(|(text, _)| *text == s.text) } else { None };
+            match known {
+                Some((_, known)) => {
+                    ids.extend(self.tok.encode_segments(&run, false)?);
+                    run.clear();
+                    ids.extend_from_slice(known);
+                }
+                None => run.push((&s.text, !s.is_content)),
+            }
+        }
+        ids.extend(self.tok.encode_segments(&run, false)?);
+        Ok(())
     }
 
     // ---- turns ------------------------------------------------------------------------------
@@ -305,7 +318,14 @@ impl Session {
                 return Err(e);
             }
         };
-        let g = self.generate(prompt, on, true)?;
+        let g = match self.generate(prompt, on, true) {
+            Ok(g) => g,
+            Err(e) => {
+                // nothing was answered (e.g. the prefill was interrupted): the turn never happened
+                self.messages.pop();
+                return Err(e);
+            }
+        };
         self.messages.push(Message::assistant(g.text.clone()));
         self.reply_ids.push((g.text.clone(), g.tokens.clone()));
         if self.reply_ids.len() > 64 {
@@ -391,7 +411,8 @@ impl Session {
 
         let t1 = Instant::now();
         let tok = self.tok.clone();
-        let mut stream = StreamDecoder::new(&tok, self.opts.show_special);
+        // the reply continues its prompt: a leading space is kept (llama.cpp's common_token_to_piece)
+        let mut stream = StreamDecoder::continuation(&tok, self.opts.show_special);
         let mut text = String::new();
         let mut emitted = 0usize;
         let mut tokens = Vec::new();
@@ -549,9 +570,7 @@ impl Session {
         let (bos, eos) = self.special_texts();
         let segs = t.render_segments(msgs, false, &bos, &eos)?;
         let mut ids = Vec::new();
-        for s in &segs {
-            ids.extend(self.tok.encode(&s.text, false, !s.is_content)?);
-        }
+        self.encode_rendered(&segs, &mut ids)?;
         Ok(ids)
     }
 
