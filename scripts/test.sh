@@ -18,6 +18,14 @@ if [ -f "$shared/tools/tiny_models.py" ]; then
     python3 "$shared/tools/tiny_models.py" "$tiny" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
   fi
   export FERRITE_TINY_MODELS="$tiny"
+  # other seeds of the kit, against goldens recorded with llama.cpp (tests/golden/tiny/seed-N.json)
+  for seed in 7 99; do
+    d="$root/target/tiny-models-seed$seed"
+    if ! (cd "$d" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$root/tests/golden/tiny/seed-$seed.json" >/dev/null 2>&1); then
+      mkdir -p "$d"
+      python3 "$shared/tools/tiny_models.py" "$d" --seed "$seed" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
+    fi
+  done
 fi
 
 # llama.cpp built on this machine: the reference for exact parity (results depend on the CPU)
