@@ -155,6 +155,14 @@ impl HParams {
         let n_ff = per_layer("feed_forward_length", false)?.unwrap_or(0);
         let n_ff = bounded("feed_forward_length", n_ff, 0, MAX_EMBD * 64)?;
 
+        // Without explicit head sizes the head size is n_embd / n_head, which must be exact.
+        let heads_explicit = f.get(&k("attention.key_length")).is_some() && f.get(&k("attention.value_length")).is_some();
+        if !heads_explicit && n_embd % n_head != 0 {
+            return Err(f.error(
+                &k("attention.head_count"),
+                format!("{n_head} does not divide embedding_length {n_embd} (and no attention.key_length/value_length give the head size)"),
+            ));
+        }
         let n_embd_head_k = f.get_u32(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
         let n_embd_head_k = bounded("attention.key_length", n_embd_head_k, 1, MAX_EMBD)?;
         let n_embd_head_v = f.get_u32(&k("attention.value_length"))?.unwrap_or(n_embd / n_head);
