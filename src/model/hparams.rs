@@ -108,6 +108,28 @@ impl HParams {
         Ok(())
     }
 
+    /// `<arch>.attention.sliding_window` (`default` when absent), bounded so that window
+    /// arithmetic (window + micro-batch, positions as i32) cannot overflow.
+    pub fn load_sliding_window(&mut self, f: &GgufFile, default: u32) -> Result<()> {
+        let key = self.key("attention.sliding_window");
+        let n = f.get_u32(&key)?.unwrap_or(default);
+        let max = crate::decoder::MAX_CTX;
+        if n > max {
+            return Err(f.error(&key, format!("{n} is out of range 0..={max}")));
+        }
+        self.n_swa = n;
+        Ok(())
+    }
+
+    /// `<arch>.rope.freq_base_swa`, which must be positive when present.
+    pub fn get_rope_base_swa(&self, f: &GgufFile) -> Result<Option<f32>> {
+        let key = self.key("rope.freq_base_swa");
+        match f.get_f32(&key)? {
+            Some(b) if b <= 0.0 => Err(f.error(&key, format!("{b} must be positive"))),
+            v => Ok(v),
+        }
+    }
+
     /// "<arch>.<suffix>": the architecture-prefixed metadata key.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.arch.name())
