@@ -412,6 +412,38 @@ fn corrupt_model() {
     run_cases(&dir, cases);
 }
 
+/// Sliding-window and head-size parameters, on the Gemma 3 file.
+#[test]
+fn corrupt_gemma3() {
+    let _s = serial();
+    let dir = support::scratch("gemma3");
+    let gem = |edit: &dyn Fn(&mut Gguf)| {
+        let mut g = Gguf::gemma3();
+        edit(&mut g);
+        Source::Bytes(g.bytes())
+    };
+    let m = Cmds::Model;
+    let cases = vec![
+        case("sliding_window u32::MAX", gem(&|g| { g.set_u32("gemma3.attention.sliding_window", u32::MAX); }), m, &["gemma3.attention.sliding_window"]),
+        case(
+            "sliding_window_pattern too short",
+            gem(&|g| { g.set("gemma3.attention.sliding_window_pattern", vt::ARRAY, support::array_payload(vt::BOOL, 3, &[1, 1, 0])); }),
+            m,
+            &["gemma3.attention.sliding_window_pattern"],
+        ),
+        case(
+            "rope.freq_base_swa negative",
+            gem(&|g| { g.set("gemma3.rope.freq_base_swa", vt::F32, (-10000.0f32).to_le_bytes().to_vec()); }),
+            m,
+            &["gemma3.rope.freq_base_swa"],
+        ),
+        case("key_length 0", gem(&|g| { g.set_u32("gemma3.attention.key_length", 0); }), m, &["gemma3.attention.key_length"]),
+        case("key_length 2^17", gem(&|g| { g.set_u32("gemma3.attention.key_length", 1 << 17); }), m, &["blk.0.attn_q.weight", "shape"]),
+        case("value_length u32::MAX", gem(&|g| { g.set_u32("gemma3.attention.value_length", u32::MAX); }), m, &["gemma3.attention.value_length"]),
+    ];
+    run_cases(&dir, cases);
+}
+
 // ---- the vocabulary --------------------------------------------------------------------------
 
 #[test]

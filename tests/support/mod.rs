@@ -215,6 +215,12 @@ impl Gguf {
         G.get_or_init(|| Gguf::parse(model_bytes("smollm2"))).clone()
     }
 
+    /// The Gemma 3 270M Q4_K_M model, parsed.
+    pub fn gemma3() -> Gguf {
+        static G: OnceLock<Gguf> = OnceLock::new();
+        G.get_or_init(|| Gguf::parse(model_bytes("gemma3"))).clone()
+    }
+
     /// The header (everything before the data section, padding included).
     pub fn header(&self) -> Vec<u8> {
         let mut b = Vec::new();
