@@ -559,6 +559,7 @@ fn merges_with_unknown_tokens_are_ignored() {
     assert!(o.stdout.starts_with('['), "{o:?}");
     let o = ferrite(&["info", "-m", p.to_str().unwrap()], KILL_AFTER);
     assert_eq!(o.code, Some(0), "{o:?}");
+    std::fs::remove_file(&p).ok();
 }
 
 /// The test writer reproduces the real file byte for byte, so the corruptions above differ from
@@ -592,4 +593,20 @@ fn absurd_context_sizes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A chat template in the file that does not parse: a templated `run` refuses it with exit 2 and
+/// one line naming the key (`--raw` never reads it).
+#[test]
+fn broken_chat_template() {
+    let _s = serial();
+    let dir = support::scratch("template");
+    let mut g = Gguf::smollm2();
+    g.set_str("tokenizer.chat_template", "{% for %}");
+    let p = dir.join("template.gguf");
+    g.write(&p);
+    let o = ferrite(&["run", "-m", p.to_str().unwrap(), "-n", "1", "-t", "1", "hi"], KILL_AFTER);
+    eprintln!("{:?} {} ms {}", o.code, o.wall.as_millis(), o.stderr.trim_end());
+    std::fs::remove_file(&p).ok();
+    check(&o, &["tokenizer.chat_template"]).unwrap();
 }
