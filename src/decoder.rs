@@ -54,6 +54,18 @@ pub fn default_threads() -> usize {
 /// The default context: the model's training context, capped at 4096 tokens.
 pub const DEFAULT_CTX_CAP: u32 = 4096;
 
+/// The largest context ferrite accepts (16 Mi tokens; beyond any model's training context). It
+/// keeps the padded size and the KV cache arithmetic far from overflow.
+pub const MAX_CTX: u32 = 1 << 24;
+
+/// Checks a requested context size (`--ctx-size`; 0 means the model's default).
+pub fn check_ctx_size(n_ctx: u32) -> Result<()> {
+    if n_ctx > MAX_CTX {
+        crate::bail_input!("--ctx-size: {n_ctx} is out of range 0..={MAX_CTX} (0: the model's default)");
+    }
+    Ok(())
+}
+
 /// What determines a graph's topology: a graph built for one micro-batch is reused for the
 /// next one with the same key (only the inputs change), as llama.cpp does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +95,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(model: Rc<Model>, opts: &ContextOptions) -> Result<Decoder> {
         let hp = &model.hparams;
+        check_ctx_size(opts.n_ctx)?;
         let want = if opts.n_ctx == 0 { hp.n_ctx_train.min(DEFAULT_CTX_CAP) } else { opts.n_ctx };
         // llama.cpp pads the context to a multiple of 256 cells.
         let n_ctx = want.div_ceil(256) * 256;

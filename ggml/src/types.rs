@@ -77,6 +77,18 @@ impl Type {
         self.traits().is_quantized
     }
 
+    /// Can ggml's CPU backend compute with weights of this type: multiply matrices of it (it has
+    /// a dot product) and, for quantized types, dequantize its rows (`get_rows`)? False for the
+    /// integer types, f64 and the activation-only quantizations q8_1/q8_K, on which ggml's
+    /// kernels would dereference a missing function or abort.
+    pub fn cpu_weight_capable(self) -> bool {
+        crate::init();
+        // SAFETY: a `Type` holds an id below GGML_TYPE_COUNT; ggml's CPU trait table has an
+        // entry for every such id (zeroed for the types it cannot compute with) and is static.
+        let cpu = unsafe { &*sys::ggml_get_type_traits_cpu(self.0) };
+        cpu.vec_dot.is_some() && (!self.is_quantized() || self.traits().to_float.is_some())
+    }
+
     /// Bytes of a row of `ne` elements (`ne` must be a multiple of the block size).
     pub fn row_size(self, ne: i64) -> usize {
         (ne / self.block_size()) as usize * self.type_size()

@@ -17,9 +17,9 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
     hp.require_ffn(f)?;
     hp.rope_type = RopeMode::Neox;
     // defaults of Gemma 2 (llama.cpp's llama_hparams): window 4096, caps 50 and 30
-    hp.n_swa = f.get_u32(&hp.key("attention.sliding_window"))?.unwrap_or(4096);
+    hp.load_sliding_window(f, 4096)?;
     hp.load_swa_pattern(f, 2)?;
-    hp.rope_freq_base_swa = f.get_f32(&hp.key("rope.freq_base_swa"))?.unwrap_or(hp.rope_freq_base);
+    hp.rope_freq_base_swa = hp.get_rope_base_swa(f)?.unwrap_or(hp.rope_freq_base);
     hp.rope_freq_scale_swa = hp.rope_freq_scale;
     hp.f_attn_logit_softcapping = f.get_f32(&hp.key("attn_logit_softcapping"))?.unwrap_or(50.0);
     hp.f_final_logit_softcapping = f.get_f32(&hp.key("final_logit_softcapping"))?.unwrap_or(30.0);

@@ -17,10 +17,10 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
     hp.require_rms_eps(f)?;
     hp.require_ffn(f)?;
     hp.rope_type = RopeMode::Neox;
-    hp.n_swa = f.get_u32(&hp.key("attention.sliding_window"))?.unwrap_or(0);
+    hp.load_sliding_window(f, 0)?;
     if hp.n_swa > 0 {
         hp.load_swa_pattern(f, 6)?;
-        if let Some(b) = f.get_f32(&hp.key("rope.freq_base_swa"))? {
+        if let Some(b) = hp.get_rope_base_swa(f)? {
             hp.rope_freq_base_swa = b;
         }
     }

@@ -130,6 +130,8 @@ pub struct Loaded {
 /// Loads a model (progress bar on stderr for slow loads unless quiet) and its tokenizer.
 pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded> {
     let t = Instant::now();
+    // flags first: a bad one is reported before the weights are loaded
+    ctx.options()?;
     let path = ferrite::catalogue::resolve(model.model.as_deref())?;
     let opts = LoadOptions { use_mmap: !ctx.no_mmap, ..Default::default() };
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {

@@ -4,6 +4,7 @@ use super::ModelArgs;
 use anyhow::Result;
 use ferrite::gguf::GgufFile;
 use ferrite::model::Model;
+use ferrite::tokenizer::Tokenizer;
 use ferrite::{catalogue, info};
 
 #[derive(clap::Args, Debug)]
@@ -19,9 +20,12 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    ferrite::decoder::check_ctx_size(a.ctx.unwrap_or(0))?;
     let path = catalogue::resolve(a.model.model.as_deref())?;
     let file = GgufFile::open(&path)?;
     let (arch, hp) = Model::check(&file)?;
+    // the vocabulary must make a working tokenizer, as `run` and `tokenize` need
+    Tokenizer::from_gguf(&file)?;
     let report = info::Report::new(&file, arch, &hp, a.ctx)?;
     if a.json {
         let v = report.to_json();

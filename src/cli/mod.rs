@@ -89,6 +89,7 @@ impl ContextArgs {
                 _ => ferrite::bail_input!("{flag}: '{v}' is not a supported cache type (f16, q8_0, q4_0)"),
             }
         };
+        ferrite::decoder::check_ctx_size(self.ctx_size.unwrap_or(0))?;
         if self.threads == Some(0) {
             ferrite::bail_input!("--threads must be at least 1");
         }

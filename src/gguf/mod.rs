@@ -312,7 +312,17 @@ impl GgufFile {
         if meta.is_dir() {
             return Err(violation(path, "file", "is a directory, not a GGUF file"));
         }
+        // Opening a FIFO would block until a writer comes, and devices (/dev/zero) have no
+        // length to map: only regular files are models.
+        if !meta.is_file() {
+            return Err(violation(path, "file", format!("is not a regular file ({}); only regular files can be models", file_kind(&meta))));
+        }
         let file = std::fs::File::open(path).map_err(|e| violation(path, "file", open_error(&e)))?;
+        // The path may have been replaced between the two looks: check what was opened.
+        let meta = file.metadata().map_err(|e| violation(path, "file", open_error(&e)))?;
+        if !meta.is_file() {
+            return Err(violation(path, "file", format!("is not a regular file ({}); only regular files can be models", file_kind(&meta))));
+        }
         if meta.len() == 0 {
             return Err(violation(path, "file", "is empty"));
         }
@@ -638,6 +648,23 @@ fn open_error(e: &std::io::Error) -> String {
         std::io::ErrorKind::NotFound => "no such file".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         _ => e.to_string(),
+    }
+}
+
+/// What a non-regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
     }
 }
 

@@ -108,6 +108,28 @@ impl HParams {
         Ok(())
     }
 
+    /// `<arch>.attention.sliding_window` (`default` when absent), bounded so that window
+    /// arithmetic (window + micro-batch, positions as i32) cannot overflow.
+    pub fn load_sliding_window(&mut self, f: &GgufFile, default: u32) -> Result<()> {
+        let key = self.key("attention.sliding_window");
+        let n = f.get_u32(&key)?.unwrap_or(default);
+        let max = crate::decoder::MAX_CTX;
+        if n > max {
+            return Err(f.error(&key, format!("{n} is out of range 0..={max}")));
+        }
+        self.n_swa = n;
+        Ok(())
+    }
+
+    /// `<arch>.rope.freq_base_swa`, which must be positive when present.
+    pub fn get_rope_base_swa(&self, f: &GgufFile) -> Result<Option<f32>> {
+        let key = self.key("rope.freq_base_swa");
+        match f.get_f32(&key)? {
+            Some(b) if b <= 0.0 => Err(f.error(&key, format!("{b} must be positive"))),
+            v => Ok(v),
+        }
+    }
+
     /// "<arch>.<suffix>": the architecture-prefixed metadata key.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.arch.name())
@@ -155,6 +177,14 @@ impl HParams {
         let n_ff = per_layer("feed_forward_length", false)?.unwrap_or(0);
         let n_ff = bounded("feed_forward_length", n_ff, 0, MAX_EMBD * 64)?;
 
+        // Without explicit head sizes the head size is n_embd / n_head, which must be exact.
+        let heads_explicit = f.get(&k("attention.key_length")).is_some() && f.get(&k("attention.value_length")).is_some();
+        if !heads_explicit && n_embd % n_head != 0 {
+            return Err(f.error(
+                &k("attention.head_count"),
+                format!("{n_head} does not divide embedding_length {n_embd} (and no attention.key_length/value_length give the head size)"),
+            ));
+        }
         let n_embd_head_k = f.get_u32(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
         let n_embd_head_k = bounded("attention.key_length", n_embd_head_k, 1, MAX_EMBD)?;
         let n_embd_head_v = f.get_u32(&k("attention.value_length"))?.unwrap_or(n_embd / n_head);

@@ -140,6 +140,9 @@ impl<'f> TensorLoader<'f> {
         if matches!(usage, Usage::Mul | Usage::Add | Usage::Rope) && info.ty != Type::F32 {
             return Err(self.file.error(&format!("tensor '{name}'"), format!("must be f32, is {}", info.ty)));
         }
+        if matches!(usage, Usage::GetRows | Usage::MatMul | Usage::MatMulId) && !info.ty.cpu_weight_capable() {
+            return Err(self.file.error(&format!("tensor '{name}'"), format!("type {} cannot hold weights (ggml has no matrix kernels for it)", info.ty)));
+        }
         let buft = self.select_buft(info.ty, &info.ne, usage)?;
         let ctx = self.ctx_for(buft)?;
         let t = ctx.new_tensor(info.ty, &info.ne[..info.n_dims]);
