@@ -50,6 +50,8 @@ pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T> {
 static LOG_LEVEL: AtomicU8 = AtomicU8::new(1);
 static INIT: Once = Once::new();
 
+// SAFETY: only ggml calls this (registered in `init`), with a level and a NUL-terminated string
+// or null; it is not reentrant-sensitive and never unwinds (eprint! to stderr).
 unsafe extern "C" fn log_callback(
     level: sys::ggml_log_level,
     text: *const std::os::raw::c_char,
@@ -71,6 +73,7 @@ unsafe extern "C" fn log_callback(
     }
 }
 
+// SAFETY: only ggml calls this (registered in `init`), with a NUL-terminated message or null.
 unsafe extern "C" fn abort_callback(msg: *const std::os::raw::c_char) {
     let text = if msg.is_null() {
         String::from("unknown failure")
