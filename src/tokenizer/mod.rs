@@ -1,15 +1,17 @@
-//! The tokenizer: a GGUF vocabulary turned into a `tokenizers::Tokenizer` that gives exactly
-//! llama.cpp's token ids, plus llama.cpp's special-token handling, BOS/EOS and end-of-generation
+//! The tokenizer: a GGUF vocabulary turned into an encoder that gives exactly llama.cpp's token
+//! ids (a `tokenizers::Tokenizer` for gpt2 vocabularies), plus llama.cpp's special-token handling, BOS/EOS and end-of-generation
 //! rules, and a streaming detokenizer.
 //!
 //! Supported vocabularies: `gpt2` (byte-level BPE; the pre-tokenizer is chosen by
 //! `tokenizer.ggml.pre`, see [`pre`]) and `llama` (SentencePiece-style BPE over scores with byte
 //! fallback, as Llama 2, Mistral and Gemma use). Encoding runs in three steps, as in llama.cpp's
 //! `llama_vocab::impl::tokenize`: split the raw text at special-token texts ([`special`]), run
-//! each text piece through the `tokenizers` pipeline ([`hf`]), and add BOS/EOS when asked.
+//! each text piece through the `tokenizers` pipeline ([`hf`]) or the SentencePiece merger
+//! ([`spm`]), and add BOS/EOS when asked.
 
 mod decode;
 mod hf;
+mod spm;
 mod pre;
 mod rules;
 mod special;
@@ -63,10 +65,18 @@ pub struct Options {
     pub arch: Option<String>,
 }
 
+/// What splits the text between special tokens.
+enum Engine {
+    /// gpt2 vocabularies: the `tokenizers` pipeline (pre-tokenizer regexes, byte level, BPE).
+    Hf(Box<tokenizers::Tokenizer>),
+    /// llama vocabularies: SentencePiece-style merges by score.
+    Spm(spm::Spm),
+}
+
 /// A vocabulary's tokenizer. Cheap to share (`&Tokenizer` is `Sync`).
 pub struct Tokenizer {
     kind: VocabKind,
-    hf: tokenizers::Tokenizer,
+    engine: Engine,
     /// Token texts (an empty text reads "[EMPTY_<id>]", as in llama.cpp).
     tokens: Vec<String>,
     /// llama.cpp token attributes ([`rules::attr`]).
@@ -174,7 +184,7 @@ impl Tokenizer {
             &mut attrs,
         );
 
-        let (hf, byte_level, add_bos_default, add_space_prefix_default, clean_spaces) = match kind {
+        let (engine, byte_level, add_bos_default, add_space_prefix_default, clean_spaces) = match kind {
             VocabKind::Spm => {
                 let zeros;
                 let scores = match &meta.scores {
@@ -184,18 +194,19 @@ impl Tokenizer {
                         &zeros
                     }
                 };
-                (hf::sentencepiece_bpe(&tokens, &index, scores)?, None, true, true, false)
+                (Engine::Spm(spm::Spm::new(&tokens, &index, scores, meta.special.unk)), None, true, true, false)
             }
             VocabKind::Bpe => {
                 let p = pre_spec.as_ref().expect("gpt2 has a pre-tokenizer");
                 let (hf, _dropped) = hf::byte_level_bpe(&tokens, &index, &meta.merges, p)?;
-                (hf, Some(decode::byte_level_decoder()), p.add_bos, false, p.clean_spaces)
+                (Engine::Hf(Box::new(hf)), Some(decode::byte_level_decoder()), p.add_bos, false, p.clean_spaces)
             }
         };
+        drop(index);
         let specials = Specials::new(&tokens, &attrs);
         Ok(Tokenizer {
             kind,
-            hf,
+            engine,
             specials,
             byte_level,
             bos: resolved.bos,
@@ -275,8 +286,14 @@ impl Tokenizer {
     }
 
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        let enc = self.hf.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        out.extend_from_slice(enc.get_ids());
+        match &self.engine {
+            Engine::Hf(hf) => {
+                let enc = hf.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+                out.extend_from_slice(enc.get_ids());
+            }
+            // llama.cpp's whitespace escaping (llama_escape_whitespace)
+            Engine::Spm(spm) => spm.encode(&text.replace(' ', "\u{2581}"), out)?,
+        }
         Ok(())
     }
 
@@ -335,10 +352,5 @@ impl Tokenizer {
     /// The pre-tokenizer name in use (gpt2 vocabularies).
     pub fn pre(&self) -> Option<&str> {
         self.pre.as_deref()
-    }
-
-    /// The `tokenizers` pipeline used for text between special tokens.
-    pub fn hf(&self) -> &tokenizers::Tokenizer {
-        &self.hf
     }
 }
