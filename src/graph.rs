@@ -154,7 +154,7 @@ pub struct BuiltGraph {
 /// Graph node budget: generous for every architecture ferrite runs (llama.cpp uses
 /// max(1024, 8 × tensors)).
 pub fn graph_size(n_tensors: usize) -> usize {
-    (8 * n_tensors).max(8192)
+    (8 * n_tensors).max(1024)
 }
 
 impl<'a> GraphBuilder<'a> {

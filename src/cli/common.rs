@@ -145,7 +145,7 @@ pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded>
         b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         b
     });
-    let model = Model::load(&path, opts, &mut |done, total| {
+    let (model, tok) = Model::load_alongside(&path, opts, &mut |done, total| {
         if let Some(b) = &bar {
             // draw only loads that take a while (copies of more than 64 MiB)
             if total > 64 << 20 && b.is_hidden() {
@@ -154,11 +154,11 @@ pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded>
             b.set_length(total);
             b.set_position(done);
         }
-    })?;
+    }, Tokenizer::from_gguf)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let tok = Tokenizer::from_gguf(&model.file)?;
+    let tok = tok?;
     Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })
 }
 

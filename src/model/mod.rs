@@ -135,15 +135,34 @@ pub struct Model {
 impl Model {
     /// Opens, validates and loads a model. `progress(done, total)` reports bytes copied.
     pub fn load(path: &std::path::Path, opts: LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model> {
+        Ok(Model::load_alongside(path, opts, progress, |_| ())?.0)
+    }
+
+    /// [`Model::load`], running `side` on the validated file in another thread while the weights
+    /// load (the tokenizer's construction, so that it adds nothing to the time to first token).
+    pub fn load_alongside<T: Send>(
+        path: &std::path::Path,
+        opts: LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+        side: impl FnOnce(&GgufFile) -> T + Send,
+    ) -> Result<(Model, T)> {
         let file = GgufFile::open(path)?;
         let arch = Arch::from_gguf(&file)?;
         let hparams = arch.load_hparams(&file)?;
         check_vocab(&file, &hparams)?;
-        let mut ld = TensorLoader::new(&file, &hparams, opts, false)?;
-        let weights = arch.load_tensors(&hparams, &mut ld)?;
-        let loaded = ld.finish(progress)?;
+        let (loaded, side_out) = std::thread::scope(|s| {
+            let side = s.spawn(|| side(&file));
+            let weights = (|| {
+                let mut ld = TensorLoader::new(&file, &hparams, opts, false)?;
+                let weights = arch.load_tensors(&hparams, &mut ld)?;
+                Ok::<_, anyhow::Error>((weights, ld.finish(progress)?))
+            })();
+            (weights, side.join())
+        });
+        let (weights, loaded) = loaded?;
+        let side_out = side_out.map_err(|_| anyhow::anyhow!("internal error: a loading thread panicked"))?;
         let buffers = loaded.buffers.clone();
-        Ok(Model { file, arch, hparams, weights, buffers, _loaded: loaded })
+        Ok((Model { file, arch, hparams, weights, buffers, _loaded: loaded }, side_out))
     }
 
     /// Validates a file as `load` would, without allocating the weights (for `ferrite info`).
