@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine lacks to build ferrite (cmake, libclang-dev for bindgen,
-# a C++ compiler) — or, without root, prints the exact command to run. Sourced by run.sh/test.sh.
+# Installs what a fresh Debian machine lacks to build and test ferrite (cmake, libclang-dev for
+# bindgen, a C++ compiler, tmux for the REPL tests) — or, without root, prints the exact command
+# to run. Sourced by run.sh/test.sh.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
@@ -8,6 +9,7 @@ command -v g++ >/dev/null || missing+=(g++)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v tmux >/dev/null || missing+=(tmux)  # the REPL tests drive `ferrite chat` in a tmux pseudo-terminal
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${missing[*]}" >&2

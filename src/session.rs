@@ -318,14 +318,10 @@ impl Session {
                 return Err(e);
             }
         };
-        let g = match self.generate(prompt, on, true) {
-            Ok(g) => g,
-            Err(e) => {
-                // nothing was answered (e.g. the prefill was interrupted): the turn never happened
-                self.messages.pop();
-                return Err(e);
-            }
-        };
+        // an error (an interrupted prefill) takes the user turn back, so turns keep alternating
+        let g = self.generate(prompt, on, true).inspect_err(|_| {
+            self.messages.pop();
+        })?;
         self.messages.push(Message::assistant(g.text.clone()));
         self.reply_ids.push((g.text.clone(), g.tokens.clone()));
         if self.reply_ids.len() > 64 {
@@ -339,11 +335,16 @@ impl Session {
         if self.messages.last().is_some_and(|m| m.role == "assistant") {
             self.messages.pop();
         }
+        let before = self.messages.clone();
         let user = match self.messages.pop() {
             Some(m) if m.role == "user" => m.content,
-            _ => crate::bail_input!("there is no user turn to answer again"),
+            _ => {
+                self.messages = before;
+                crate::bail_input!("there is no user turn to answer again")
+            }
         };
-        self.chat(&user, on)
+        // on failure the last exchange stays as it was
+        self.chat(&user, on).inspect_err(|_| self.messages = before)
     }
 
     /// Removes the last exchange (the assistant reply and the user turn before it).
@@ -591,13 +592,22 @@ impl Session {
         Ok((self.cached.clone(), self.dec.kv.write_state()?))
     }
 
-    /// Restores cached tokens and KV state saved by `cache_state` (checked by the cache).
+    /// Restores cached tokens and KV state saved by `cache_state` (checked by the cache). When
+    /// the state is refused, the cache keeps what it held before.
     pub fn restore_cache(&mut self, tokens: Vec<u32>, state: &[u8]) -> Result<()> {
-        self.dec.kv.read_state(state)?;
-        if self.dec.kv.pos_max() + 1 != tokens.len() as i32 {
-            self.dec.kv.clear();
-            self.cached.clear();
-            return Err(anyhow::Error::new(BadInput("session file: the token list does not match the KV state".into())));
+        let backup = self.dec.kv.write_state()?;
+        let r = self.dec.kv.read_state(state).and_then(|()| {
+            if self.dec.kv.pos_max() + 1 != tokens.len() as i32 {
+                return Err(anyhow::Error::new(BadInput("session file: the token list does not match the KV state".into())));
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            if self.dec.kv.read_state(&backup).is_err() {
+                // cannot happen (our own state); stay consistent anyway
+                self.cached.clear();
+            }
+            return Err(e);
         }
         self.cached = tokens;
         Ok(())

@@ -29,7 +29,7 @@ pub struct Args {
     /// Continue the conversation saved in FILE (created if missing) and save it back
     #[arg(long, value_name = "FILE")]
     pub session: Option<std::path::PathBuf>,
-    /// Read the prompt from FILE
+    /// Read the prompt from FILE (`-` for standard input)
     #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
     pub file: Option<std::path::PathBuf>,
     /// With --json: include the N highest logits of the first generated position
@@ -48,6 +48,8 @@ fn utf8_arg(a: OsString) -> Result<String> {
 fn prompt_text(a: &Args) -> Result<Option<String>> {
     let arg = match (&a.prompt, &a.file) {
         (Some(p), _) => Some(utf8_arg(p.clone())?),
+        // `-f -`: the prompt is standard input
+        (None, Some(f)) if f.as_os_str() == "-" => return Ok(Some(common::read_stdin()?)),
         (None, Some(f)) => {
             let bytes = std::fs::read(f).map_err(|e| ferrite::bad_input!("{}: {e}", f.display()))?;
             Some(String::from_utf8(bytes).map_err(|e| {
