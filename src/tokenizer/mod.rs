@@ -292,7 +292,7 @@ impl Tokenizer {
                 out.extend_from_slice(enc.get_ids());
             }
             // llama.cpp's whitespace escaping (llama_escape_whitespace)
-            Engine::Spm(spm) => spm.encode(&text.replace(' ', "\u{2581}"), out)?,
+            Engine::Spm(spm) => spm.encode(&self.tokens, &text.replace(' ', "\u{2581}"), out)?,
         }
         Ok(())
     }
