@@ -180,6 +180,9 @@ pub struct KvCache {
     /// Slots of the micro-batch being processed.
     pub slot_full: Slot,
     pub slot_swa: Slot,
+    /// Cells below these (full, sliding-window) hold data or zeros; the rest of the buffer is
+    /// zeroed only when attention first reaches it (see `zero_to_n_kv`).
+    zeroed: [u32; 2],
 }
 
 impl KvCache {
@@ -202,8 +205,6 @@ impl KvCache {
             layers.push(Layer { k, v, kind });
         }
         let buf = BufferType::cpu().alloc_ctx_tensors(&ctx)?.expect("the cache has tensors");
-        // Zeroed so that padding cells never hold NaNs (masked entries still enter some kernels).
-        buf.clear(0);
         let rot = |head: u32, ty: Type, grow: bool| -> u32 {
             if !ty.is_quantized() || head % 64 != 0 {
                 return 0;
@@ -227,6 +228,7 @@ impl KvCache {
             n_rot_v: rot(hp.n_embd_head_v, type_v, false),
             slot_full: Slot::default(),
             slot_swa: Slot::default(),
+            zeroed: [0, 0],
         })
     }
 
@@ -299,6 +301,38 @@ impl KvCache {
             let idxs = s.find_slot(n).ok_or_else(|| anyhow::anyhow!("the sliding-window KV cache is full"))?;
             s.apply(&idxs, positions);
             self.slot_swa = Slot { n_kv: s.n_kv(), idxs };
+        }
+        self.zero_to_n_kv()
+    }
+
+    /// Zeroes the cells attention is about to visit for the first time. Masked cells still enter
+    /// the kernels (a masked weight times a NaN left in memory is NaN), so every visited cell must
+    /// hold data or zeros; llama.cpp clears the whole buffer up front, which makes all of it
+    /// resident, while most runs visit a fraction of the context.
+    fn zero_to_n_kv(&mut self) -> Result<()> {
+        for (ci, kind) in [CacheKind::Full, CacheKind::Swa].into_iter().enumerate() {
+            let Some(cells) = (if ci == 0 { Some(&self.full) } else { self.swa.as_ref() }) else { continue };
+            let (from, to, size) = (self.zeroed[ci] as usize, cells.n_kv() as usize, cells.size() as usize);
+            if to <= from {
+                continue;
+            }
+            for il in 0..self.layers.len() {
+                if self.layers[il].kind != kind {
+                    continue;
+                }
+                let (kb, vb) = self.row_bytes(il);
+                let l = &self.layers[il];
+                l.k.zero_range(from * kb, (to - from) * kb)?;
+                if self.v_trans {
+                    let es = l.v.ty().type_size();
+                    for j in 0..l.v.ne()[0] as usize {
+                        l.v.zero_range((j * size + from) * es, (to - from) * es)?;
+                    }
+                } else {
+                    l.v.zero_range(from * vb, (to - from) * vb)?;
+                }
+            }
+            self.zeroed[ci] = to as u32;
         }
         Ok(())
     }
@@ -475,6 +509,7 @@ impl KvCache {
             }
             cells.head = head;
         }
+        self.zero_to_n_kv()?;
         for il in 0..self.layers.len() {
             let kind = self.layers[il].kind;
             let used: Vec<usize> = self.cells(kind).pos.iter().enumerate().filter(|&(_, &p)| p >= 0).map(|(i, _)| i).collect();

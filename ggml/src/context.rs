@@ -708,6 +708,19 @@ impl Tensor {
         Ok(())
     }
 
+    /// Sets `len` bytes at byte `offset` of the tensor's data to zero (owned buffer only).
+    pub fn zero_range(&self, offset: usize, len: usize) -> Result<()> {
+        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+            return err(format!("tensor '{}' has no contiguous buffer of its own to write to", self.name()));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.nbytes()) {
+            return err(format!("tensor '{}': write of {len} bytes at {offset} is out of range", self.name()));
+        }
+        // SAFETY: the tensor is allocated in a live buffer (checked) and the range lies inside it.
+        unsafe { sys::ggml_backend_tensor_memset(self.raw(), 0, offset, len) };
+        Ok(())
+    }
+
     /// Reads an F32 tensor from a buffer its context owns.
     pub fn read_f32(&self) -> Result<Vec<f32>> {
         if self.ty() != Type::F32 {
