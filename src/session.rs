@@ -134,6 +134,8 @@ pub struct Generation {
     /// Of those, tokens that were computed (the rest came from the cache).
     pub prefilled: usize,
     pub stop_reason: StopReason,
+    /// The end-of-generation token that ended it (stop reason `Eos`).
+    pub stop_token: Option<u32>,
     pub timings: Timings,
     /// The highest logits of the first step, (id, logit) best first (`capture_top` of them).
     pub first_top: Vec<(u32, f32)>,
@@ -419,6 +421,7 @@ impl Session {
         let mut tokens = Vec::new();
         let max_stop = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
         let reason;
+        let mut stop_token = None;
         loop {
             if self.opts.n_predict >= 0 && tokens.len() >= self.opts.n_predict as usize {
                 reason = StopReason::Length;
@@ -428,6 +431,7 @@ impl Session {
             self.sampler.accept(id);
             if self.tok.is_eog(id) {
                 reason = StopReason::Eos;
+                stop_token = Some(id);
                 break;
             }
             tokens.push(id);
@@ -482,6 +486,7 @@ impl Session {
             prompt_tokens: prompt.len(),
             prefilled: timings.prompt_tokens,
             stop_reason: reason,
+            stop_token,
             timings,
             first_top,
         })

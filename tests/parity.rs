@@ -125,7 +125,9 @@ fn ids(v: &Value) -> Vec<u64> {
 fn check(m: &str, case: &Value, got: &Value) -> Option<String> {
     let prompt = case["prompt"].as_str().unwrap();
     let want = ids(&case["generated_ids"]);
-    let have = ids(&got["tokens"]);
+    // llama.cpp lists the end-of-generation token it sampled; ferrite reports it apart
+    let mut have = ids(&got["tokens"]);
+    have.extend(got["stop_token"].as_u64());
     if have != want {
         let at = have.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(have.len().min(want.len()));
         return Some(format!("{m} {prompt:?}: ids differ at {at}: ferrite {have:?} llama.cpp {want:?}"));

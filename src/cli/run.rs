@@ -165,6 +165,9 @@ fn to_json(g: &Generation, load_ms: f64, seed: u64) -> serde_json::Value {
             "gen_tps": t.gen_tps(),
         },
     });
+    if let Some(id) = g.stop_token {
+        v["stop_token"] = json!(id);
+    }
     if !g.first_top.is_empty() {
         v["first_top_logits"] = json!(g.first_top.iter().map(|(i, l)| json!([i, l])).collect::<Vec<_>>());
     }
