@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ferrite side by side with llama.cpp on this machine, in one interleaved run: for each model and
-# each round, llama-bench then `ferrite bench` (pp512, tg128, same threads and settings), then
+# each round, llama-bench and `ferrite bench` in alternating order (pp512, tg128, same threads and
+# settings), then
 # time to first token (cold: page cache of the model dropped; warm: second run) and peak RSS of a
 # one-token answer (`llama-completion -n 1` vs `ferrite run -n 1`), each tool in turn.
 # Prints a Markdown table of medians over the rounds, with ratios ferrite/llama.cpp (>1 = ferrite
@@ -47,8 +48,10 @@ for m in "${models[@]}"; do
   [ -f "$p" ] || models/fetch.sh "$m"
   for r in $(seq 1 "$rounds"); do
     echo "round $r/$rounds: $m" >&2
-    "$bin/llama-bench" -m "$p" -p 512 -n 128 -t "$threads" -r "$reps" -o json 2>/dev/null >"$out/llama-bench-$m-$r.json"
-    "$ferrite" bench -m "$p" -p 512 -n 128 -t "$threads" -r "$reps" --json 2>/dev/null >"$out/ferrite-bench-$m-$r.json"
+    # A B in odd rounds, B A in even ones, so that a drift of the machine's speed favours neither
+    lb() { "$bin/llama-bench" -m "$p" -p 512 -n 128 -t "$threads" -r "$reps" -o json 2>/dev/null >"$out/llama-bench-$m-$r.json"; }
+    fb() { "$ferrite" bench -m "$p" -p 512 -n 128 -t "$threads" -r "$reps" --json 2>/dev/null >"$out/ferrite-bench-$m-$r.json"; }
+    if [ $((r % 2)) = 1 ]; then lb; fb; else fb; lb; fi
     drop_cache "$p"
     time_run "$out/llama-cold-$m-$r" "$bin/llama-completion" -m "$p" -p "$prompt" -n 1 -t "$threads" -c 4096 -no-cnv --temp 0
     time_run "$out/llama-warm-$m-$r" "$bin/llama-completion" -m "$p" -p "$prompt" -n 1 -t "$threads" -c 4096 -no-cnv --temp 0
