@@ -24,7 +24,7 @@ ferrite=target/release/ferrite
 [ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install -y time" >&2; exit 1; }
 cargo build --release -q
 export LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-prompt="Write a short poem about the sea."
+prompt="The capital of France is"  # 5 tokens (smollm2; gemma3 adds BOS)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
