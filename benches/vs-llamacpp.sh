@@ -19,7 +19,9 @@ models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2 gemma3)
 threads=${THREADS:-2}
 reps=${REPS:-3}
-bin=${FERRITE_LLAMACPP_BIN:-$(bash ../shared/tools/build-llamacpp-ref.sh | tail -n 1)}
+shared=${FERRITE_SHARED:-../shared}
+[ -d "$shared/tools" ] || shared=/work/shared
+bin=${FERRITE_LLAMACPP_BIN:-$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)}
 ferrite=target/release/ferrite
 [ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install -y time" >&2; exit 1; }
 cargo build --release -q

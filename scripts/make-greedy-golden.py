@@ -38,7 +38,10 @@ def cpu_class():
 
 
 def main():
-    ref = json.load(open(os.path.join(ROOT, "../shared/reference/llamacpp-reference.json")))
+    shared = os.environ.get("FERRITE_SHARED") or os.path.join(ROOT, "../shared")
+    if not os.path.isdir(os.path.join(shared, "reference")):
+        shared = "/work/shared"
+    ref = json.load(open(os.path.join(shared, "reference/llamacpp-reference.json")))
     out = {"generated_by": "scripts/make-greedy-golden.py with llama.cpp greedy_ref (ggml 0.26.0), 2 threads, n_ctx 1024",
            "cpu_class": cpu_class()}
     for key, env in SETTINGS.items():

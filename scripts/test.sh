@@ -10,27 +10,32 @@ models/fetch.sh
 
 # tiny random-weight models of every architecture (deterministic bytes; ~30 s)
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check gguf numpy
-shared="$root/../shared"
-tiny="$root/target/tiny-models"
-if [ -f "$shared/tools/tiny_models.py" ]; then
-  if ! (cd "$tiny" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$shared/reference/tiny-reference.json" >/dev/null 2>&1); then
-    mkdir -p "$tiny"
-    python3 "$shared/tools/tiny_models.py" "$tiny" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
-  fi
-  export FERRITE_TINY_MODELS="$tiny"
-  # other seeds of the kit, against goldens recorded with llama.cpp (tests/golden/tiny/seed-N.json)
-  for seed in 7 99; do
-    d="$root/target/tiny-models-seed$seed"
-    if ! (cd "$d" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$root/tests/golden/tiny/seed-$seed.json" >/dev/null 2>&1); then
-      mkdir -p "$d"
-      python3 "$shared/tools/tiny_models.py" "$d" --seed "$seed" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
-    fi
+# the project's shared folder (references, llama.cpp build script, tiny-model kit)
+shared=${FERRITE_SHARED:-}
+if [ -z "$shared" ]; then
+  for d in "$root/../shared" /work/shared; do
+    if [ -d "$d/reference" ]; then shared=$(cd "$d" && pwd); break; fi
   done
 fi
+[ -n "$shared" ] && [ -d "$shared/reference" ] || { echo "test.sh: the shared folder (../shared) is missing; set FERRITE_SHARED" >&2; exit 1; }
+export FERRITE_SHARED="$shared"
+tiny="$root/target/tiny-models"
+if ! (cd "$tiny" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$shared/reference/tiny-reference.json" >/dev/null 2>&1); then
+  mkdir -p "$tiny"
+  python3 "$shared/tools/tiny_models.py" "$tiny" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
+fi
+export FERRITE_TINY_MODELS="$tiny"
+# other seeds of the kit, against goldens recorded with llama.cpp (tests/golden/tiny/seed-N.json)
+for seed in 7 99; do
+  d="$root/target/tiny-models-seed$seed"
+  if ! (cd "$d" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$root/tests/golden/tiny/seed-$seed.json" >/dev/null 2>&1); then
+    mkdir -p "$d"
+    python3 "$shared/tools/tiny_models.py" "$d" --seed "$seed" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
+  fi
+done
 
 # llama.cpp built on this machine: the reference for exact parity (results depend on the CPU)
-if [ -f "$shared/tools/build-llamacpp-ref.sh" ]; then
-  export FERRITE_LLAMACPP_BIN=$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)
-fi
+llamacpp_bin=$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)
+export FERRITE_LLAMACPP_BIN="$llamacpp_bin"
 
 cargo test --release --workspace

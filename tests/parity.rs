@@ -10,6 +10,9 @@
 //! `greedy_ref` by `scripts/make-greedy-golden.py`. Without either the test fails, saying how to
 //! get one. The prompts are those of the goldens: the shared reference's six and twelve of ours.
 
+mod paths;
+
+use paths::shared;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +45,7 @@ fn cpu_class() -> &'static str {
 }
 
 fn shared_reference() -> Value {
-    let p = root().join("../shared/reference/llamacpp-reference.json");
+    let p = shared().join("reference/llamacpp-reference.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -196,7 +199,7 @@ fn goldens_hold_the_reference_prompts() {
 }
 
 fn perplexity(key: &str) -> f64 {
-    let text = root().join("../shared/reference/GPL-3.txt");
+    let text = shared().join("reference/GPL-3.txt");
     assert!(text.is_file(), "{} is missing", text.display());
     let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
         .args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"])

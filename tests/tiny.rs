@@ -8,6 +8,9 @@
 //! `target/tiny-models-seedN`. A model file whose SHA-256 differs from its reference fails the test
 //! (the reference would not apply to it).
 
+mod paths;
+
+use paths::shared;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,7 +90,7 @@ fn check_reference(reference: &Path, dir: &Path) {
 #[test]
 fn tiny_models_seed_1234_match_shared_reference() {
     let dir = std::env::var_os("FERRITE_TINY_MODELS").map(PathBuf::from).unwrap_or_else(|| root().join("target/tiny-models"));
-    check_reference(&root().join("../shared/reference/tiny-reference.json"), &dir);
+    check_reference(&shared().join("reference/tiny-reference.json"), &dir);
 }
 
 #[test]

@@ -12,17 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+mod paths;
+use paths::shared;
 
-/// `../shared` of the project root (a worktree falls back to /work/shared).
-fn shared() -> PathBuf {
-    let beside = Path::new(ROOT).join("../shared");
-    if beside.join("reference").is_dir() {
-        beside
-    } else {
-        PathBuf::from("/work/shared")
-    }
-}
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
