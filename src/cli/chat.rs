@@ -1,7 +1,7 @@
 //! `ferrite chat` (and plain `ferrite` on a terminal): the interactive REPL over one Session —
 //! rustyline with history and tab completion, multi-line input, streaming answers, slash
-//! commands, Ctrl-C to stop an answer, Ctrl-D or `/exit` to leave (status 0), or Ctrl-C twice in a
-//! row at the prompt (status 130, like llama-cli's Ctrl-C at its prompt).
+//! commands, Ctrl-C to stop an answer, Ctrl-D, `/exit` or Ctrl-C twice in a row at the prompt to
+//! leave (status 0: leaving the REPL is its normal end).
 
 use super::common::{self, GenArgs, Loaded, SamplingArgs};
 use super::{output, sessionfile, ContextArgs, ModelArgs};
@@ -42,7 +42,7 @@ impl Args {
 
 const COMMANDS: &[(&str, &str)] = &[
     ("/help", "this list"),
-    ("/exit", "leave (also Ctrl-D; Ctrl-C twice at the prompt leaves with status 130)"),
+    ("/exit", "leave (also Ctrl-D, or Ctrl-C twice at the prompt)"),
     ("/clear", "forget the conversation"),
     ("/system", "TEXT: set the system prompt (empty: remove it) and start over"),
     ("/set", "NAME VALUE: temp, top-k, top-p, min-p, typical, repeat-penalty, repeat-last-n, presence-penalty, frequency-penalty, seed, n-predict"),
@@ -149,7 +149,6 @@ pub fn repl(a: Args) -> Result<()> {
         eprintln!("{}", dim("ferrite chat — /help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
     }
     let mut last_ctrl_c = false;
-    let mut left_by_ctrl_c = false;
     loop {
         let line = match read_message(&mut ed) {
             Ok(Some(l)) => {
@@ -159,10 +158,8 @@ pub fn repl(a: Args) -> Result<()> {
             Ok(None) => break, // Ctrl-D
             Err(ReplInterrupt) => {
                 // one Ctrl-C never leaves (ollama's way: a Ctrl-C meant for an answer that just
-                // ended must not end the session); a second in a row leaves with status 130,
-                // as llama-cli does on Ctrl-C at its prompt
+                // ended must not end the session); a second in a row leaves, as Ctrl-D does
                 if last_ctrl_c {
-                    left_by_ctrl_c = true;
                     break;
                 }
                 last_ctrl_c = true;
@@ -194,9 +191,6 @@ pub fn repl(a: Args) -> Result<()> {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = ed.save_history(h);
-    }
-    if left_by_ctrl_c {
-        return Err(anyhow::Error::new(Interrupted));
     }
     Ok(())
 }
