@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# elapsed time of each phase on stderr, so a slow CI run shows where its time went
+phase() { echo "test.sh: [$((SECONDS / 60))m$((SECONDS % 60))s] $*" >&2; }
+phase "dependencies"
 bash scripts/deps.sh
+phase "models"
 models/fetch.sh
 
 # tiny random-weight models of every architecture (deterministic bytes; ~30 s)
@@ -20,6 +24,7 @@ fi
 [ -n "$shared" ] && [ -d "$shared/reference" ] || { echo "test.sh: the shared folder (../shared) is missing; set FERRITE_SHARED" >&2; exit 1; }
 export FERRITE_SHARED="$shared"
 tiny="$root/target/tiny-models"
+phase "tiny models"
 if ! (cd "$tiny" 2>/dev/null && python3 "$root/scripts/check-tiny.py" "$shared/reference/tiny-reference.json" >/dev/null 2>&1); then
   mkdir -p "$tiny"
   python3 "$shared/tools/tiny_models.py" "$tiny" --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf >&2
@@ -34,8 +39,12 @@ for seed in 7 99; do
   fi
 done
 
+phase "llama.cpp reference build"
 # llama.cpp built on this machine: the reference for exact parity (results depend on the CPU)
 llamacpp_bin=$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)
 export FERRITE_LLAMACPP_BIN="$llamacpp_bin"
 
-cargo test --release --workspace
+phase "cargo test"
+# stdin closed: a test child that reads stdin must not wait on the CI's terminal or pipe
+cargo test --release --workspace </dev/null
+phase "done"

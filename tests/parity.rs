@@ -10,6 +10,7 @@
 //! `greedy_ref` by `scripts/make-greedy-golden.py`. Without either the test fails, saying how to
 //! get one. The prompts are those of the goldens: the shared reference's six and twelve of ours.
 
+mod heavy;
 mod paths;
 
 use paths::shared;
@@ -86,7 +87,7 @@ fn expected(key: &str) -> Vec<(String, Value)> {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let o = cmd.output().expect("greedy_ref runs");
+        let o = heavy::output(&mut cmd, &format!("greedy_ref {m} {prompt:?}"), heavy::LIMIT);
         assert!(o.status.success(), "greedy_ref failed: {}", String::from_utf8_lossy(&o.stderr));
         let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
         let mut v: Value = serde_json::from_str(&last).unwrap();
@@ -108,14 +109,13 @@ fn flatten(by_model: &Value) -> Vec<(String, Value)> {
 }
 
 fn ferrite_run(model: &Path, prompt: &str, n: usize, extra: &[&str]) -> Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["run", "--raw", "--temp", "0", "-n", &n.to_string(), "-c", "1024", "-t", "2", "--json", "--top-logits", "5"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(["run", "--raw", "--temp", "0", "-n", &n.to_string(), "-c", "1024", "-t", "2", "--json", "--top-logits", "5"])
         .args(extra)
         .arg("-m")
         .arg(model)
-        .arg(prompt)
-        .output()
-        .unwrap();
+        .arg(prompt);
+    let o = heavy::output(&mut cmd, &format!("ferrite run {} {prompt:?}", model.display()), heavy::LIMIT);
     assert!(o.status.success(), "ferrite run failed on {prompt:?}: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("--json output: {e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
@@ -201,13 +201,12 @@ fn goldens_hold_the_reference_prompts() {
 fn perplexity(key: &str) -> f64 {
     let text = shared().join("reference/GPL-3.txt");
     assert!(text.is_file(), "{} is missing", text.display());
-    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"])
         .arg(&text)
         .arg("-m")
-        .arg(model_file(key))
-        .output()
-        .unwrap();
+        .arg(model_file(key));
+    let o = heavy::output(&mut cmd, &format!("ferrite perplexity {key}"), heavy::LIMIT);
     assert!(o.status.success(), "ferrite perplexity failed: {}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     v["ppl"].as_f64().unwrap()

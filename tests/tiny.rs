@@ -8,6 +8,7 @@
 //! `target/tiny-models-seedN`. A model file whose SHA-256 differs from its reference fails the test
 //! (the reference would not apply to it).
 
+mod heavy;
 mod paths;
 
 use paths::shared;
@@ -30,13 +31,12 @@ fn sha256(path: &Path) -> String {
 }
 
 fn run(model: &Path, prompt: &str, n: u64, fa: &str) -> Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["run", "--raw", "--temp", "0", "-n", &n.to_string(), "-c", "1024", "-t", "2", "--json", "--top-logits", "5"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(["run", "--raw", "--temp", "0", "-n", &n.to_string(), "-c", "1024", "-t", "2", "--json", "--top-logits", "5"])
         .args(["--flash-attn", fa, "-m"])
         .arg(model)
-        .arg(prompt)
-        .output()
-        .unwrap();
+        .arg(prompt);
+    let o = heavy::output(&mut cmd, &format!("ferrite run {} {prompt:?}", model.display()), heavy::LIMIT);
     assert!(o.status.success(), "ferrite failed on {} {prompt:?}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
