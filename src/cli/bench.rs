@@ -5,7 +5,7 @@ use anyhow::Result;
 use ferrite::bench::{run_test, BenchResult};
 use ferrite::catalogue;
 use ferrite::gguf::vocab::VocabMeta;
-use ferrite::model::{LoadOptions, Model};
+use ferrite::model::Model;
 use serde_json::json;
 use std::rc::Rc;
 
@@ -34,7 +34,7 @@ pub fn main(a: Args) -> Result<()> {
         ferrite::bail_input!("--repetitions must be at least 1");
     }
     let path = catalogue::resolve(a.model.model.as_deref())?;
-    let model = Rc::new(Model::load(&path, LoadOptions { use_mmap: !a.ctx.no_mmap, ..Default::default() }, &mut |_, _| {})?);
+    let model = Rc::new(Model::load(&path, a.ctx.load_options(), &mut |_, _| {})?);
     let vocab = VocabMeta::from_gguf(&model.file)?;
     let bos = if vocab.add_bos.unwrap_or(vocab.model == "llama") { vocab.special.bos } else { None };
     let opts = a.ctx.options()?;

@@ -5,7 +5,7 @@ use super::{ContextArgs, ModelArgs};
 use anyhow::{Context as _, Result};
 use ferrite::chat::{self, ChatTemplate};
 use ferrite::gguf::GgufFile;
-use ferrite::model::{LoadOptions, Model};
+use ferrite::model::Model;
 use ferrite::sampling::{LogitBias, SamplerConfig};
 use ferrite::session::{Overflow, Session, SessionOptions};
 use ferrite::tokenizer::Tokenizer;
@@ -133,7 +133,7 @@ pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded>
     // flags first: a bad one is reported before the weights are loaded
     ctx.options()?;
     let path = ferrite::catalogue::resolve(model.model.as_deref())?;
-    let opts = LoadOptions { use_mmap: !ctx.no_mmap, ..Default::default() };
+    let opts = ctx.load_options();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

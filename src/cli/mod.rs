@@ -69,12 +69,26 @@ pub struct ContextArgs {
     /// KV cache type for V (f16, q8_0, q4_0)
     #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f16", value_name = "TYPE")]
     pub cache_type_v: String,
-    /// Read the model into memory instead of mapping it
+    /// Read the weights in place from the file map (shared page cache, models larger than memory)
+    #[arg(long = "mmap", conflicts_with = "no_mmap")]
+    pub mmap: bool,
+    /// Copy the weights into huge-page memory even when they take over half the available memory
+    /// (default: copy when they fit in half, else map)
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
 }
 
 impl ContextArgs {
+    pub fn load_options(&self) -> ferrite::model::LoadOptions {
+        use ferrite::model::{LoadOptions, WeightMemory};
+        let weights = match (self.mmap, self.no_mmap) {
+            (true, _) => WeightMemory::Mapped,
+            (_, true) => WeightMemory::Copied,
+            _ => WeightMemory::Auto,
+        };
+        LoadOptions { weights, ..Default::default() }
+    }
+
     pub fn options(&self) -> anyhow::Result<ferrite::decoder::ContextOptions> {
         use ferrite::decoder::{ContextOptions, FlashAttn};
         let flash_attn = match self.flash_attn.as_str() {

@@ -6,7 +6,7 @@ pub mod loader;
 pub mod weights;
 
 pub use hparams::{HParams, RopeScaling};
-pub use loader::{LoadOptions, TensorLoader};
+pub use loader::{LoadOptions, TensorLoader, WeightMemory};
 pub use weights::{LayerWeights, Weights};
 
 use crate::arch;
