@@ -21,6 +21,7 @@ threads=${THREADS:-2}
 reps=${REPS:-3}
 shared=${FERRITE_SHARED:-../shared}
 [ -d "$shared/tools" ] || shared=/work/shared
+shared=$(cd "$shared" && pwd)  # absolute: the build script changes directory before using its own path
 bin=${FERRITE_LLAMACPP_BIN:-$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)}
 ferrite=target/release/ferrite
 [ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install -y time" >&2; exit 1; }

@@ -1,6 +1,7 @@
 //! `ferrite run` on the real SmolLM2 model: --json fields, prefix reuse across turns of a
 //! --session, the overflow policies, prompts too long for -c, a closed stdout (`| head`), a
-//! document on stdin, Ctrl-C (exit 130, partial output kept) and corrupt session files.
+//! document on stdin, Ctrl-C (exit 130, partial output kept), corrupt session files, and mapped vs
+//! copied weights.
 
 mod common_cli;
 
@@ -249,4 +250,20 @@ fn a_corrupt_session_file_is_exit_2_and_left_untouched() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("context size"), "{}", r.stderr);
     assert_eq!(snapshot(&q), before);
+}
+
+/// Weights read in place from the map (`--mmap`) and copied into huge-page memory (`--no-mmap`,
+/// packed without the repacked tensors' bytes) give the same answer, to the logit. Gemma 3: its
+/// plain and repacked tensors alternate in the file.
+#[test]
+fn mapped_and_copied_weights_answer_alike() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(p.exists(), "{} is missing: run models/fetch.sh gemma3 (or scripts/test.sh)", p.display());
+    let model = p.to_string_lossy().into_owned();
+    let answer = |how: &str| {
+        let mut v = json(&ferrite(&run_args(&model, &["-c", "512", "-n", "12", "--seed", "1", "--json", "--top-logits", "5", how, "The capital of France is"]), None));
+        v.as_object_mut().unwrap().remove("timings");
+        v
+    };
+    assert_eq!(answer("--mmap"), answer("--no-mmap"));
 }

@@ -256,6 +256,8 @@ impl<'f> TensorLoader<'f> {
         }
 
         // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts).
+        let reader = open_again(file)?;
+        let mut scratch = Vec::new();
         for (i, ctx) in self.ctxs.iter().enumerate().take(last) {
             let Some(ctx) = ctx else { continue };
             let Some(buf) = self.bufts[i].alloc_ctx_tensors(ctx)? else { continue };
@@ -263,7 +265,15 @@ impl<'f> TensorLoader<'f> {
             let mut n = 0;
             for e in self.entries.iter().filter(|e| e.buft == i) {
                 let info = &file.tensors()[e.src];
-                e.tensor.write_bytes(file.tensor_data(info))?;
+                if copy {
+                    // through pread like the plain tensors: touching the map would make its pages
+                    // (whole 2 MiB folios of the page cache, plain neighbours included) resident too
+                    scratch.resize(info.nbytes as usize, 0);
+                    read_tensor(&reader, info, &mut scratch)?;
+                    e.tensor.write_bytes(&scratch)?;
+                } else {
+                    e.tensor.write_bytes(file.tensor_data(info))?;
+                }
                 done += info.nbytes;
                 n += 1;
                 progress(done, copy_total);
@@ -281,7 +291,6 @@ impl<'f> TensorLoader<'f> {
 /// Read with `pread`, not through the map, so the file's pages are not resident twice.
 /// `copied(bytes)` after each tensor.
 fn copy_into_memory(file: &GgufFile, srcs: &[usize], copied: &mut dyn FnMut(u64)) -> Result<(Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>)> {
-    use std::os::unix::fs::FileExt;
     // 64: a cache line, and more than any ggml CPU type needs
     const ALIGN: u64 = 64;
     let mut offsets = vec![0u64; file.tensors().len()];
@@ -294,15 +303,24 @@ fn copy_into_memory(file: &GgufFile, srcs: &[usize], copied: &mut dyn FnMut(u64)
     // Best effort: without transparent huge pages the copy still works, on 4 KiB pages.
     #[cfg(target_os = "linux")]
     let _ = m.advise(memmap2::Advice::HugePage);
-    let f = std::fs::File::open(file.path()).with_context(|| format!("{}: reopening", file.path().display()))?;
+    let f = open_again(file)?;
     for &i in srcs {
         let t = &file.tensors()[i];
         let at = offsets[i] as usize;
-        f.read_exact_at(&mut m[at..at + t.nbytes as usize], t.offset)
-            .with_context(|| format!("{}: reading tensor '{}' (was the file changed?)", file.path().display(), t.name))?;
+        read_tensor(&f, t, &mut m[at..at + t.nbytes as usize])?;
         copied(t.nbytes);
     }
     Ok((Arc::new(ReadOnly(m.make_read_only().context("sealing the model memory")?)), offsets))
+}
+
+fn open_again(file: &GgufFile) -> Result<std::fs::File> {
+    std::fs::File::open(file.path()).with_context(|| format!("{}: reopening", file.path().display()))
+}
+
+/// Reads tensor `t`'s bytes from the file (not the map) into `out` (its size).
+fn read_tensor(f: &std::fs::File, t: &crate::gguf::TensorInfo, out: &mut [u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(out, t.offset).map_err(|e| anyhow::anyhow!("reading tensor '{}': {e} (was the file changed?)", t.name))
 }
 
 /// The memory the kernel reports available (`MemAvailable`), when it can be read.
