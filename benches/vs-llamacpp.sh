@@ -84,7 +84,7 @@ print(f"|---|---|---:|---:|---:|---|")
 for m in models:
     for test in ("pp512", "tg128"):
         a, b = ts("llama", m, test), ts("ferrite", m, test)
-        print(f"| {m} | {test} t/s | {med(a):.2f} | {med(b):.2f} | **{med(b)/med(a):.3f}** | {' '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(a, b))} |")
+        print(f"| {m} | {test} t/s | {med(a):.2f} | {med(b):.2f} | **{med(b)/med(a):.4f}** | {' '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(a, b))} |")
     for kind in ("cold", "warm"):
         a, b = timed("llama", kind, m, 0), timed("ferrite", kind, m, 0)
         print(f"| {m} | first token, {kind} (s) | {med(a):.3f} | {med(b):.3f} | {med(b)/med(a):.3f} | {' '.join(f'{x:.2f}/{y:.2f}' for x, y in zip(a, b))} |")
