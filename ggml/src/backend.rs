@@ -269,6 +269,34 @@ impl Buffer {
     }
 
     /// Marks the buffer as holding weights (lets the scheduler prefer running ops where they are).
+    /// Asks the kernel to back this buffer's pages with transparent huge pages (Linux, a host
+    /// buffer; before it is written, so the pages are allocated that way). Best effort: returns
+    /// whether the advice was taken. Weights stream through memory once per token; 2 MiB pages
+    /// spare the TLB.
+    pub fn advise_huge_pages(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: live buffer.
+            if !unsafe { sys::ggml_backend_buffer_is_host(self.raw()) } {
+                return false;
+            }
+            // SAFETY: live buffer.
+            let base = unsafe { sys::ggml_backend_buffer_get_base(self.raw()) } as usize;
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+            let start = base.next_multiple_of(page);
+            let end = (base + self.size()) / page * page;
+            if base == 0 || end <= start {
+                return false;
+            }
+            // SAFETY: [start, end) lies inside the buffer's own allocation; MADV_HUGEPAGE changes
+            // only how the kernel backs those pages, never their contents or validity.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
     pub fn set_usage_weights(&self) {
         // SAFETY: live buffer.
         unsafe { sys::ggml_backend_buffer_set_usage(self.raw(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }

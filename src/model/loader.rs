@@ -262,6 +262,8 @@ impl<'f> TensorLoader<'f> {
             let Some(ctx) = ctx else { continue };
             let Some(buf) = self.bufts[i].alloc_ctx_tensors(ctx)? else { continue };
             buf.set_usage_weights();
+            // like the plain weights' copy (`WeightMemory::Copied`): these are copies in any mode
+            buf.advise_huge_pages();
             let mut n = 0;
             for e in self.entries.iter().filter(|e| e.buft == i) {
                 let info = &file.tensors()[e.src];
