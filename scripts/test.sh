@@ -45,6 +45,8 @@ llamacpp_bin=$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)
 export FERRITE_LLAMACPP_BIN="$llamacpp_bin"
 
 phase "cargo test"
-# stdin closed: a test child that reads stdin must not wait on the CI's terminal or pipe
-cargo test --release --workspace </dev/null
+# stdin closed: a test child that reads stdin must not wait on the CI's terminal or pipe.
+# One test at a time: most tests run ggml processes with 2 threads, and two tests at once on a
+# 2-core machine spin 4 threads on 2 cores (parity took 595 s that way, 217 s in turn).
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-1} cargo test --release --workspace </dev/null
 phase "done"
