@@ -69,11 +69,10 @@ pub struct ContextArgs {
     /// KV cache type for V (f16, q8_0, q4_0)
     #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f16", value_name = "TYPE")]
     pub cache_type_v: String,
-    /// Read the weights in place from the file map (shared page cache, models larger than memory)
+    /// Read the weights in place from the file map (the default)
     #[arg(long = "mmap", conflicts_with = "no_mmap")]
     pub mmap: bool,
-    /// Copy the weights into huge-page memory even when they take over half the available memory
-    /// (default: copy when they fit in half, else map)
+    /// Copy the weights into memory (transparent huge pages) instead of mapping the file
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
 }
@@ -81,11 +80,7 @@ pub struct ContextArgs {
 impl ContextArgs {
     pub fn load_options(&self) -> ferrite::model::LoadOptions {
         use ferrite::model::{LoadOptions, WeightMemory};
-        let weights = match (self.mmap, self.no_mmap) {
-            (true, _) => WeightMemory::Mapped,
-            (_, true) => WeightMemory::Copied,
-            _ => WeightMemory::Auto,
-        };
+        let weights = if self.no_mmap { WeightMemory::Copied } else { WeightMemory::Mapped };
         LoadOptions { weights, ..Default::default() }
     }
 

@@ -24,15 +24,12 @@ pub enum Usage {
 /// Where the plain (not repacked) weights live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightMemory {
-    /// `Copied` when the weights take at most half the memory the kernel reports available,
-    /// else `Mapped`.
-    Auto,
-    /// Read in place from the file map: pages shared with the page cache and other processes, and
-    /// a model larger than memory still runs. Every 4 KiB page costs a TLB entry per token.
+    /// Read in place from the file map (llama.cpp's default): no copy, pages shared with the page
+    /// cache and other processes, a model larger than memory still runs. The map is advised for
+    /// huge pages, which the kernel honours for pages it reads from disk for it.
     Mapped,
-    /// Read into anonymous memory advised for transparent huge pages: one TLB entry per 2 MiB, so
-    /// decoding, which streams every weight once per token, runs ~15 % faster here (the decode is
-    /// memory-bound; measured on both test models).
+    /// Copied into anonymous memory advised for transparent huge pages (`--no-mmap`): 2 MiB pages
+    /// whatever the page cache holds, at the cost of the copy and of private memory.
     Copied,
 }
 
@@ -45,7 +42,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { weights: WeightMemory::Auto, use_extra_bufts: true }
+        LoadOptions { weights: WeightMemory::Mapped, use_extra_bufts: true }
     }
 }
 
@@ -224,11 +221,7 @@ impl<'f> TensorLoader<'f> {
         plain_srcs.sort_unstable();
         plain_srcs.dedup();
         let plain_bytes: u64 = plain_srcs.iter().map(|&i| file.tensors()[i].nbytes).sum();
-        let copy = match self.opts.weights {
-            WeightMemory::Mapped => false,
-            WeightMemory::Copied => true,
-            WeightMemory::Auto => available_memory().is_some_and(|avail| plain_bytes <= avail / 2),
-        };
+        let copy = self.opts.weights == WeightMemory::Copied;
         let repacked_bytes: u64 = self.entries.iter().filter(|e| e.buft != last).map(|e| file.tensors()[e.src].nbytes).sum();
         let copy_total = repacked_bytes + if copy { plain_bytes } else { 0 };
         let mut done = 0u64;
@@ -325,13 +318,6 @@ fn read_tensor(f: &std::fs::File, t: &crate::gguf::TensorInfo, out: &mut [u8]) -
     f.read_exact_at(out, t.offset).map_err(|e| anyhow::anyhow!("reading tensor '{}': {e} (was the file changed?)", t.name))
 }
 
-/// The memory the kernel reports available (`MemAvailable`), when it can be read.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 struct ReadOnly(memmap2::Mmap);
 
