@@ -268,7 +268,6 @@ impl Buffer {
         unsafe { sys::ggml_backend_buffer_clear(self.raw(), value) }
     }
 
-    /// Marks the buffer as holding weights (lets the scheduler prefer running ops where they are).
     /// Asks the kernel to back this buffer's pages with transparent huge pages (Linux, a host
     /// buffer; before it is written, so the pages are allocated that way). Best effort: returns
     /// whether the advice was taken. Weights stream through memory once per token; 2 MiB pages
@@ -297,6 +296,7 @@ impl Buffer {
         false
     }
 
+    /// Marks the buffer as holding weights (lets the scheduler prefer running ops where they are).
     pub fn set_usage_weights(&self) {
         // SAFETY: live buffer.
         unsafe { sys::ggml_backend_buffer_set_usage(self.raw(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }

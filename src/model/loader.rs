@@ -226,11 +226,13 @@ impl<'f> TensorLoader<'f> {
         let copy_total = repacked_bytes + if copy { plain_bytes } else { 0 };
         let mut done = 0u64;
         progress(0, copy_total);
+        // copies read the file with pread, not through the map (see `copy_into_memory`)
+        let reader = if copy { Some(open_again(file)?) } else { None };
 
         if !plain.is_empty() {
             // (image, offset of each tensor in it, by directory index)
-            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if copy {
-                copy_into_memory(file, &plain_srcs, &mut |n| {
+            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if let Some(f) = &reader {
+                copy_into_memory(file, f, &plain_srcs, &mut |n| {
                     done += n;
                     progress(done, copy_total);
                 })?
@@ -249,7 +251,6 @@ impl<'f> TensorLoader<'f> {
         }
 
         // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts).
-        let reader = open_again(file)?;
         let mut scratch = Vec::new();
         for (i, ctx) in self.ctxs.iter().enumerate().take(last) {
             let Some(ctx) = ctx else { continue };
@@ -260,11 +261,11 @@ impl<'f> TensorLoader<'f> {
             let mut n = 0;
             for e in self.entries.iter().filter(|e| e.buft == i) {
                 let info = &file.tensors()[e.src];
-                if copy {
+                if let Some(f) = &reader {
                     // through pread like the plain tensors: touching the map would make its pages
                     // (whole 2 MiB folios of the page cache, plain neighbours included) resident too
                     scratch.resize(info.nbytes as usize, 0);
-                    read_tensor(&reader, info, &mut scratch)?;
+                    read_tensor(f, info, &mut scratch)?;
                     e.tensor.write_bytes(&scratch)?;
                 } else {
                     e.tensor.write_bytes(file.tensor_data(info))?;
@@ -283,9 +284,10 @@ impl<'f> TensorLoader<'f> {
 /// Copies the tensors `srcs` (directory indices) one after the other into anonymous memory, and
 /// returns it with each tensor's offset in it (by directory index; unused entries 0). Packed, not
 /// at file offsets: with 2 MiB pages, the gaps left by repacked tensors would be resident too.
-/// Read with `pread`, not through the map, so the file's pages are not resident twice.
+/// Read from `f` (the model file) with `pread`, not through the map, so the file's pages are not
+/// resident twice.
 /// `copied(bytes)` after each tensor.
-fn copy_into_memory(file: &GgufFile, srcs: &[usize], copied: &mut dyn FnMut(u64)) -> Result<(Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>)> {
+fn copy_into_memory(file: &GgufFile, f: &std::fs::File, srcs: &[usize], copied: &mut dyn FnMut(u64)) -> Result<(Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>)> {
     // 64: a cache line, and more than any ggml CPU type needs
     const ALIGN: u64 = 64;
     let mut offsets = vec![0u64; file.tensors().len()];
@@ -298,11 +300,10 @@ fn copy_into_memory(file: &GgufFile, srcs: &[usize], copied: &mut dyn FnMut(u64)
     // Best effort: without transparent huge pages the copy still works, on 4 KiB pages.
     #[cfg(target_os = "linux")]
     let _ = m.advise(memmap2::Advice::HugePage);
-    let f = open_again(file)?;
     for &i in srcs {
         let t = &file.tensors()[i];
         let at = offsets[i] as usize;
-        read_tensor(&f, t, &mut m[at..at + t.nbytes as usize])?;
+        read_tensor(f, t, &mut m[at..at + t.nbytes as usize])?;
         copied(t.nbytes);
     }
     Ok((Arc::new(ReadOnly(m.make_read_only().context("sealing the model memory")?)), offsets))
@@ -317,7 +318,6 @@ fn read_tensor(f: &std::fs::File, t: &crate::gguf::TensorInfo, out: &mut [u8]) -
     use std::os::unix::fs::FileExt;
     f.read_exact_at(out, t.offset).map_err(|e| anyhow::anyhow!("reading tensor '{}': {e} (was the file changed?)", t.name))
 }
-
 
 struct ReadOnly(memmap2::Mmap);
 
