@@ -152,7 +152,7 @@ impl Device {
         if b.is_null() {
             return err(format!("failed to initialise the {} backend", self.name()));
         }
-        Ok(Backend(Rc::new(BackendInner { ptr: b, abort_flag: std::cell::Cell::new(None) })))
+        Ok(Backend(Rc::new(BackendInner { ptr: b, abort_flag: std::cell::Cell::new(None), threadpool: std::cell::Cell::new((std::ptr::null_mut(), 0)) })))
     }
 
     /// A buffer over `bytes` (host memory, e.g. a memory map) without copying: tensors placed in
@@ -331,12 +331,21 @@ impl Buffer {
 pub(crate) struct BackendInner {
     pub(crate) ptr: sys::ggml_backend_t,
     abort_flag: std::cell::Cell<Option<&'static AtomicBool>>,
+    /// The CPU backend's persistent worker threads (null until `set_n_threads`).
+    threadpool: std::cell::Cell<(*mut sys::ggml_threadpool, i32)>,
 }
 
 impl Drop for BackendInner {
     fn drop(&mut self) {
-        // SAFETY: freed once; schedulers using it hold an Rc.
-        unsafe { sys::ggml_backend_free(self.ptr) }
+        // SAFETY: freed once; schedulers using it hold an Rc. The backend goes first: it refers
+        // to the threadpool until freed.
+        unsafe {
+            sys::ggml_backend_free(self.ptr);
+            let (tp, _) = self.threadpool.replace((std::ptr::null_mut(), 0));
+            if !tp.is_null() {
+                sys::ggml_threadpool_free(tp);
+            }
+        }
     }
 }
 
@@ -369,6 +378,26 @@ impl Backend {
     /// Sets the number of threads (for backends that have a thread count, such as the CPU).
     pub fn set_n_threads(&self, n: usize) {
         let n = n.clamp(1, 512) as i32;
+        if self.is_cpu() {
+            // A persistent pool: without one, ggml starts and joins its worker threads at every
+            // graph computation, i.e. at every generated token.
+            let (old, old_n) = self.0.threadpool.get();
+            // SAFETY: `old` is null or the pool this backend owns; a new pool is attached before
+            // the old one is freed, so the backend never refers to a freed pool.
+            unsafe {
+                if old.is_null() || old_n != n {
+                    let mut params = sys::ggml_threadpool_params_default(n);
+                    let tp = sys::ggml_threadpool_new(&mut params);
+                    if !tp.is_null() {
+                        sys::ggml_backend_cpu_set_threadpool(self.0.ptr, tp);
+                        self.0.threadpool.set((tp, n));
+                        if !old.is_null() {
+                            sys::ggml_threadpool_free(old);
+                        }
+                    }
+                }
+            }
+        }
         // SAFETY: registry lookup of the documented `ggml_backend_set_n_threads` entry point.
         unsafe {
             let dev = sys::ggml_backend_get_device(self.0.ptr);
