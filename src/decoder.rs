@@ -217,9 +217,7 @@ impl Decoder {
         }
         if !outputs.is_empty() {
             let n = outputs.len() * self.n_vocab();
-            let at = logits.len();
-            logits.resize(at + n, 0.0);
-            self.sched.read(&built.graph, &built.logits, 0, &mut logits[at..])?;
+            self.sched.read_append(&built.graph, &built.logits, n, logits)?;
         }
         Ok(())
     }

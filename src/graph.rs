@@ -538,10 +538,14 @@ impl<'a> GraphBuilder<'a> {
         let cur = if l.ffn_gate_inp.is_some() {
             self.moe_ffn(cur, l, MoeGating::Softmax { norm_w: true }, il)
         } else if l.ffn_gate.is_none() {
+            // [gate|up] in one matrix (Phi-3's file, or stacked by the loader)
             let up = self.mm(w(&l.ffn_up), cur);
             self.cb(&up, "ffn_up", il);
-            let act = self.ctx.swiglu(&up);
-            self.cb(&act, "ffn_swiglu", il);
+            let act = match op {
+                FfnOp::Silu => self.ctx.swiglu(&up),
+                FfnOp::Gelu => self.ctx.geglu(&up),
+            };
+            self.cb(&act, if op == FfnOp::Silu { "ffn_swiglu" } else { "ffn_geglu" }, il);
             self.mm(w(&l.ffn_down), &act)
         } else {
             self.ffn(cur, l.ffn_up.as_ref(), l.ffn_up_b.as_ref(), l.ffn_gate.as_ref(), l.ffn_gate_b.as_ref(), l.ffn_down.as_ref(), l.ffn_down_b.as_ref(), op, FfnGate::Par, il)

@@ -353,6 +353,10 @@ impl Drop for BackendInner {
 #[derive(Clone)]
 pub struct Backend(pub(crate) Rc<BackendInner>);
 
+/// ggml's abort callback: reads the flag registered by `set_abort_flag`.
+///
+/// # Safety
+/// `data` must be the address of a `&'static AtomicBool`.
 unsafe extern "C" fn abort_trampoline(data: *mut std::os::raw::c_void) -> bool {
     // SAFETY: `data` is the address of a `&'static AtomicBool` set by `set_abort_flag`.
     let flag = unsafe { &*(data as *const AtomicBool) };

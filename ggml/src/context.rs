@@ -381,6 +381,12 @@ impl Context {
         self.unary(a, sys::ggml_swiglu)
     }
 
+    /// gelu(first half of each row) * second half (GeGLU over a fused [gate|up] projection).
+    pub fn geglu(&self, a: &Tensor) -> Tensor {
+        assert!(a.ne()[0] % 2 == 0, "geglu: row length must be even");
+        self.unary(a, sys::ggml_geglu)
+    }
+
     /// gelu(a) * b (GeGLU with separate gate and up projections).
     pub fn geglu_split(&self, a: &Tensor, b: &Tensor) -> Tensor {
         assert_eq!(a.ne(), b.ne(), "geglu_split: shapes differ");

@@ -38,18 +38,25 @@ pub struct LoadOptions {
     pub weights: WeightMemory,
     /// Use ggml's repacked CPU layouts where they apply (llama.cpp's default).
     pub use_extra_bufts: bool,
+    /// Stack projections that read the same input into one matrix ([q|k|v], [gate|up]; see
+    /// `TensorLoader::fused`).
+    pub fuse: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { weights: WeightMemory::Mapped, use_extra_bufts: true }
+        LoadOptions { weights: WeightMemory::Mapped, use_extra_bufts: true, fuse: true }
     }
 }
 
 struct Entry {
     tensor: Tensor,
     buft: usize,
-    src: usize,
+    /// Directory indices of the file tensors it holds: one, or several stacked along ne1.
+    srcs: Vec<usize>,
+    /// A plain tensor in memory of its own, filled by copying (a stack of tensors that are not
+    /// adjacent in the file, or any stack when weights are copied).
+    owned: bool,
 }
 
 /// Collects the tensors an architecture declares, then loads them (`finish`).
@@ -62,6 +69,8 @@ pub struct TensorLoader<'f> {
     /// Candidate buffer types in order of preference; the last is the plain CPU buffer.
     bufts: Vec<BufferType>,
     ctxs: Vec<Option<Context>>,
+    /// Context of the `owned` plain tensors.
+    owned_ctx: Option<Context>,
     entries: Vec<Entry>,
     used: Vec<bool>,
 }
@@ -97,6 +106,7 @@ impl<'f> TensorLoader<'f> {
             device,
             bufts,
             ctxs: (0..n).map(|_| None).collect(),
+            owned_ctx: None,
             entries: Vec::new(),
             used: vec![false; file.tensors().len()],
         })
@@ -159,7 +169,66 @@ impl<'f> TensorLoader<'f> {
         let ctx = self.ctx_for(buft)?;
         let t = ctx.new_tensor(info.ty, &info.ne[..info.n_dims]);
         t.set_name(name);
-        self.entries.push(Entry { tensor: t.clone(), buft, src: idx });
+        self.entries.push(Entry { tensor: t.clone(), buft, srcs: vec![idx], owned: false });
+        Ok(Some(t))
+    }
+
+    /// One matrix `name` holding the file's 2-D tensors `parts` stacked along ne1, in that
+    /// order, when all exist with one type and the given shapes (else None, and nothing is
+    /// declared: the caller declares them one by one). Projections of the same input then take
+    /// one matrix product instead of several (one quantization of the input, one pass of the
+    /// thread pool; prompt processing +3 % on SmolLM2) with the same values: each output row is
+    /// still its weight row's dot product, by the same kernel — which is why every part must get
+    /// the stack's buffer type and have a row count that is a multiple of 16 (ggml picks
+    /// repacked and llamafile kernels by row count). In place over the file map when the parts
+    /// lie back to back in the file; otherwise a copy, made only when `copy` allows it or when
+    /// the weights are copied (repacked, or `--no-mmap`) anyway.
+    pub fn fused(&mut self, name: &str, parts: &[String], shapes: &[[i64; 2]], copy: bool) -> Result<Option<Tensor>> {
+        if !self.opts.fuse || self.plan_only || parts.len() < 2 {
+            return Ok(None);
+        }
+        let mut idxs = Vec::with_capacity(parts.len());
+        for (part, shape) in parts.iter().zip(shapes) {
+            let Some(idx) = self.file.tensor_index(part) else { return Ok(None) };
+            let info = &self.file.tensors()[idx];
+            if self.used[idx] || info.ne != [shape[0], shape[1], 1, 1] || shape[1] % 16 != 0 {
+                return Ok(None);
+            }
+            idxs.push(idx);
+        }
+        let infos: Vec<_> = idxs.iter().map(|&i| &self.file.tensors()[i]).collect();
+        let ty = infos[0].ty;
+        if !ty.cpu_weight_capable() || infos.iter().any(|t| t.ty != ty) {
+            return Ok(None);
+        }
+        let ne = [shapes[0][0], shapes.iter().map(|s| s[1]).sum(), 1, 1];
+        let buft = self.select_buft(ty, &ne, Usage::MatMul)?;
+        for info in &infos {
+            if self.select_buft(ty, &info.ne, Usage::MatMul)? != buft {
+                return Ok(None);
+            }
+        }
+        let last = self.bufts.len() - 1;
+        let mapped = self.opts.weights == WeightMemory::Mapped;
+        let adjacent = infos.windows(2).all(|w| w[0].offset + w[0].nbytes == w[1].offset);
+        let owned = buft == last && !(adjacent && mapped);
+        if owned && mapped && !copy {
+            return Ok(None);
+        }
+        let ctx = if owned {
+            if self.owned_ctx.is_none() {
+                self.owned_ctx = Some(Context::new(2 * self.hp.n_layer as usize + 8, 0)?);
+            }
+            self.owned_ctx.clone().expect("created above")
+        } else {
+            self.ctx_for(buft)?
+        };
+        let t = ctx.new_tensor(ty, &ne[..2]);
+        t.set_name(name);
+        for &i in &idxs {
+            self.used[i] = true;
+        }
+        self.entries.push(Entry { tensor: t.clone(), buft, srcs: idxs, owned });
         Ok(Some(t))
     }
 
@@ -215,14 +284,15 @@ impl<'f> TensorLoader<'f> {
 
         // Plain tensors: one buffer over an image of the file (the map itself, or a copy of the
         // plain tensors' bytes at their file offsets), each tensor placed at its offset.
-        let plain: Vec<&Entry> = self.entries.iter().filter(|e| e.buft == last).collect();
+        let plain: Vec<&Entry> = self.entries.iter().filter(|e| e.buft == last && !e.owned).collect();
         // a tied output duplicates the embedding: its bytes are read once
-        let mut plain_srcs: Vec<usize> = plain.iter().map(|e| e.src).collect();
+        let mut plain_srcs: Vec<usize> = plain.iter().flat_map(|e| e.srcs.iter().copied()).collect();
         plain_srcs.sort_unstable();
         plain_srcs.dedup();
         let plain_bytes: u64 = plain_srcs.iter().map(|&i| file.tensors()[i].nbytes).sum();
         let copy = self.opts.weights == WeightMemory::Copied;
-        let repacked_bytes: u64 = self.entries.iter().filter(|e| e.buft != last).map(|e| file.tensors()[e.src].nbytes).sum();
+        let entry_bytes = |e: &Entry| e.srcs.iter().map(|&i| file.tensors()[i].nbytes).sum::<u64>();
+        let repacked_bytes: u64 = self.entries.iter().filter(|e| e.buft != last || e.owned).map(entry_bytes).sum();
         let copy_total = repacked_bytes + if copy { plain_bytes } else { 0 };
         let mut done = 0u64;
         progress(0, copy_total);
@@ -239,42 +309,61 @@ impl<'f> TensorLoader<'f> {
             } else {
                 (file.bytes(), file.tensors().iter().map(|t| t.offset).collect())
             };
-            let max = plain.iter().map(|e| file.tensors()[e.src].nbytes as usize).max().unwrap_or(0);
+            let max = plain.iter().map(|e| entry_bytes(e) as usize).max().unwrap_or(0);
             let buf = device.buffer_from_host(bytes, max).context("mapping the weights")?;
             buf.set_usage_weights();
             for e in &plain {
-                buf.place(&e.tensor, offsets[e.src] as usize)?;
+                // a stack placed in place starts at its first part (mapped weights only)
+                buf.place(&e.tensor, offsets[e.srcs[0]] as usize)?;
             }
             let how = if copy { "copied" } else { "mapped" };
             summary.push((format!("{} ({how})", self.bufts[last].name()), buf.size(), plain.len()));
             buffers.push(buf);
         }
 
-        // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts).
+        // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts);
+        // then the owned plain ones (stacks that need a copy) in a plain CPU buffer.
+        let copied = self.ctxs.iter().enumerate().take(last).filter_map(|(i, c)| Some((c.as_ref()?, i, false)));
+        let owned = self.owned_ctx.as_ref().map(|c| (c, last, true));
         let mut scratch = Vec::new();
-        for (i, ctx) in self.ctxs.iter().enumerate().take(last) {
-            let Some(ctx) = ctx else { continue };
+        for (ctx, i, is_owned) in copied.chain(owned) {
             let Some(buf) = self.bufts[i].alloc_ctx_tensors(ctx)? else { continue };
             buf.set_usage_weights();
             // like the plain weights' copy (`WeightMemory::Copied`): these are copies in any mode
             buf.advise_huge_pages();
             let mut n = 0;
-            for e in self.entries.iter().filter(|e| e.buft == i) {
-                let info = &file.tensors()[e.src];
-                if let Some(f) = &reader {
+            for e in self.entries.iter().filter(|e| e.buft == i && e.owned == is_owned) {
+                let nbytes = entry_bytes(e) as usize;
+                if let (Some(f), [src]) = (&reader, e.srcs.as_slice()) {
                     // through pread like the plain tensors: touching the map would make its pages
                     // (whole 2 MiB folios of the page cache, plain neighbours included) resident too
-                    scratch.resize(info.nbytes as usize, 0);
-                    read_tensor(f, info, &mut scratch)?;
+                    scratch.resize(nbytes, 0);
+                    read_tensor(f, &file.tensors()[*src], &mut scratch)?;
                     e.tensor.write_bytes(&scratch)?;
+                } else if let [src] = e.srcs.as_slice() {
+                    e.tensor.write_bytes(file.tensor_data(&file.tensors()[*src]))?;
                 } else {
-                    e.tensor.write_bytes(file.tensor_data(info))?;
+                    // a stack: its parts one after the other
+                    scratch.clear();
+                    for &s in &e.srcs {
+                        let info = &file.tensors()[s];
+                        match &reader {
+                            Some(f) => {
+                                let at = scratch.len();
+                                scratch.resize(at + info.nbytes as usize, 0);
+                                read_tensor(f, info, &mut scratch[at..])?;
+                            }
+                            None => scratch.extend_from_slice(file.tensor_data(info)),
+                        }
+                    }
+                    e.tensor.write_bytes(&scratch)?;
                 }
-                done += info.nbytes;
+                done += nbytes as u64;
                 n += 1;
                 progress(done, copy_total);
             }
-            summary.push((self.bufts[i].name(), buf.size(), n));
+            let name = if is_owned { format!("{} (stacked copies)", self.bufts[i].name()) } else { self.bufts[i].name() };
+            summary.push((name, buf.size(), n));
             buffers.push(buf);
         }
         Ok(LoadedWeights { buffers: summary, _buffers: buffers })
@@ -363,6 +452,11 @@ impl TensorLoader<'_> {
                 l.wk_b = self.optional(&b("attn_k.bias"), &[n_k], Usage::Add)?;
                 l.wv_b = self.optional(&b("attn_v.bias"), &[n_v], Usage::Add)?;
             }
+        } else if let Some(t) = self.fused_qkv(il, [n_embd, n_q, n_k, n_v])? {
+            l.wqkv = Some(t);
+            l.wq_b = self.optional(&b("attn_q.bias"), &[n_q], Usage::Add)?;
+            l.wk_b = self.optional(&b("attn_k.bias"), &[n_k], Usage::Add)?;
+            l.wv_b = self.optional(&b("attn_v.bias"), &[n_v], Usage::Add)?;
         } else {
             l.wq = Some(self.tensor(&b("attn_q.weight"), &[n_embd, n_q], Usage::MatMul)?);
             l.wk = Some(self.tensor(&b("attn_k.weight"), &[n_embd, n_k], Usage::MatMul)?);
@@ -381,6 +475,20 @@ impl TensorLoader<'_> {
         Ok(())
     }
 
+    /// Q, K and V of block `il` as one [q|k|v] matrix (see `fused`), when they share a type and
+    /// have all three biases or none (the graph adds them as one vector). Copied when the file
+    /// does not store them back to back: a sixth of a layer's weights or less with grouped KV
+    /// heads, for the largest gain of stacking (three products in one).
+    fn fused_qkv(&mut self, il: usize, [n_embd, n_q, n_k, n_v]: [i64; 4]) -> Result<Option<Tensor>> {
+        let b = |s: &str| format!("blk.{il}.{s}");
+        let biases = ["attn_q.bias", "attn_k.bias", "attn_v.bias"].iter().filter(|s| self.file.tensor_index(&b(s)).is_some()).count();
+        // the graph cuts V out with K's head size
+        if (biases != 0 && biases != 3) || self.hp.n_embd_head_k != self.hp.n_embd_head_v {
+            return Ok(None);
+        }
+        self.fused(&b("attn_qkv.weight"), &[b("attn_q.weight"), b("attn_k.weight"), b("attn_v.weight")], &[[n_embd, n_q], [n_embd, n_k], [n_embd, n_v]], true)
+    }
+
     /// FFN norm and a gated FFN of width `n_ff` (with optional biases), or, in a model with
     /// experts, the router and stacked experts of width `n_ff_exp`.
     pub fn feed_forward(&mut self, hp: &HParams, il: usize, l: &mut super::LayerWeights) -> Result<()> {
@@ -388,6 +496,20 @@ impl TensorLoader<'_> {
         let (n_embd, n_ff) = (hp.n_embd as i64, hp.n_ff as i64);
         l.ffn_norm = Some(self.tensor(&b("ffn_norm.weight"), &[n_embd], Usage::Mul)?);
         if hp.n_expert == 0 {
+            let has = |s: &str| self.file.tensor_index(&b(s)).is_some();
+            let no_bias = !has("ffn_gate.bias") && !has("ffn_up.bias");
+            // a copy here would be two thirds of the layer: only in place (or repacked anyway)
+            let stacked = if no_bias {
+                self.fused(&b("ffn_gate_up.weight"), &[b("ffn_gate.weight"), b("ffn_up.weight")], &[[n_embd, n_ff], [n_embd, n_ff]], false)?
+            } else {
+                None
+            };
+            if let Some(t) = stacked {
+                // [gate|up]: the graph's fused-FFN path (as Phi-3's file stores it)
+                l.ffn_up = Some(t);
+                l.ffn_down = Some(self.tensor(&b("ffn_down.weight"), &[n_ff, n_embd], Usage::MatMul)?);
+                return Ok(());
+            }
             l.ffn_gate = Some(self.tensor(&b("ffn_gate.weight"), &[n_embd, n_ff], Usage::MatMul)?);
             l.ffn_down = Some(self.tensor(&b("ffn_down.weight"), &[n_ff, n_embd], Usage::MatMul)?);
             l.ffn_up = Some(self.tensor(&b("ffn_up.weight"), &[n_embd, n_ff], Usage::MatMul)?);
