@@ -1,5 +1,5 @@
 //! Engine tests on the real models: KV-cache state round trips, graph reuse, and that results
-//! do not depend on the thread count.
+//! do not depend on the thread count or on stacking projections into one matrix.
 
 use ferrite::decoder::{ContextOptions, Decoder, FlashAttn};
 use ferrite::model::{LoadOptions, Model};
@@ -68,4 +68,32 @@ fn thread_count_changes_nothing() {
         out.push(logits);
     }
     assert_eq!(out[0], out[1], "thread count must not change results");
+}
+
+#[test]
+fn stacked_projections_change_no_value() {
+    // [q|k|v] and [gate|up] stacks (`LoadOptions::fuse`) must give the logits of separate matrices
+    // bit for bit, in a prompt batch and in single-token steps, FA on and off.
+    for (name, n_stacked) in [("smollm2", 30), ("gemma3", 9)] {
+        let path = ferrite::catalogue::resolve(Some(name)).expect("models are fetched by scripts/test.sh");
+        let load = |fuse| Rc::new(Model::load(Path::new(&path), LoadOptions { fuse, ..Default::default() }, &mut |_, _| {}).unwrap());
+        let (stacked, separate) = (load(true), load(false));
+        let copies = |m: &Model| m.buffers.iter().filter(|b| b.0.contains("stacked")).map(|b| b.2).sum::<usize>();
+        assert_eq!(copies(&stacked), n_stacked, "{name}: [q|k|v] stacks copied");
+        assert_eq!(copies(&separate), 0);
+        for fa in [FlashAttn::On, FlashAttn::Off] {
+            let run = |m: &Rc<Model>| {
+                let mut d = Decoder::new(m.clone(), &opts(fa)).unwrap();
+                let mut logits = Vec::new();
+                d.decode(&PROMPT, 0, &[0, 3, 7], &mut logits).unwrap();
+                for i in 0..4 {
+                    d.decode(&[PROMPT[i]], 8 + i as i32, &[0], &mut logits).unwrap();
+                }
+                logits
+            };
+            let (a, b) = (run(&stacked), run(&separate));
+            assert_eq!(a.len(), 7 * stacked.hparams.n_vocab as usize);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} ({fa:?}): stacked weights changed logits");
+        }
+    }
 }
