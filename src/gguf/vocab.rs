@@ -83,9 +83,22 @@ impl VocabMeta {
 
     /// Reads and validates `tokenizer.ggml.*`. Files without a vocabulary are an error.
     pub fn from_gguf(f: &GgufFile) -> Result<VocabMeta> {
+        VocabMeta::read(f, true)
+    }
+
+    /// Validates `tokenizer.ggml.*` as `from_gguf` does and returns the vocabulary size, without
+    /// copying the token texts and merges (a 262k-token vocabulary is ~11 MB of strings).
+    pub fn check(f: &GgufFile) -> Result<usize> {
+        let n = f.get_str_array("tokenizer.ggml.tokens", None)?.map_or(0, <[String]>::len);
+        VocabMeta::read(f, false)?;
+        Ok(n)
+    }
+
+    /// `from_gguf`; with `copy` false, `tokens` and `merges` are left empty.
+    fn read(f: &GgufFile, copy: bool) -> Result<VocabMeta> {
         let model = f.require("tokenizer.ggml.model", f.get_str("tokenizer.ggml.model"))?.to_string();
         let pre = f.get_str("tokenizer.ggml.pre")?.map(str::to_string);
-        let tokens = f.require("tokenizer.ggml.tokens", f.get_str_array("tokenizer.ggml.tokens", None))?.to_vec();
+        let tokens = f.require("tokenizer.ggml.tokens", f.get_str_array("tokenizer.ggml.tokens", None))?;
         let n = tokens.len();
         if n == 0 || n > MAX_VOCAB {
             return Err(f.error("tokenizer.ggml.tokens", format!("{n} tokens is out of range 1..={MAX_VOCAB}")));
@@ -111,16 +124,11 @@ impl VocabMeta {
                 return Err(f.error("tokenizer.ggml.tokens", format!("byte token {i} is {tok:?}, not <0xHH>")));
             }
         }
-        let merges = match f.get_str_array("tokenizer.ggml.merges", None)? {
-            None => Vec::new(),
-            Some(m) => {
-                // llama.cpp splits at the first space after the first byte (`word.find(' ', 1)`)
-                if let Some(i) = m.iter().position(|w| !w.as_bytes().iter().skip(1).any(|&b| b == b' ')) {
-                    return Err(f.error("tokenizer.ggml.merges", format!("merge {i} ({:?}) is not \"left right\"", m[i])));
-                }
-                m.to_vec()
-            }
-        };
+        let merges: &[String] = f.get_str_array("tokenizer.ggml.merges", None)?.unwrap_or(&[]);
+        // llama.cpp splits at the first space after the first byte (`word.find(' ', 1)`)
+        if let Some(i) = merges.iter().position(|w| !w.as_bytes().iter().skip(1).any(|&b| b == b' ')) {
+            return Err(f.error("tokenizer.ggml.merges", format!("merge {i} ({:?}) is not \"left right\"", merges[i])));
+        }
         if model == "gpt2" && merges.is_empty() {
             return Err(f.error("tokenizer.ggml.merges", "missing: a gpt2 (BPE) vocabulary needs merges"));
         }
@@ -156,10 +164,10 @@ impl VocabMeta {
         Ok(VocabMeta {
             model,
             pre,
-            tokens,
+            tokens: if copy { tokens.to_vec() } else { Vec::new() },
             scores,
             token_types,
-            merges,
+            merges: if copy { merges.to_vec() } else { Vec::new() },
             special,
             add_bos: f.get_bool("tokenizer.ggml.add_bos_token")?,
             add_eos: f.get_bool("tokenizer.ggml.add_eos_token")?,

@@ -182,13 +182,10 @@ impl Model {
 }
 
 /// The tokenizer metadata must be valid and match the model's vocabulary size.
-fn check_vocab(file: &GgufFile, hp: &HParams) -> Result<crate::gguf::vocab::VocabMeta> {
-    let v = crate::gguf::vocab::VocabMeta::from_gguf(file)?;
-    if v.n_vocab() != hp.n_vocab as usize {
-        return Err(file.error(
-            "tokenizer.ggml.tokens",
-            format!("has {} tokens but the model's vocabulary has {}", v.n_vocab(), hp.n_vocab),
-        ));
+fn check_vocab(file: &GgufFile, hp: &HParams) -> Result<()> {
+    let n = crate::gguf::vocab::VocabMeta::check(file)?;
+    if n != hp.n_vocab as usize {
+        return Err(file.error("tokenizer.ggml.tokens", format!("has {n} tokens but the model's vocabulary has {}", hp.n_vocab)));
     }
-    Ok(v)
+    Ok(())
 }
