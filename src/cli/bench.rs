@@ -35,7 +35,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     let path = catalogue::resolve(a.model.model.as_deref())?;
     let model = Rc::new(Model::load(&path, a.ctx.load_options(), &mut |_, _| {})?);
-    let vocab = VocabMeta::from_gguf(&model.file)?;
+    let vocab = VocabMeta::without_texts(&model.file)?;
     let bos = if vocab.add_bos.unwrap_or(vocab.model == "llama") { vocab.special.bos } else { None };
     let opts = a.ctx.options()?;
     let mut results: Vec<BenchResult> = Vec::new();

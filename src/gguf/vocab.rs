@@ -89,9 +89,14 @@ impl VocabMeta {
     /// Validates `tokenizer.ggml.*` as `from_gguf` does and returns the vocabulary size, without
     /// copying the token texts and merges (a 262k-token vocabulary is ~11 MB of strings).
     pub fn check(f: &GgufFile) -> Result<usize> {
-        let n = f.get_str_array("tokenizer.ggml.tokens", None)?.map_or(0, <[String]>::len);
-        VocabMeta::read(f, false)?;
-        Ok(n)
+        VocabMeta::without_texts(f)?;
+        Ok(f.get_str_array("tokenizer.ggml.tokens", None)?.map_or(0, <[String]>::len))
+    }
+
+    /// `from_gguf` without copying the token texts and merges (`tokens` and `merges` empty): for
+    /// callers that need only the flags and special ids.
+    pub fn without_texts(f: &GgufFile) -> Result<VocabMeta> {
+        VocabMeta::read(f, false)
     }
 
     /// `from_gguf`; with `copy` false, `tokens` and `merges` are left empty.

@@ -334,30 +334,28 @@ impl<'f> TensorLoader<'f> {
             let mut n = 0;
             for e in self.entries.iter().filter(|e| e.buft == i && e.owned == is_owned) {
                 let nbytes = entry_bytes(e) as usize;
-                if let (Some(f), [src]) = (&reader, e.srcs.as_slice()) {
-                    // through pread like the plain tensors: touching the map would make its pages
-                    // (whole 2 MiB folios of the page cache, plain neighbours included) resident too
-                    scratch.resize(nbytes, 0);
-                    read_tensor(f, &file.tensors()[*src], &mut scratch)?;
-                    e.tensor.write_bytes(&scratch)?;
-                } else if let [src] = e.srcs.as_slice() {
-                    e.tensor.write_bytes(file.tensor_data(&file.tensors()[*src]))?;
-                } else {
-                    // a stack: its parts one after the other
-                    scratch.clear();
-                    for &s in &e.srcs {
-                        let info = &file.tensors()[s];
-                        match &reader {
-                            Some(f) => {
-                                let at = scratch.len();
-                                scratch.resize(at + info.nbytes as usize, 0);
-                                read_tensor(f, info, &mut scratch[at..])?;
+                let bytes: &[u8] = match (&reader, e.srcs.as_slice()) {
+                    (None, [src]) => file.tensor_data(&file.tensors()[*src]),
+                    // a stack's parts one after the other; copies read with pread like the plain
+                    // tensors (touching the map would make its pages, whole 2 MiB folios of the
+                    // page cache with plain neighbours included, resident too)
+                    _ => {
+                        scratch.clear();
+                        for &s in &e.srcs {
+                            let info = &file.tensors()[s];
+                            match &reader {
+                                Some(f) => {
+                                    let at = scratch.len();
+                                    scratch.resize(at + info.nbytes as usize, 0);
+                                    read_tensor(f, info, &mut scratch[at..])?;
+                                }
+                                None => scratch.extend_from_slice(file.tensor_data(info)),
                             }
-                            None => scratch.extend_from_slice(file.tensor_data(info)),
                         }
+                        &scratch
                     }
-                    e.tensor.write_bytes(&scratch)?;
-                }
+                };
+                e.tensor.write_bytes(bytes)?;
                 done += nbytes as u64;
                 n += 1;
                 progress(done, copy_total);
