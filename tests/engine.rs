@@ -74,12 +74,14 @@ fn thread_count_changes_nothing() {
 fn stacked_projections_change_no_value() {
     // [q|k|v] and [gate|up] stacks (`LoadOptions::fuse`) must give the logits of separate matrices
     // bit for bit, in a prompt batch and in single-token steps, FA on and off.
-    for (name, n_stacked) in [("smollm2", 30), ("gemma3", 9)] {
+    // copies: smollm2's 30 [q|k|v] (its gate/up are adjacent: stacked in place); gemma3's 9
+    // [q|k|v] (where V has Q's type) and 18 [gate|up]
+    for (name, n_stacked) in [("smollm2", 30), ("gemma3", 27)] {
         let path = ferrite::catalogue::resolve(Some(name)).expect("models are fetched by scripts/test.sh");
         let load = |fuse| Rc::new(Model::load(Path::new(&path), LoadOptions { fuse, ..Default::default() }, &mut |_, _| {}).unwrap());
         let (stacked, separate) = (load(true), load(false));
         let copies = |m: &Model| m.buffers.iter().filter(|b| b.0.contains("stacked")).map(|b| b.2).sum::<usize>();
-        assert_eq!(copies(&stacked), n_stacked, "{name}: [q|k|v] stacks copied");
+        assert_eq!(copies(&stacked), n_stacked, "{name}: stacks copied");
         assert_eq!(copies(&separate), 0);
         for fa in [FlashAttn::On, FlashAttn::Off] {
             let run = |m: &Rc<Model>| {

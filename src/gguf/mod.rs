@@ -514,6 +514,25 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Marks the map's pages that lie wholly inside tensor `t` as read elsewhere (the tensor was
+    /// copied out with pread), so that faults on their neighbours do not map them. Linux maps a
+    /// file fault's whole page-cache folio (up to 2 MiB) and the pages around it, but never past
+    /// the mapping's area: advising the range apart (MADV_RANDOM, which also stops read-ahead
+    /// there) makes it an area of its own, so pages nobody reads stay out of the process's
+    /// resident memory. Best effort; the bytes stay readable.
+    pub fn set_apart(&self, t: &TensorInfo) {
+        #[cfg(target_os = "linux")]
+        {
+            const PAGE: u64 = 4096;
+            let (Some(start), end) = (align_up(t.offset, PAGE), (t.offset + t.nbytes) / PAGE * PAGE) else { return };
+            if end > start {
+                let _ = self.bytes.0.advise_range(memmap2::Advice::Random, start as usize, (end - start) as usize);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = t;
+    }
+
     /// The bytes of a tensor (zero-copy view into the map; bounds were checked when opening).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         let s = t.offset as usize;

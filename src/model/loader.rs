@@ -49,6 +49,14 @@ impl Default for LoadOptions {
     }
 }
 
+/// At most this many bytes of mapped weights are copied to make stacks (see `TensorLoader::fused`):
+/// enough for every stack of a small model (Gemma 3 270M: 38.5 MB, SmolLM2 135M: 10.4 MB), whose
+/// many short matrix products gain most from one pass instead of several; in a large model the
+/// products are long enough that the gain is small, while copies would turn memory that the
+/// page cache shares, and can drop under pressure, into private memory. Copies do not add to
+/// the resident memory: the copied tensors' pages of the map are left unread (`set_apart`).
+const STACK_COPY_BUDGET: u64 = 64 << 20;
+
 struct Entry {
     tensor: Tensor,
     buft: usize,
@@ -71,6 +79,8 @@ pub struct TensorLoader<'f> {
     ctxs: Vec<Option<Context>>,
     /// Context of the `owned` plain tensors.
     owned_ctx: Option<Context>,
+    /// Bytes of the stacks copied out of mapped weights so far (see `STACK_COPY_BUDGET`).
+    stack_copies: u64,
     entries: Vec<Entry>,
     used: Vec<bool>,
 }
@@ -107,6 +117,7 @@ impl<'f> TensorLoader<'f> {
             bufts,
             ctxs: (0..n).map(|_| None).collect(),
             owned_ctx: None,
+            stack_copies: 0,
             entries: Vec::new(),
             used: vec![false; file.tensors().len()],
         })
@@ -181,9 +192,9 @@ impl<'f> TensorLoader<'f> {
     /// still its weight row's dot product, by the same kernel — which is why every part must get
     /// the stack's buffer type and have a row count that is a multiple of 16 (ggml picks
     /// repacked and llamafile kernels by row count). In place over the file map when the parts
-    /// lie back to back in the file; otherwise a copy, made only when `copy` allows it or when
-    /// the weights are copied (repacked, or `--no-mmap`) anyway.
-    pub fn fused(&mut self, name: &str, parts: &[String], shapes: &[[i64; 2]], copy: bool) -> Result<Option<Tensor>> {
+    /// lie back to back in the file; otherwise a copy — free when the weights are copied
+    /// (repacked, or `--no-mmap`) anyway, and from mapped weights within `STACK_COPY_BUDGET`.
+    pub fn fused(&mut self, name: &str, parts: &[String], shapes: &[[i64; 2]]) -> Result<Option<Tensor>> {
         if !self.opts.fuse || self.plan_only || parts.len() < 2 {
             return Ok(None);
         }
@@ -212,8 +223,12 @@ impl<'f> TensorLoader<'f> {
         let mapped = self.opts.weights == WeightMemory::Mapped;
         let adjacent = infos.windows(2).all(|w| w[0].offset + w[0].nbytes == w[1].offset);
         let owned = buft == last && !(adjacent && mapped);
-        if owned && mapped && !copy {
-            return Ok(None);
+        if owned && mapped {
+            let bytes: u64 = infos.iter().map(|t| t.nbytes).sum();
+            if self.stack_copies + bytes > STACK_COPY_BUDGET {
+                return Ok(None);
+            }
+            self.stack_copies += bytes;
         }
         let ctx = if owned {
             if self.owned_ctx.is_none() {
@@ -296,12 +311,20 @@ impl<'f> TensorLoader<'f> {
         let copy_total = repacked_bytes + if copy { plain_bytes } else { 0 };
         let mut done = 0u64;
         progress(0, copy_total);
-        // copies read the file with pread, not through the map (see `copy_into_memory`)
-        let reader = if copy { Some(open_again(file)?) } else { None };
+        // copies read the file with pread, not through the map (see `copy_into_memory`): the
+        // pages of a copied tensor are then resident once, in the copy, not also in the map
+        let reader = if copy || self.entries.iter().any(|e| e.buft != last || e.owned) { Some(open_again(file)?) } else { None };
+        if !copy {
+            for e in self.entries.iter().filter(|e| e.buft != last || e.owned) {
+                for &i in &e.srcs {
+                    file.set_apart(&file.tensors()[i]);
+                }
+            }
+        }
 
         if !plain.is_empty() {
             // (image, offset of each tensor in it, by directory index)
-            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if let Some(f) = &reader {
+            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if let (true, Some(f)) = (copy, &reader) {
                 copy_into_memory(file, f, &plain_srcs, &mut |n| {
                     done += n;
                     progress(done, copy_total);
@@ -334,27 +357,18 @@ impl<'f> TensorLoader<'f> {
             let mut n = 0;
             for e in self.entries.iter().filter(|e| e.buft == i && e.owned == is_owned) {
                 let nbytes = entry_bytes(e) as usize;
-                let bytes: &[u8] = match (&reader, e.srcs.as_slice()) {
-                    (None, [src]) => file.tensor_data(&file.tensors()[*src]),
-                    // a stack's parts one after the other; copies read with pread like the plain
-                    // tensors (touching the map would make its pages, whole 2 MiB folios of the
-                    // page cache with plain neighbours included, resident too)
-                    _ => {
-                        scratch.clear();
-                        for &s in &e.srcs {
-                            let info = &file.tensors()[s];
-                            match &reader {
-                                Some(f) => {
-                                    let at = scratch.len();
-                                    scratch.resize(at + info.nbytes as usize, 0);
-                                    read_tensor(f, info, &mut scratch[at..])?;
-                                }
-                                None => scratch.extend_from_slice(file.tensor_data(info)),
-                            }
-                        }
-                        &scratch
-                    }
-                };
+                // the parts one after the other, read with pread like the plain tensors' copy
+                // (touching the map would make its pages, whole 2 MiB folios of the page cache
+                // with plain neighbours included, resident too)
+                let f = reader.as_ref().expect("opened when any tensor is copied");
+                scratch.clear();
+                for &s in &e.srcs {
+                    let info = &file.tensors()[s];
+                    let at = scratch.len();
+                    scratch.resize(at + info.nbytes as usize, 0);
+                    read_tensor(f, info, &mut scratch[at..])?;
+                }
+                let bytes: &[u8] = &scratch;
                 e.tensor.write_bytes(bytes)?;
                 done += nbytes as u64;
                 n += 1;
@@ -484,7 +498,7 @@ impl TensorLoader<'_> {
         if (biases != 0 && biases != 3) || self.hp.n_embd_head_k != self.hp.n_embd_head_v {
             return Ok(None);
         }
-        self.fused(&b("attn_qkv.weight"), &[b("attn_q.weight"), b("attn_k.weight"), b("attn_v.weight")], &[[n_embd, n_q], [n_embd, n_k], [n_embd, n_v]], true)
+        self.fused(&b("attn_qkv.weight"), &[b("attn_q.weight"), b("attn_k.weight"), b("attn_v.weight")], &[[n_embd, n_q], [n_embd, n_k], [n_embd, n_v]])
     }
 
     /// FFN norm and a gated FFN of width `n_ff` (with optional biases), or, in a model with
@@ -496,9 +510,8 @@ impl TensorLoader<'_> {
         if hp.n_expert == 0 {
             let has = |s: &str| self.file.tensor_index(&b(s)).is_some();
             let no_bias = !has("ffn_gate.bias") && !has("ffn_up.bias");
-            // a copy here would be two thirds of the layer: only in place (or repacked anyway)
             let stacked = if no_bias {
-                self.fused(&b("ffn_gate_up.weight"), &[b("ffn_gate.weight"), b("ffn_up.weight")], &[[n_embd, n_ff], [n_embd, n_ff]], false)?
+                self.fused(&b("ffn_gate_up.weight"), &[b("ffn_gate.weight"), b("ffn_up.weight")], &[[n_embd, n_ff], [n_embd, n_ff]])?
             } else {
                 None
             };
