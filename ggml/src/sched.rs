@@ -52,7 +52,7 @@ struct SchedInner {
     ptr: sys::ggml_backend_sched_t,
     // Boxed twice so the callback has a stable thin address to hand to C.
     eval: RefCell<Option<Box<EvalFn>>>,
-    _backends: Vec<Backend>,
+    backends: Vec<Backend>,
 }
 
 impl Drop for SchedInner {
@@ -67,8 +67,14 @@ pub struct Sched {
     inner: Rc<SchedInner>,
     /// Id of the graph whose tensors the compute buffers currently hold (0: none).
     current: Cell<u64>,
+    /// Work buffer of graphs run directly on the CPU backend (see `Backend::compute_cpu`).
+    work: Option<memmap2::MmapMut>,
 }
 
+/// ggml's evaluation callback: hands each computed node to the registered `EvalFn`.
+///
+/// # Safety
+/// `user` must be the address of a live `EvalFn`, and `t` a computed node.
 unsafe extern "C" fn eval_trampoline(t: *mut sys::ggml_tensor, ask: bool, user: *mut std::os::raw::c_void) -> bool {
     if ask {
         return true; // observe every node
@@ -108,8 +114,9 @@ impl Sched {
             return err("failed to create the backend scheduler");
         }
         Ok(Sched {
-            inner: Rc::new(SchedInner { ptr: p, eval: RefCell::new(None), _backends: backends.to_vec() }),
+            inner: Rc::new(SchedInner { ptr: p, eval: RefCell::new(None), backends: backends.to_vec() }),
             current: Cell::new(0),
+            work: None,
         })
     }
 
@@ -180,13 +187,38 @@ impl Sched {
         if self.current.get() != graph.id() {
             return err("graph is not allocated in this scheduler");
         }
-        // SAFETY: the graph is allocated in this scheduler's live buffers.
-        let status = unsafe { sys::ggml_backend_sched_graph_compute(self.inner.ptr, graph.raw()) };
+        let status = match self.cpu_only(graph) {
+            // SAFETY: every tensor of the graph is allocated in the CPU backend's buffers (one
+            // split, on the CPU backend).
+            Some(cpu) => unsafe { cpu.compute_cpu(graph.raw(), &mut self.work)? },
+            // SAFETY: the graph is allocated in this scheduler's live buffers.
+            None => unsafe { sys::ggml_backend_sched_graph_compute(self.inner.ptr, graph.raw()) },
+        };
         match status {
             sys::GGML_STATUS_SUCCESS => Ok(()),
             sys::GGML_STATUS_ABORTED => err("computation aborted"),
             sys::GGML_STATUS_ALLOC_FAILED => err("computation failed: out of memory"),
             _ => err(format!("computation failed (ggml status {status})")),
+        }
+    }
+
+    /// The CPU backend, when the allocated `graph` runs on it alone (one split, no evaluation
+    /// callback): the scheduler would then only hand the whole graph to it, which
+    /// `Backend::compute_cpu` does with a better-aligned work buffer.
+    fn cpu_only(&self, graph: &Graph) -> Option<Backend> {
+        if self.inner.eval.borrow().is_some() {
+            return None;
+        }
+        let cpu = self.inner.backends.last()?;
+        // SAFETY: live scheduler; `graph` is the graph it allocated (checked by the caller), so
+        // its splits and node assignments are current.
+        unsafe {
+            let n = sys::ggml_graph_n_nodes(graph.raw());
+            if n == 0 || sys::ggml_backend_sched_get_n_splits(self.inner.ptr) != 1 {
+                return None;
+            }
+            let last = sys::ggml_graph_node(graph.raw(), n - 1);
+            (sys::ggml_backend_sched_get_tensor_backend(self.inner.ptr, last) == cpu.0.ptr).then(|| cpu.clone())
         }
     }
 
