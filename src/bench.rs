@@ -68,23 +68,69 @@ fn stddev(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
 }
 
-/// A tiny deterministic generator for the random token ids (quality is irrelevant here).
-struct Lcg(u64);
+/// glibc's `rand()` from its default seed (1): the token ids llama-bench draws with
+/// `std::rand() % n_vocab`, so that both tools time the very same tokens. Which tokens matter:
+/// a prompt of rarely used ids (Gemma's 262k vocabulary has thousands of unused ones) gives
+/// other activations and other attention weights, and flash attention's time depends on them
+/// (glibc's `random_r`, TYPE_3: an additive feedback generator, r[i] = r[i-3] + r[i-31]).
+pub struct BenchRng {
+    r: [u32; 34],
+    i: usize,
+}
 
-impl Lcg {
-    fn next(&mut self, n: u32) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as u32
+impl Default for BenchRng {
+    fn default() -> Self {
+        let mut r = [0u32; 34];
+        r[0] = 1;
+        for i in 1..31 {
+            // 16807 * r mod (2^31 - 1), Schrage's method as glibc writes it
+            let prev = r[i - 1] as i32;
+            let (hi, lo) = (prev / 127_773, prev % 127_773);
+            let mut word = 16_807 * lo - 2_836 * hi;
+            if word < 0 {
+                word += 2_147_483_647;
+            }
+            r[i] = word as u32;
+        }
+        for i in 31..34 {
+            r[i] = r[i - 31];
+        }
+        let mut g = BenchRng { r, i: 34 };
+        // glibc discards the first 310 outputs
+        for _ in 34..344 {
+            g.step();
+        }
+        g
     }
 }
 
-/// Runs one test (`n_prompt` > 0 xor `n_gen` > 0) with `reps` timed repetitions.
-pub fn run_test(model: &Rc<Model>, opts: &ContextOptions, bos: Option<u32>, n_prompt: u32, n_gen: u32, reps: u32) -> Result<BenchResult> {
+impl BenchRng {
+    fn step(&mut self) -> u32 {
+        // r[i-31] and r[i-3] in a ring of the last 34 values
+        let v = self.r[(self.i + 3) % 34].wrapping_add(self.r[(self.i + 31) % 34]);
+        self.r[self.i % 34] = v;
+        self.i += 1;
+        v
+    }
+
+    /// `rand()`: a value in [0, 2^31).
+    pub fn rand(&mut self) -> u32 {
+        self.step() >> 1
+    }
+
+    /// `rand() % n`.
+    fn next(&mut self, n: u32) -> u32 {
+        self.rand() % n
+    }
+}
+
+/// Runs one test (`n_prompt` > 0 xor `n_gen` > 0) with `reps` timed repetitions. `rng` goes on
+/// from test to test, as llama-bench's process-wide `rand()` does.
+pub fn run_test(model: &Rc<Model>, opts: &ContextOptions, bos: Option<u32>, n_prompt: u32, n_gen: u32, reps: u32, rng: &mut BenchRng) -> Result<BenchResult> {
     let mut o = opts.clone();
     o.n_ctx = n_prompt + n_gen;
     let mut dec = Decoder::new(model.clone(), &o)?;
     let n_vocab = model.hparams.n_vocab;
-    let mut rng = Lcg(1);
     let mut run = |dec: &mut Decoder, n_prompt: u32, n_gen: u32| -> Result<()> {
         dec.kv.clear();
         let mut logits = Vec::new();
@@ -125,4 +171,19 @@ pub fn run_test(model: &Rc<Model>, opts: &ContextOptions, bos: Option<u32>, n_pr
         samples_ns.push(t.elapsed().as_nanos() as u64);
     }
     Ok(BenchResult { n_prompt, n_gen, samples_ns })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BenchRng;
+
+    #[test]
+    fn rng_is_glibc_rand() {
+        // glibc's rand() without srand: the 1st to 5th and the 1001st values
+        let mut g = BenchRng::default();
+        let first: Vec<u32> = (0..5).map(|_| g.rand()).collect();
+        assert_eq!(first, [1804289383, 846930886, 1681692777, 1714636915, 1957747793]);
+        let v1001 = (0..996).map(|_| g.rand()).last();
+        assert_eq!(v1001, Some(981914693));
+    }
 }

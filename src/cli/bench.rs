@@ -2,7 +2,7 @@
 
 use super::{ContextArgs, ModelArgs};
 use anyhow::Result;
-use ferrite::bench::{run_test, BenchResult};
+use ferrite::bench::{run_test, BenchResult, BenchRng};
 use ferrite::catalogue;
 use ferrite::gguf::vocab::VocabMeta;
 use ferrite::model::Model;
@@ -39,11 +39,12 @@ pub fn main(a: Args) -> Result<()> {
     let bos = if vocab.add_bos.unwrap_or(vocab.model == "llama") { vocab.special.bos } else { None };
     let opts = a.ctx.options()?;
     let mut results: Vec<BenchResult> = Vec::new();
+    let mut rng = BenchRng::default();
     if a.n_prompt > 0 {
-        results.push(run_test(&model, &opts, bos, a.n_prompt, 0, a.reps)?);
+        results.push(run_test(&model, &opts, bos, a.n_prompt, 0, a.reps, &mut rng)?);
     }
     if a.n_gen > 0 {
-        results.push(run_test(&model, &opts, bos, 0, a.n_gen, a.reps)?);
+        results.push(run_test(&model, &opts, bos, 0, a.n_gen, a.reps, &mut rng)?);
     }
 
     let size: u64 = model.file.tensors().iter().map(|t| t.nbytes).sum();
