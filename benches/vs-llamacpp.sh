@@ -4,8 +4,9 @@
 # settings), then
 # time to first token (cold: page cache of the model dropped; warm: second run) and peak RSS of a
 # one-token answer (`llama-completion -n 1` vs `ferrite run -n 1`), each tool in turn.
-# Prints a Markdown table of medians over the rounds, with ratios ferrite/llama.cpp (>1 = ferrite
-# faster for t/s; <1 = ferrite lower for times and memory).
+# Prints a Markdown table of medians over the rounds, with two ratios ferrite/llama.cpp: of the
+# medians, and the median of the per-round ratios (>1 = ferrite faster for t/s; <1 = ferrite lower
+# for times and memory).
 #
 # usage: benches/vs-llamacpp.sh [ROUNDS (default 3)] [MODEL...]   (models: smollm2 gemma3)
 # env:   FERRITE_LLAMACPP_BIN (default: built by ../shared/tools/build-llamacpp-ref.sh),
@@ -79,15 +80,19 @@ def ts(tool, m, test):
     return vals
 def timed(tool, kind, m, i):
     return [float(open(f"{out}/{tool}-{kind}-{m}-{r}").read().split()[i]) for r in range(1, rounds + 1)]
-print(f"| model | test | llama.cpp | ferrite | ferrite/llama.cpp | rounds |")
-print(f"|---|---|---:|---:|---:|---|")
+# two ratios: of the two medians, and the median of each round's own ratio (the paired one, which
+# a drift of the machine's speed between rounds moves less)
+def paired(a, b):
+    return med([y / x for x, y in zip(a, b)])
+print(f"| model | test | llama.cpp | ferrite | ferrite/llama.cpp | per-round ratio, median | rounds |")
+print(f"|---|---|---:|---:|---:|---:|---|")
 for m in models:
     for test in ("pp512", "tg128"):
         a, b = ts("llama", m, test), ts("ferrite", m, test)
-        print(f"| {m} | {test} t/s | {med(a):.2f} | {med(b):.2f} | **{med(b)/med(a):.4f}** | {' '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(a, b))} |")
+        print(f"| {m} | {test} t/s | {med(a):.2f} | {med(b):.2f} | **{med(b)/med(a):.4f}** | **{paired(a, b):.4f}** | {' '.join(f'{x:.1f}/{y:.1f}' for x, y in zip(a, b))} |")
     for kind in ("cold", "warm"):
         a, b = timed("llama", kind, m, 0), timed("ferrite", kind, m, 0)
-        print(f"| {m} | first token, {kind} (s) | {med(a):.3f} | {med(b):.3f} | {med(b)/med(a):.3f} | {' '.join(f'{x:.2f}/{y:.2f}' for x, y in zip(a, b))} |")
+        print(f"| {m} | first token, {kind} (s) | {med(a):.3f} | {med(b):.3f} | {med(b)/med(a):.3f} | {paired(a, b):.3f} | {' '.join(f'{x:.2f}/{y:.2f}' for x, y in zip(a, b))} |")
     a, b = timed("llama", "warm", m, 1), timed("ferrite", "warm", m, 1)
-    print(f"| {m} | peak RSS (MiB) | {med(a)/1024:.1f} | {med(b)/1024:.1f} | {med(b)/med(a):.3f} | |")
+    print(f"| {m} | peak RSS (MiB) | {med(a)/1024:.1f} | {med(b)/1024:.1f} | {med(b)/med(a):.3f} | {paired(a, b):.3f} | |")
 PY
