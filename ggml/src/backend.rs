@@ -429,7 +429,7 @@ impl Backend {
     /// threads and pool, compute, stop early on the abort flag), but with a work buffer of our
     /// own: page-aligned, where the backend's own (`new uint8_t[]`) is only 16-byte aligned. The
     /// work buffer holds per-thread scratch tiles that the kernels read with 64-byte vector
-    /// loads — flash attention's tiles among them, 20 % slower when those loads straddle cache
+    /// loads — flash attention's tiles among them, ~30 % slower when those loads straddle cache
     /// lines (gemma3 pp512: prompt processing +5 %).
     ///
     /// # Safety
