@@ -307,24 +307,23 @@ impl<'f> TensorLoader<'f> {
         let plain_bytes: u64 = plain_srcs.iter().map(|&i| file.tensors()[i].nbytes).sum();
         let copy = self.opts.weights == WeightMemory::Copied;
         let entry_bytes = |e: &Entry| e.srcs.iter().map(|&i| file.tensors()[i].nbytes).sum::<u64>();
-        let repacked_bytes: u64 = self.entries.iter().filter(|e| e.buft != last || e.owned).map(entry_bytes).sum();
-        let copy_total = repacked_bytes + if copy { plain_bytes } else { 0 };
+        // copied in every mode: repacked tensors and stacks of their own
+        let copies: Vec<&Entry> = self.entries.iter().filter(|e| e.buft != last || e.owned).collect();
+        let copy_total = copies.iter().map(|e| entry_bytes(e)).sum::<u64>() + if copy { plain_bytes } else { 0 };
         let mut done = 0u64;
         progress(0, copy_total);
         // copies read the file with pread, not through the map (see `copy_into_memory`): the
         // pages of a copied tensor are then resident once, in the copy, not also in the map
-        let reader = if copy || self.entries.iter().any(|e| e.buft != last || e.owned) { Some(open_again(file)?) } else { None };
+        let reader = if copy || !copies.is_empty() { Some(open_again(file)?) } else { None };
         if !copy {
-            for e in self.entries.iter().filter(|e| e.buft != last || e.owned) {
-                for &i in &e.srcs {
-                    file.set_apart(&file.tensors()[i]);
-                }
+            for &i in copies.iter().flat_map(|e| &e.srcs) {
+                file.set_apart(&file.tensors()[i]);
             }
         }
 
         if !plain.is_empty() {
             // (image, offset of each tensor in it, by directory index)
-            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if let (true, Some(f)) = (copy, &reader) {
+            let (bytes, offsets): (Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>) = if let Some(f) = reader.as_ref().filter(|_| copy) {
                 copy_into_memory(file, f, &plain_srcs, &mut |n| {
                     done += n;
                     progress(done, copy_total);
@@ -346,21 +345,20 @@ impl<'f> TensorLoader<'f> {
 
         // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts);
         // then the owned plain ones (stacks that need a copy) in a plain CPU buffer.
-        let copied = self.ctxs.iter().enumerate().take(last).filter_map(|(i, c)| Some((c.as_ref()?, i, false)));
+        let repacked = self.ctxs.iter().enumerate().take(last).filter_map(|(i, c)| Some((c.as_ref()?, i, false)));
         let owned = self.owned_ctx.as_ref().map(|c| (c, last, true));
         let mut scratch = Vec::new();
-        for (ctx, i, is_owned) in copied.chain(owned) {
+        for (ctx, i, is_owned) in repacked.chain(owned) {
             let Some(buf) = self.bufts[i].alloc_ctx_tensors(ctx)? else { continue };
             buf.set_usage_weights();
             // like the plain weights' copy (`WeightMemory::Copied`): these are copies in any mode
             buf.advise_huge_pages();
+            let f = reader.as_ref().expect("opened: this buffer holds copied tensors");
             let mut n = 0;
-            for e in self.entries.iter().filter(|e| e.buft == i && e.owned == is_owned) {
-                let nbytes = entry_bytes(e) as usize;
+            for e in copies.iter().filter(|e| e.buft == i && e.owned == is_owned) {
                 // the parts one after the other, read with pread like the plain tensors' copy
                 // (touching the map would make its pages, whole 2 MiB folios of the page cache
                 // with plain neighbours included, resident too)
-                let f = reader.as_ref().expect("opened when any tensor is copied");
                 scratch.clear();
                 for &s in &e.srcs {
                     let info = &file.tensors()[s];
@@ -368,9 +366,8 @@ impl<'f> TensorLoader<'f> {
                     scratch.resize(at + info.nbytes as usize, 0);
                     read_tensor(f, info, &mut scratch[at..])?;
                 }
-                let bytes: &[u8] = &scratch;
-                e.tensor.write_bytes(bytes)?;
-                done += nbytes as u64;
+                e.tensor.write_bytes(&scratch)?;
+                done += scratch.len() as u64;
                 n += 1;
                 progress(done, copy_total);
             }
