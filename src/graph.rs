@@ -258,9 +258,10 @@ impl<'a> GraphBuilder<'a> {
 
     // ---- building blocks -------------------------------------------------------------------
 
-    /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters).
+    /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters); ggml's
+    /// mul_mat or, for Q4_1 weights on the CPU, ferrite's tiled kernel with the same bits.
     pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
-        self.ctx.mul_mat(w, cur)
+        self.ctx.mul_mat_w(w, cur)
     }
 
     /// RMSNorm, then the elementwise weight when given (llama.cpp's `build_norm`, LLM_NORM_RMS).

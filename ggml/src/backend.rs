@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-fn cstr(p: *const std::os::raw::c_char) -> String {
+pub(crate) fn cstr(p: *const std::os::raw::c_char) -> String {
     if p.is_null() {
         return String::new();
     }

@@ -436,6 +436,48 @@ impl Context {
         self.binary(a, b, sys::ggml_mul_mat)
     }
 
+    /// `mul_mat` of a weight by activations, through ferrite's own tiled kernel where it applies
+    /// (Q4_1 weight rows in host memory, F32 activations, an x86 CPU with AVX-512 VNNI): the
+    /// activations are quantized to Q8_1 by ggml's own copy (as mul_mat does internally), then
+    /// `kernels` computes every output with ggml's arithmetic, so the bits are the same.
+    pub fn mul_mat_w(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        let (an, bn) = (a.ne(), b.ne());
+        let applies = a.ty() == Type::Q4_1
+            && an[0] == bn[0]
+            && an[0] % 32 == 0
+            && an[2] == 1
+            && an[3] == 1
+            && a.nb()[0] == 20
+            && a.is_host_data()
+            && b.ty() == Type::F32
+            && b.is_contiguous()
+            && crate::kernels::available();
+        if !applies {
+            return self.mul_mat(a, b);
+        }
+        let xq = self.cast(b, Type::Q8_1); // Q8_1 [k, n, ...]
+        self.ensure_room();
+        let mut args = [self.adopt(a), xq.raw()];
+        // SAFETY: the custom node reads its two sources (checked above: Q4_1 rows of 20-byte
+        // blocks, Q8_1 contiguous of the same k) and writes its own F32 [m, n...] result; ggml
+        // copies the argument list into the node.
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                an[1],
+                bn[1],
+                bn[2],
+                bn[3],
+                args.as_mut_ptr(),
+                2,
+                Some(crate::kernels::mul_mat_q4_1_op),
+                -1, // GGML_N_TASKS_MAX: every thread
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
     /// Per-token expert matrix products: `as_` is [k, m, n_expert], `b` [k, n_used|1, n_tokens],
     /// `ids` I32 [n_used, n_tokens].
     pub fn mul_mat_id(&self, as_: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
@@ -577,6 +619,19 @@ impl Tensor {
     pub fn is_contiguous(&self) -> bool {
         // SAFETY: metadata read of a live tensor.
         unsafe { sys::ggml_is_contiguous(self.raw()) }
+    }
+
+    /// Whether the tensor's data is in host memory the CPU can read (a view: its source's).
+    pub(crate) fn is_host_data(&self) -> bool {
+        let buf = self.meta().buffer;
+        // SAFETY: a non-null buffer of a live tensor is a live backend buffer.
+        !buf.is_null() && !self.meta().data.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buf) }
+    }
+
+    /// ggml's name of the operation that computes this tensor ("NONE" for a leaf).
+    pub fn op_name(&self) -> String {
+        // SAFETY: ggml_op_name returns a static NUL-terminated string for any op of a live tensor.
+        crate::backend::cstr(unsafe { sys::ggml_op_name(self.meta().op) })
     }
 
     pub fn is_view(&self) -> bool {

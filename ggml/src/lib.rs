@@ -10,6 +10,7 @@
 mod backend;
 mod context;
 mod graph;
+mod kernels;
 mod sched;
 pub mod signal;
 mod types;

@@ -16,6 +16,7 @@ impl Type {
     pub const Q5_0: Type = Type(sys::GGML_TYPE_Q5_0);
     pub const Q5_1: Type = Type(sys::GGML_TYPE_Q5_1);
     pub const Q8_0: Type = Type(sys::GGML_TYPE_Q8_0);
+    pub const Q8_1: Type = Type(sys::GGML_TYPE_Q8_1);
     pub const Q2_K: Type = Type(sys::GGML_TYPE_Q2_K);
     pub const Q3_K: Type = Type(sys::GGML_TYPE_Q3_K);
     pub const Q4_K: Type = Type(sys::GGML_TYPE_Q4_K);
