@@ -437,30 +437,32 @@ impl Context {
     }
 
     /// `mul_mat` of a weight by activations, through ferrite's own tiled kernel where it applies
-    /// (Q4_1 weight rows in host memory, F32 activations, an x86 CPU with AVX-512 VNNI): the
-    /// activations are quantized to Q8_1 by ggml's own copy (as mul_mat does internally), then
-    /// `kernels` computes every output with ggml's arithmetic, so the bits are the same.
+    /// (Q4_1 weights, or Q5_0 for a single column, in host memory; F32 activations; an x86 CPU
+    /// with AVX2, FMA and F16C): ggml's own copy quantizes the activations to the type mul_mat
+    /// would quantize them to, then `kernels` computes every output with ggml's arithmetic, so the
+    /// bits are the same.
     pub fn mul_mat_w(&self, a: &Tensor, b: &Tensor) -> Tensor {
         let (an, bn) = (a.ne(), b.ne());
-        let applies = a.ty() == Type::Q4_1
+        let act = crate::kernels::activation_type(a.ty().0, bn[1] * bn[2] * bn[3]);
+        let applies = act.is_some()
             && an[0] == bn[0]
             && an[0] % 32 == 0
             && an[2] == 1
             && an[3] == 1
-            && a.nb()[0] == 20
             && a.is_host_data()
             && b.ty() == Type::F32
             && b.is_contiguous()
             && crate::kernels::available();
-        if !applies {
+        let Some(act) = act.filter(|_| applies) else {
             return self.mul_mat(a, b);
-        }
-        let xq = self.cast(b, Type::Q8_1); // Q8_1 [k, n, ...]
+        };
+        let xq = self.cast(b, Type(act)); // [k, n, ...] in Q8_1 or Q8_0
         self.ensure_room();
         let mut args = [self.adopt(a), xq.raw()];
-        // SAFETY: the custom node reads its two sources (checked above: Q4_1 rows of 20-byte
-        // blocks, Q8_1 contiguous of the same k) and writes its own F32 [m, n...] result; ggml
-        // copies the argument list into the node.
+        // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
+        // type the kernel handles, activations contiguous of the same k in that type's
+        // activation type) and writes its own F32 [m, n...] result; ggml copies the argument list
+        // into the node.
         self.wrap(unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
@@ -471,7 +473,7 @@ impl Context {
                 bn[3],
                 args.as_mut_ptr(),
                 2,
-                Some(crate::kernels::mul_mat_q4_1_op),
+                Some(crate::kernels::mul_mat_op),
                 -1, // GGML_N_TASKS_MAX: every thread
                 std::ptr::null_mut(),
             )

@@ -1,30 +1,32 @@
-//! ferrite's own CPU matrix kernel: Q4_1 weights × Q8_1 activations in register tiles, giving
-//! exactly the bits of ggml's `ggml_vec_dot_q4_1_q8_1` (x86, AVX2/AVX-512 build) per output.
+//! ferrite's own CPU matrix kernel: Q4_1 and Q5_0 weights × 8-bit quantized activations in
+//! register tiles, giving per output exactly the bits of ggml's x86 vector dots
+//! (`ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q5_0_q8_0`).
 //!
-//! Why: on x86 ggml has no repacked or llamafile kernel for Q4_1, so its mul_mat calls the vector
-//! dot once per (row, column). That loop carries two floating-point dependency chains (the 8-lane
-//! accumulator and the scalar `summs`) through every 32-value block, so it runs at the latency of
-//! an FMA per block. Here one pass computes an R×C tile of outputs: the unpacked weight block is
-//! reused across C columns, the activation block across R rows, and the R·C chains are independent.
-//! Every output still goes through ggml's operations in ggml's order, so results are identical:
+//! Why: ggml's mul_mat computes a single column (generation) one row at a time with the vector
+//! dot, whose loop carries its floating-point accumulator (and Q4_1's scalar `summs`) through every
+//! 32-value block, so it runs at an FMA's latency per block and leaves memory latency exposed; for
+//! Q4_1 it does the same for prompts too (on x86 Q4_1 has no repacked or llamafile kernel). Here
+//! one pass computes an R×C tile of outputs: the unpacked weight block is reused across C columns,
+//! the activation block across R rows, the R·C chains are independent, and a single column
+//! prefetches the weight rows two tiles ahead. Every output still goes through ggml's operations in
+//! ggml's order, so the results are identical:
 //!
 //! ```text
-//! per block b:  acc[0..8] = fma(d_w·d_x, f32(Σ_{4 lanes} q_w·q_x), acc)   (one rounding each)
-//!               summs     = fma(m_w, s_x, summs)
-//! out = hsum(acc) + summs,  hsum = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
+//! per block b:  acc[0..8] = fma(d_w·d_x, f32(Σ_{4 lanes} q_w·q_x), acc)   (d_w·d_x of two f16: exact)
+//!               summs     = fma(m_w, s_x, summs)                          (Q4_1 only)
+//! out = hsum(acc) [+ summs],  hsum = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
 //! ```
 //!
-//! (ref: ggml-cpu/arch/x86/quants.c `ggml_vec_dot_q4_1_q8_1` and `hsum_float_8`; the built
-//! library contracts `summs += m*s` to `vfmadd231ss`, which the unit test against ggml's mul_mat
-//! pins down.)
+//! The lane sums are integers, exact however they are formed (here with AVX2's `maddubs`/`madd`,
+//! where ggml built for AVX-512 VNNI uses `vpdpbusd`); signed weights go through the same `sign`
+//! trick as ggml (|q_w| · q_x·sign(q_w)). (ref: ggml-cpu/arch/x86/quants.c and its `hsum_float_8`.
+//! The unit tests compare against ggml's mul_mat bit for bit.) A `vpdpbusd` variant was ~8 %
+//! faster on smollm2's prompt but needs Rust 1.89's AVX-512 intrinsics and a second copy of the
+//! kernel for CPUs without them; left out.
 
 use crate::sys;
 use std::os::raw::{c_int, c_void};
 
-/// Bytes of one `block_q4_1` (f16 d, f16 m, 16 bytes of nibbles) and one `block_q8_1`
-/// (f16 d, f16 s = d·Σq, 32 signed bytes).
-const Q4_1_BLOCK: usize = 20;
-const Q8_1_BLOCK: usize = 36;
 const QK: usize = 32;
 
 /// Whether this CPU can run the tiled kernel (and `FERRITE_GGML_MATMUL` does not ask for ggml's).
@@ -36,11 +38,7 @@ pub(crate) fn available() -> bool {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
                 && std::arch::is_x86_feature_detected!("avx2")
         }
@@ -51,13 +49,27 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// The operation ggml calls for the custom node: `dst` [m, n] F32 = src0 (Q4_1 [k, m])ᵀ ·
-/// src1 (Q8_1 [k, n]); thread `ith` of `nth` computes its own contiguous range of rows.
+/// The activation type ggml's mul_mat quantizes to for weights of type `w` (its `vec_dot_type`),
+/// if the kernel is faster than ggml for `w` and `n` columns (measured on Zen 4, see the README):
+/// Q4_1 always; Q5_0 for a single column only (for more, llamafile's tinyBLAS tiles are faster).
+/// Q8_0 is left to ggml: a single column of it streams at memory speed already, and four rows
+/// in step defeat the hardware prefetcher (gemma3's LM head: −15 %).
+pub(crate) fn activation_type(w: sys::ggml_type, n: i64) -> Option<sys::ggml_type> {
+    match w {
+        sys::GGML_TYPE_Q4_1 => Some(sys::GGML_TYPE_Q8_1),
+        sys::GGML_TYPE_Q5_0 if n == 1 => Some(sys::GGML_TYPE_Q8_0),
+        _ => None,
+    }
+}
+
+/// The operation ggml calls for the custom node: `dst` [m, n] F32 = src0 ([k, m])ᵀ · src1
+/// ([k, n], of `activation_type(src0)`); thread `ith` of `nth` computes its own contiguous range
+/// of rows.
 ///
 /// # Safety
-/// ggml calls this only for nodes built by `Context::mul_mat_q4_1`, whose shapes, types and
+/// ggml calls this only for nodes built by `Context::mul_mat_w`, whose shapes, types and
 /// contiguity were checked there, with `dst` and its sources allocated.
-pub(crate) unsafe extern "C" fn mul_mat_q4_1_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _user: *mut c_void) {
+pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _user: *mut c_void) {
     // SAFETY: see the function's contract: dst and both sources are live, allocated tensors.
     let (d, w, x) = unsafe { (&*dst, &*(*dst).src[0], &*(*dst).src[1]) };
     let (k, m) = (w.ne[0] as usize, w.ne[1] as usize);
@@ -67,95 +79,219 @@ pub(crate) unsafe extern "C" fn mul_mat_q4_1_op(dst: *mut sys::ggml_tensor, ith:
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the node exists only when `available()` found every feature the kernel enables;
-    // pointers and strides describe the tensors' allocated data (rows of `nb[1]` bytes).
+    // SAFETY: the node exists only when `available()` found every feature the kernel enables and
+    // `activation_type` accepted the weight type; pointers and strides describe the tensors'
+    // allocated data (rows of `nb[1]` bytes).
     unsafe {
-        x86::mul_mat(
-            w.data as *const u8,
-            w.nb[1],
-            x.data as *const u8,
-            x.nb[1],
-            d.data as *mut f32,
+        let a = x86::Args {
+            w: w.data as *const u8,
+            w_stride: w.nb[1],
+            x: x.data as *const u8,
+            x_stride: x.nb[1],
+            out: d.data as *mut f32,
             m,
-            n,
-            k / QK,
-            rows,
-        )
+            nb: k / QK,
+        };
+        match w.type_ {
+            sys::GGML_TYPE_Q4_1 => x86::mul_mat::<x86::Q4_1>(&a, n, rows),
+            sys::GGML_TYPE_Q5_0 => x86::mul_mat::<x86::Q5_0>(&a, n, rows),
+            t => unreachable!("custom mul_mat node with weight type {t}"),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (d, x, k, n, rows);
-        unreachable!("the Q4_1 kernel is built only on x86_64")
+        unreachable!("the tiled kernel is built only on x86_64")
     }
 }
 
-/// Thread `ith`'s share of `m` rows, in whole tiles of 8 rows where possible.
+/// Thread `ith`'s share of `m` rows, in whole tiles of 4 rows where possible.
 fn split(m: usize, ith: usize, nth: usize) -> std::ops::Range<usize> {
-    let tiles = m.div_ceil(8);
+    let tiles = m.div_ceil(4);
     let per = tiles.div_ceil(nth.max(1));
-    let start = (ith * per * 8).min(m);
-    let end = ((ith + 1) * per * 8).min(m);
+    let start = (ith * per * 4).min(m);
+    let end = ((ith + 1) * per * 4).min(m);
     start..end
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q4_1_BLOCK, Q8_1_BLOCK};
     use std::arch::x86_64::*;
 
-    /// Rows `rows` of out[n][m] from weights `w` (rows of `w_stride` bytes) and activations `x`
-    /// (columns of `x_stride` bytes), `nb` blocks each.
+    /// One weight block format: its size, and its unpacking into 32 bytes for `vpdpbusd`.
+    pub(super) trait Weight {
+        /// Bytes of one block of 32 weights.
+        const BLOCK: usize;
+        /// Bytes of one activation block (block_q8_1: d, s, 32 q; block_q8_0: d, 32 q).
+        const X_BLOCK: usize;
+        /// Offset of the 32 activation bytes in their block.
+        const X_QS: usize;
+        /// Q4_1's per-block minimum, which adds `m_w · s_x` through `summs`.
+        const MIN: bool;
+        /// (d, m, q) of the block at `p`; q as unsigned bytes for `dot`.
+        ///
+        /// # Safety
+        /// `p` points at one readable block; the CPU has the kernel's features.
+        unsafe fn load(p: *const u8) -> (f32, f32, __m256i);
+        /// The 8 lane sums of 4 products each, exactly as ggml forms them.
+        ///
+        /// # Safety
+        /// The CPU has the kernel's features.
+        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i;
+    }
+
+    /// f16 pair at `p` as f32 (d and m of Q4_1, or d and 16 bits that are ignored).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/VL/BW/VNNI, FMA and F16C; the pointers cover m rows, n columns and
-    /// an n×m output.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,fma,f16c,avx2")]
-    pub(super) unsafe fn mul_mat(
-        w: *const u8,
-        w_stride: usize,
-        x: *const u8,
-        x_stride: usize,
-        out: *mut f32,
-        m: usize,
-        n: usize,
-        nb: usize,
-        rows: std::ops::Range<usize>,
-    ) {
-        let mut r = rows.start;
-        if n == 1 {
-            // One column (generation): 8 independent rows per pass.
-            while r < rows.end {
-                // SAFETY: rows r.. are in range; caller's features hold.
-                unsafe {
-                    let (wp, op) = (w.add(r * w_stride), out.add(r));
-                    if rows.end - r >= 4 {
-                        tile::<4, 1, true>(wp, w_stride, x, x_stride, op, m, nb);
-                        r += 4;
-                    } else {
-                        tile::<1, 1, false>(wp, w_stride, x, x_stride, op, m, nb);
-                        r += 1;
-                    }
-                }
+    /// `p` points at 4 readable bytes; the CPU has F16C.
+    #[inline]
+    #[target_feature(enable = "f16c,avx2")]
+    unsafe fn scales(p: *const u8) -> (f32, f32) {
+        // SAFETY: the caller's 4 readable bytes.
+        let h = unsafe { std::ptr::read_unaligned(p as *const i32) };
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(h));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// The 32 nibbles of 16 bytes: low ones first (ggml's `bytes_from_nibbles_32`).
+    ///
+    /// # Safety
+    /// `p` points at 16 readable bytes; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller's 16 readable bytes.
+        let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
+        let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q), _mm_srli_epi16::<4>(q));
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    }
+
+    /// Unsigned bytes times signed bytes, summed in fours: 8 i32 lanes (ggml's
+    /// `mul_sum_us8_pairs`; pairs of products fit in i16 here: |q| ≤ 16, |y| ≤ 127).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn us_dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    /// Signed weights times signed activations as ggml does: |w| (unsigned) · (x with w's sign).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn signed_dot(q: __m256i, y: __m256i) -> __m256i {
+        us_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
+    }
+
+    /// block_q4_1: f16 d, f16 m, 16 bytes of nibbles; value = d·q + m.
+    pub(super) struct Q4_1;
+    impl Weight for Q4_1 {
+        const BLOCK: usize = 20;
+        const X_BLOCK: usize = 36;
+        const X_QS: usize = 4;
+        const MIN: bool = true;
+        /// # Safety
+        /// As [`Weight::load`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn load(p: *const u8) -> (f32, f32, __m256i) {
+            // SAFETY: one readable block at p (caller).
+            unsafe {
+                let (d, m) = scales(p);
+                (d, m, nibbles(p.add(4)))
             }
-            return;
         }
+        /// # Safety
+        /// As [`Weight::dot`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
+            us_dot(q, y)
+        }
+    }
+
+    /// block_q5_0: f16 d, 32 high bits, 16 bytes of low nibbles; value = d·(q − 16).
+    pub(super) struct Q5_0;
+    impl Weight for Q5_0 {
+        const BLOCK: usize = 22;
+        const X_BLOCK: usize = 34;
+        const X_QS: usize = 2;
+        const MIN: bool = false;
+        /// # Safety
+        /// As [`Weight::load`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn load(p: *const u8) -> (f32, f32, __m256i) {
+            // SAFETY: one readable block at p (caller).
+            unsafe {
+                let (d, _) = scales(p);
+                let qh = std::ptr::read_unaligned(p.add(2) as *const i32);
+                // Byte j all ones where bit j of qh is set (ggml's `bytes_from_bits_32`): byte j
+                // gets qh's byte j/8, every bit but j%8 set, compared with all ones.
+                let spread = _mm256_shuffle_epi8(
+                    _mm256_set1_epi32(qh),
+                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+                );
+                let bits = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+                // q − 16 as a signed byte: the nibble where the high bit is set, nibble | 0xF0 where not.
+                let high = _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8));
+                (d, 0.0, _mm256_or_si256(nibbles(p.add(6)), high))
+            }
+        }
+        /// # Safety
+        /// As [`Weight::dot`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
+            signed_dot(q, y)
+        }
+    }
+
+    /// The tensors of one product: weight rows of `w_stride` bytes, activation columns of
+    /// `x_stride` bytes, `nb` blocks each; out[c·m + r].
+    pub(super) struct Args {
+        pub w: *const u8,
+        pub w_stride: usize,
+        pub x: *const u8,
+        pub x_stride: usize,
+        pub out: *mut f32,
+        pub m: usize,
+        pub nb: usize,
+    }
+
+    /// Rows `rows` of all `n` columns.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `a` covers m rows, n columns and the n×m
+    /// output.
+    #[target_feature(enable = "fma,f16c,avx2")]
+    pub(super) unsafe fn mul_mat<W: Weight>(a: &Args, n: usize, rows: std::ops::Range<usize>) {
+        let mut r = rows.start;
         while r < rows.end {
             let rt = (rows.end - r).min(4);
+            if n == 1 {
+                // One column (generation): independent rows, next tiles prefetched.
+                // SAFETY: rows r..r+rt are in range; caller's features hold.
+                unsafe {
+                    match rt {
+                        4 => tile::<W, 4, 1, true>(a, r, 0),
+                        _ => tile::<W, 1, 1, false>(a, r, 0),
+                    }
+                }
+                r += if rt == 4 { 4 } else { 1 };
+                continue;
+            }
             let mut c = 0;
             while c < n {
                 let ct = (n - c).min(4);
                 // SAFETY: the tile's rows and columns are in range; caller's features hold.
                 unsafe {
-                    let (wp, xp, op) = (w.add(r * w_stride), x.add(c * x_stride), out.add(c * m + r));
                     match (rt, ct) {
-                        (4, 4) => tile::<4, 4, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        (4, 3) => tile::<4, 3, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        (4, 2) => tile::<4, 2, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        (4, 1) => tile::<4, 1, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        (3, _) => tile::<3, 1, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        (2, _) => tile::<2, 1, false>(wp, w_stride, xp, x_stride, op, m, nb),
-                        _ => tile::<1, 1, false>(wp, w_stride, xp, x_stride, op, m, nb),
+                        (4, 4) => tile::<W, 4, 4, false>(a, r, c),
+                        (4, 3) => tile::<W, 4, 3, false>(a, r, c),
+                        (4, 2) => tile::<W, 4, 2, false>(a, r, c),
+                        (4, 1) => tile::<W, 4, 1, false>(a, r, c),
+                        (3, _) => tile::<W, 3, 1, false>(a, r, c),
+                        (2, _) => tile::<W, 2, 1, false>(a, r, c),
+                        _ => tile::<W, 1, 1, false>(a, r, c),
                     }
                 }
                 // Row tails take one column at a time (rare: m is a multiple of 4 in practice).
@@ -176,72 +312,53 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// The f16 pair (d, m) that starts a Q4_1 block at `p`, as f32.
+    /// Outputs of rows r0..r0+R × columns c0..c0+C; with `PF`, the rows two tiles ahead are
+    /// prefetched (a single column streams the weights once, so their latency is exposed).
     ///
     /// # Safety
-    /// `p` points at 4 readable bytes; the CPU has F16C.
+    /// As `mul_mat`, for those rows and columns.
     #[inline]
-    #[target_feature(enable = "f16c,avx2")]
-    unsafe fn scales(p: *const u8) -> (f32, f32) {
-        // SAFETY: every block starts with two f16 values (caller's range).
-        let h = unsafe { std::ptr::read_unaligned(p as *const i32) };
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(h));
-        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
-    }
-
-    /// R rows × C columns of outputs; out[c·m + r].
-    ///
-    /// # Safety
-    /// As `mul_mat`, for rows `w .. w + R·w_stride` and columns `x .. x + C·x_stride`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,fma,f16c,avx2")]
-    unsafe fn tile<const R: usize, const C: usize, const PF: bool>(
-        w: *const u8,
-        w_stride: usize,
-        x: *const u8,
-        x_stride: usize,
-        out: *mut f32,
-        m: usize,
-        nb: usize,
-    ) {
-        let low = _mm256_set1_epi8(0x0f);
+    #[target_feature(enable = "fma,f16c,avx2")]
+    unsafe fn tile<W: Weight, const R: usize, const C: usize, const PF: bool>(a: &Args, r0: usize, c0: usize) {
+        let w = a.w.wrapping_add(r0 * a.w_stride);
+        let x = a.x.wrapping_add(c0 * a.x_stride);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        // summs of row r for columns 0..C in the lanes of one vector: fma lane by lane is the
-        // scalar fma of ggml, and one instruction serves all C columns.
+        // summs of row r for columns 0..C in the lanes of one vector: fma lane by lane is ggml's
+        // scalar fma, and one instruction serves all C columns.
         let mut summs = [_mm_setzero_ps(); R];
-        for b in 0..nb {
+        for b in 0..a.nb {
             let mut qy = [_mm256_setzero_si256(); C];
             // (d, s) of each column as f16 pairs, converted together: lanes d0 s0 d1 s1 ...
             let mut ds = [0i32; 4];
             for c in 0..C {
                 // SAFETY: column c, block b is inside the activations.
                 unsafe {
-                    let p = x.add(c * x_stride + b * Q8_1_BLOCK);
+                    let p = x.add(c * a.x_stride + b * W::X_BLOCK);
                     ds[c] = std::ptr::read_unaligned(p as *const i32);
-                    qy[c] = _mm256_loadu_si256(p.add(4) as *const __m256i);
+                    qy[c] = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
                 }
             }
             // SAFETY: reads the 4 local i32 values.
             let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
-            let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
             let mut dy = [0f32; 8];
             // SAFETY: writes 8 local f32 values.
             unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
+            let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
             for r in 0..R {
-                // SAFETY: row r, block b is inside the weights.
+                // SAFETY: row r, block b is inside the weights; prefetching never faults.
                 let (dw, mw, qx) = unsafe {
-                    let p = w.add(r * w_stride + b * Q4_1_BLOCK);
+                    let p = w.add(r * a.w_stride + b * W::BLOCK);
                     if PF {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * R * w_stride) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * R * a.w_stride) as *const i8);
                     }
-                    let (dw, mw) = scales(p);
-                    let q = _mm_loadu_si128(p.add(4) as *const __m128i);
-                    let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q), _mm_srli_epi16::<4>(q));
-                    (dw, mw, _mm256_and_si256(both, low))
+                    W::load(p)
                 };
-                summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
+                if W::MIN {
+                    summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
+                }
                 for c in 0..C {
-                    let xy = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy[c]));
+                    // SAFETY: the caller's features.
+                    let xy = _mm256_cvtepi32_ps(unsafe { W::dot(qx, qy[c]) });
                     acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy[2 * c]), xy, acc[r][c]);
                 }
             }
@@ -251,8 +368,10 @@ mod x86 {
             // SAFETY: writes 4 local f32 values.
             unsafe { _mm_storeu_ps(sm.as_mut_ptr(), summs[r]) };
             for c in 0..C {
+                // Types without a minimum end at the hsum (adding 0 would turn −0 into +0).
+                let v = if W::MIN { hsum(acc[r][c]) + sm[c] } else { hsum(acc[r][c]) };
                 // SAFETY: output (r, c) of the tile is inside dst.
-                unsafe { *out.add(c * m + r) = hsum(acc[r][c]) + sm[c] };
+                unsafe { *a.out.add((c0 + c) * a.m + r0 + r) = v };
             }
         }
     }

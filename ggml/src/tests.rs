@@ -229,45 +229,65 @@ fn type_table() {
     assert_eq!(Type::from_name("q8_0"), Some(Type::Q8_0));
 }
 
-/// ferrite's tiled Q4_1 kernel gives exactly the bits of ggml's mul_mat, for tile tails in both
-/// directions (m not a multiple of 4, n from 1 to past a whole tile) and more threads than tiles.
+/// ferrite's tiled kernel gives exactly the bits of ggml's mul_mat for each weight type it takes,
+/// for tile tails in both directions (m not a multiple of 4, n from 1 to past a whole tile) and
+/// more threads than tiles.
 #[test]
-fn mul_mat_w_q4_1_matches_ggml_bit_for_bit() {
+fn mul_mat_w_matches_ggml_bit_for_bit() {
     let k = 576;
-    for (m, n, seed) in [(18, 1, 11), (16, 2, 12), (9, 3, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17)] {
-        let mut r = Rng(seed);
-        // Rows of different magnitudes and offsets so that d, m and s all vary.
-        let w: Vec<f32> = (0..k * m).map(|i| r.next() * (1.0 + (i / k) as f32) + 0.3 * ((i / k) % 3) as f32).collect();
-        let x: Vec<f32> = (0..k * n).map(|i| r.next() * (0.5 + (i / k) as f32 * 0.25)).collect();
-        let wq = quantize(Type::Q4_1, &w, k).unwrap();
-        let inputs = [(Type::Q4_1, vec![k as i64, m as i64], wq), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))];
-        let own = run(&inputs, |c, t| c.mul_mat_w(&t[0], &t[1]));
-        let ggml = run(&inputs, |c, t| c.mul_mat(&t[0], &t[1]));
-        assert_eq!(own.len(), m * n);
-        for (i, (a, b)) in own.iter().zip(&ggml).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "m={m} n={n} output {i}: {a} vs ggml {b}");
+    for ty in [Type::Q4_1, Type::Q5_0] {
+        // Q5_0 goes through the kernel for a single column only.
+        let shapes: &[(usize, usize, u64)] = if ty == Type::Q4_1 {
+            &[(18, 1, 11), (16, 2, 12), (9, 3, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17), (64, 1, 18)]
+        } else {
+            &[(18, 1, 11), (9, 1, 13), (37, 1, 16), (64, 1, 18), (3, 1, 19)]
+        };
+        for &(m, n, seed) in shapes {
+            let mut r = Rng(seed);
+            // Rows of different magnitudes and offsets so that d, m and s all vary.
+            let w: Vec<f32> = (0..k * m).map(|i| r.next() * (1.0 + (i / k) as f32) + 0.3 * ((i / k) % 3) as f32).collect();
+            let x: Vec<f32> = (0..k * n).map(|i| r.next() * (0.5 + (i / k) as f32 * 0.25)).collect();
+            let wq = quantize(ty, &w, k).unwrap();
+            let inputs = [(ty, vec![k as i64, m as i64], wq), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))];
+            let own = run(&inputs, |c, t| c.mul_mat_w(&t[0], &t[1]));
+            let ggml = run(&inputs, |c, t| c.mul_mat(&t[0], &t[1]));
+            assert_eq!(own.len(), m * n);
+            for (i, (a, b)) in own.iter().zip(&ggml).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} m={m} n={n} output {i}: {a} vs ggml {b}");
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni") && std::env::var_os("FERRITE_GGML_MATMUL").is_none() {
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+        && std::env::var_os("FERRITE_GGML_MATMUL").is_none()
+    {
         assert!(crate::kernels::available(), "the tiled kernel should run on this CPU");
     }
 }
 
 /// The custom node is used (not a silent fallback to ggml's mul_mat) where the kernel applies.
 #[test]
-fn mul_mat_w_builds_the_custom_node_for_q4_1() {
+fn mul_mat_w_builds_the_custom_node_where_it_applies() {
     if !crate::kernels::available() {
         return;
     }
-    let wctx = Context::new(3, 0).unwrap();
+    let wctx = Context::new(6, 0).unwrap();
     let w = wctx.new_tensor(Type::Q4_1, &[64, 8]);
+    let w5 = wctx.new_tensor(Type::Q5_0, &[64, 8]);
+    let w8 = wctx.new_tensor(Type::Q8_0, &[64, 8]);
     let wf = wctx.new_tensor(Type::F32, &[64, 8]);
     let x = wctx.new_tensor(Type::F32, &[64, 3]);
-    let g = Context::new(8, 0).unwrap();
+    let x1 = wctx.new_tensor(Type::F32, &[64, 1]);
+    let g = Context::new(16, 0).unwrap();
     // Not yet in memory: ggml's mul_mat.
     assert_eq!(g.mul_mat_w(&w, &x).op_name(), "MUL_MAT");
     BufferType::cpu().alloc_ctx_tensors(&wctx).unwrap();
     assert_eq!(g.mul_mat_w(&w, &x).op_name(), "CUSTOM");
+    assert_eq!(g.mul_mat_w(&w, &x1).op_name(), "CUSTOM");
+    assert_eq!(g.mul_mat_w(&w5, &x1).op_name(), "CUSTOM");
+    assert_eq!(g.mul_mat_w(&w5, &x).op_name(), "MUL_MAT");
+    assert_eq!(g.mul_mat_w(&w8, &x1).op_name(), "MUL_MAT");
     assert_eq!(g.mul_mat_w(&wf, &x).op_name(), "MUL_MAT");
 }
