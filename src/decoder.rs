@@ -30,6 +30,9 @@ pub struct ContextOptions {
     pub flash_attn: FlashAttn,
     pub type_k: Type,
     pub type_v: Type,
+    /// ferrite's tiled matrix kernel where it applies (`ggml::Context::mul_mat_w`: same values,
+    /// faster); false: ggml's mul_mat for every product.
+    pub own_kernels: bool,
 }
 
 impl Default for ContextOptions {
@@ -42,6 +45,7 @@ impl Default for ContextOptions {
             flash_attn: FlashAttn::Auto,
             type_k: Type::F16,
             type_v: Type::F16,
+            own_kernels: true,
         }
     }
 }
@@ -118,7 +122,7 @@ impl Decoder {
                 crate::bail_input!("cache type {t} needs head sizes that are multiples of {}", t.block_size());
             }
         }
-        let cparams = CParams::new(hp, n_ctx, n_batch, n_ubatch, flash);
+        let cparams = CParams { own_kernels: opts.own_kernels, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
         let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.type_k, opts.type_v, !flash).context("allocating the KV cache")?;
         let backend = Device::cpu()?.init_backend()?;
         backend.set_n_threads(opts.n_threads);
@@ -145,6 +149,11 @@ impl Decoder {
     }
 
     /// Compute buffer bytes held by the scheduler.
+    /// Names and ops of the last graph's nodes (for tests and debugging).
+    pub fn last_graph_nodes(&self) -> Vec<(String, String)> {
+        self.last.as_ref().map(|(_, b)| b.graph.node_names()).unwrap_or_default()
+    }
+
     pub fn compute_bytes(&self) -> usize {
         self.sched.buffer_size(&self.backend)
     }

@@ -23,6 +23,9 @@ pub struct CParams {
     pub yarn_attn_factor: f32,
     pub yarn_beta_fast: f32,
     pub yarn_beta_slow: f32,
+    /// Matrix products with weights through `ggml::Context::mul_mat_w` (ferrite's kernel where it
+    /// applies) rather than ggml's mul_mat.
+    pub own_kernels: bool,
 }
 
 impl CParams {
@@ -51,6 +54,7 @@ impl CParams {
             yarn_attn_factor,
             yarn_beta_fast: 32.0,
             yarn_beta_slow: 1.0,
+            own_kernels: true,
         }
     }
 }
@@ -261,7 +265,11 @@ impl<'a> GraphBuilder<'a> {
     /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters); ggml's
     /// mul_mat or, for Q4_1 weights on the CPU, ferrite's tiled kernel with the same bits.
     pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
-        self.ctx.mul_mat_w(w, cur)
+        if self.cparams.own_kernels {
+            self.ctx.mul_mat_w(w, cur)
+        } else {
+            self.ctx.mul_mat(w, cur)
+        }
     }
 
     /// RMSNorm, then the elementwise weight when given (llama.cpp's `build_norm`, LLM_NORM_RMS).

@@ -71,6 +71,36 @@ fn thread_count_changes_nothing() {
 }
 
 #[test]
+fn own_matrix_kernel_changes_no_value() {
+    // ferrite's tiled kernel (`ContextOptions::own_kernels`) must give the logits of ggml's
+    // mul_mat bit for bit, in a prompt batch (smollm2's Q4_1) and in single-token steps (both
+    // models: Q4_1, and gemma3's Q5_0), FA on and off; and it must be in the graphs where it applies.
+    // smollm2: 30 layers × [q|k|v], wo, [gate|up], down; gemma3 (Q5_0 for single tokens only):
+    // 9 [q|k|v] stacks, 9 layers × separate q and k (their V is Q8_0), 18 [gate|up].
+    for (name, n_custom_prompt, n_custom_token) in [("smollm2", 30 * 4, 30 * 4), ("gemma3", 0, 9 + 9 * 2 + 18)] {
+        let model = model(name);
+        for fa in [FlashAttn::On, FlashAttn::Off] {
+            let run = |own_kernels: bool| {
+                let mut d = Decoder::new(model.clone(), &ContextOptions { own_kernels, ..opts(fa) }).unwrap();
+                let custom = |d: &Decoder| d.last_graph_nodes().iter().filter(|(_, op)| op == "CUSTOM").count();
+                let mut logits = Vec::new();
+                d.decode(&PROMPT, 0, &[0, 3, 7], &mut logits).unwrap();
+                let n_prompt = custom(&d);
+                for i in 0..4 {
+                    d.decode(&[PROMPT[i]], 8 + i as i32, &[0], &mut logits).unwrap();
+                }
+                (logits, n_prompt, custom(&d))
+            };
+            let ((a, pa, ta), (b, pb, tb)) = (run(true), run(false));
+            assert_eq!((pa, ta), (n_custom_prompt, n_custom_token), "{name}: products through ferrite's kernel (prompt, token)");
+            assert_eq!((pb, tb), (0, 0), "{name}: own_kernels off");
+            assert_eq!(a.len(), 7 * model.hparams.n_vocab as usize);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} ({fa:?}): ferrite's kernel changed logits");
+        }
+    }
+}
+
+#[test]
 fn stacked_projections_change_no_value() {
     // [q|k|v] and [gate|up] stacks (`LoadOptions::fuse`) must give the logits of separate matrices
     // bit for bit, in a prompt batch and in single-token steps, FA on and off.

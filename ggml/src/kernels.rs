@@ -29,13 +29,10 @@ use std::os::raw::{c_int, c_void};
 
 const QK: usize = 32;
 
-/// Whether this CPU can run the tiled kernel (and `FERRITE_GGML_MATMUL` does not ask for ggml's).
+/// Whether this CPU can run the tiled kernel.
 pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("FERRITE_GGML_MATMUL").is_some_and(|v| v != "0") {
-            return false;
-        }
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("fma")

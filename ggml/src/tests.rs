@@ -261,7 +261,6 @@ fn mul_mat_w_matches_ggml_bit_for_bit() {
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
-        && std::env::var_os("FERRITE_GGML_MATMUL").is_none()
     {
         assert!(crate::kernels::available(), "the tiled kernel should run on this CPU");
     }

@@ -113,6 +113,8 @@ impl ContextArgs {
             flash_attn,
             type_k: cache("--cache-type-k", &self.cache_type_k)?,
             type_v: cache("--cache-type-v", &self.cache_type_v)?,
+            // For A/B comparisons with ggml's own products (same values, see the README).
+            own_kernels: std::env::var_os("FERRITE_GGML_MATMUL").is_none_or(|v| v == "0"),
         })
     }
 }
