@@ -115,7 +115,8 @@ fn split(m: usize, ith: usize, nth: usize) -> std::ops::Range<usize> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// One weight block format: its size, and its unpacking into 32 bytes for `vpdpbusd`.
+    /// One weight block format: its size, its unpacking into 32 bytes, and their products with
+    /// the activation bytes.
     pub(super) trait Weight {
         /// Bytes of one block of 32 weights.
         const BLOCK: usize;
@@ -125,7 +126,8 @@ mod x86 {
         const X_QS: usize;
         /// Q4_1's per-block minimum, which adds `m_w · s_x` through `summs`.
         const MIN: bool;
-        /// (d, m, q) of the block at `p`; q as unsigned bytes for `dot`.
+        /// (d, m, q) of the block at `p`: scale, minimum (0 without one) and the 32 quants as
+        /// bytes in the form `dot` takes (Q4_1 unsigned, Q5_0 signed).
         ///
         /// # Safety
         /// `p` points at one readable block; the CPU has the kernel's features.
