@@ -1,11 +1,12 @@
-//! ferrite's own CPU matrix kernel: Q4_1 and Q5_0 weights × 8-bit quantized activations in
+//! ferrite's own CPU matrix kernel: Q4_1, Q5_1 and Q5_0 weights × 8-bit quantized activations in
 //! register tiles, giving per output exactly the bits of ggml's x86 vector dots
-//! (`ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q5_0_q8_0`).
+//! (`ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q5_1_q8_1`, `ggml_vec_dot_q5_0_q8_0`).
 //!
 //! Why: ggml's mul_mat computes a single column (generation) one row at a time with the vector
 //! dot, whose loop carries its floating-point accumulator (and Q4_1's scalar `summs`) through every
 //! 32-value block, so it runs at an FMA's latency per block and leaves memory latency exposed; for
-//! Q4_1 it does the same for prompts too (on x86 Q4_1 has no repacked or llamafile kernel). Here
+//! Q4_1 and Q5_1 it does the same for prompts too (on x86 they have no repacked or llamafile
+//! kernel). Here
 //! one pass computes an R×C tile of outputs: the unpacked weight block is reused across C columns,
 //! the activation block across R rows, the R·C chains are independent, and a single column
 //! prefetches the weight rows two tiles ahead. Every output still goes through ggml's operations in
@@ -13,7 +14,7 @@
 //!
 //! ```text
 //! per block b:  acc[0..8] = fma(d_w·d_x, f32(Σ_{4 lanes} q_w·q_x), acc)   (d_w·d_x of two f16: exact)
-//!               summs     = fma(m_w, s_x, summs)                          (Q4_1 only)
+//!               summs     = fma(m_w, s_x, summs)                          (Q4_1, Q5_1)
 //! out = hsum(acc) [+ summs],  hsum = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
 //! ```
 //!
@@ -48,12 +49,13 @@ pub(crate) fn available() -> bool {
 
 /// The activation type ggml's mul_mat quantizes to for weights of type `w` (its `vec_dot_type`),
 /// if the kernel is faster than ggml for `w` and `n` columns (measured on Zen 4, see the README):
-/// Q4_1 always; Q5_0 for a single column only (for more, llamafile's tinyBLAS tiles are faster).
+/// Q4_1 and Q5_1 always (on x86 ggml has no repacked or llamafile kernel for them); Q5_0 for a
+/// single column only (for more, llamafile's tinyBLAS tiles are faster).
 /// Q8_0 is left to ggml: a single column of it streams at memory speed already, and four rows
 /// in step defeat the hardware prefetcher (gemma3's LM head: −15 %).
 pub(crate) fn activation_type(w: sys::ggml_type, n: i64) -> Option<sys::ggml_type> {
     match w {
-        sys::GGML_TYPE_Q4_1 => Some(sys::GGML_TYPE_Q8_1),
+        sys::GGML_TYPE_Q4_1 | sys::GGML_TYPE_Q5_1 => Some(sys::GGML_TYPE_Q8_1),
         sys::GGML_TYPE_Q5_0 if n == 1 => Some(sys::GGML_TYPE_Q8_0),
         _ => None,
     }
@@ -92,6 +94,7 @@ pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_in
         match w.type_ {
             sys::GGML_TYPE_Q4_1 => x86::mul_mat::<x86::Q4_1>(&a, n, rows),
             sys::GGML_TYPE_Q5_0 => x86::mul_mat::<x86::Q5_0>(&a, n, rows),
+            sys::GGML_TYPE_Q5_1 => x86::mul_mat::<x86::Q5_1>(&a, n, rows),
             t => unreachable!("custom mul_mat node with weight type {t}"),
         }
     }
@@ -124,10 +127,10 @@ mod x86 {
         const X_BLOCK: usize;
         /// Offset of the 32 activation bytes in their block.
         const X_QS: usize;
-        /// Q4_1's per-block minimum, which adds `m_w · s_x` through `summs`.
+        /// A per-block minimum (Q4_1, Q5_1), which adds `m_w · s_x` through `summs`.
         const MIN: bool;
         /// (d, m, q) of the block at `p`: scale, minimum (0 without one) and the 32 quants as
-        /// bytes in the form `dot` takes (Q4_1 unsigned, Q5_0 signed).
+        /// bytes in the form `dot` takes (Q4_1 and Q5_1 unsigned, Q5_0 signed).
         ///
         /// # Safety
         /// `p` points at one readable block; the CPU has the kernel's features.
@@ -163,6 +166,23 @@ mod x86 {
         let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
         let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q), _mm_srli_epi16::<4>(q));
         _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    }
+
+    /// The 32 bits at `p` as bytes: all ones where bit j is set (ggml's `bytes_from_bits_32`:
+    /// byte j gets the bits' byte j/8 with every bit but j%8 set, compared with all ones).
+    ///
+    /// # Safety
+    /// `p` points at 4 readable bytes; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn bits(p: *const u8) -> __m256i {
+        // SAFETY: the caller's 4 readable bytes.
+        let qh = unsafe { std::ptr::read_unaligned(p as *const i32) };
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1))
     }
 
     /// Unsigned bytes times signed bytes, summed in fours: 8 i32 lanes (ggml's
@@ -207,6 +227,34 @@ mod x86 {
         }
     }
 
+    /// block_q5_1: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; value = d·q + m.
+    pub(super) struct Q5_1;
+    impl Weight for Q5_1 {
+        const BLOCK: usize = 24;
+        const X_BLOCK: usize = 36;
+        const X_QS: usize = 4;
+        const MIN: bool = true;
+        /// # Safety
+        /// As [`Weight::load`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn load(p: *const u8) -> (f32, f32, __m256i) {
+            // SAFETY: one readable block at p (caller).
+            unsafe {
+                let (d, m) = scales(p);
+                let high = _mm256_and_si256(bits(p.add(4)), _mm256_set1_epi8(0x10));
+                (d, m, _mm256_or_si256(nibbles(p.add(8)), high))
+            }
+        }
+        /// # Safety
+        /// As [`Weight::dot`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
+            us_dot(q, y)
+        }
+    }
+
     /// block_q5_0: f16 d, 32 high bits, 16 bytes of low nibbles; value = d·(q − 16).
     pub(super) struct Q5_0;
     impl Weight for Q5_0 {
@@ -222,16 +270,8 @@ mod x86 {
             // SAFETY: one readable block at p (caller).
             unsafe {
                 let (d, _) = scales(p);
-                let qh = std::ptr::read_unaligned(p.add(2) as *const i32);
-                // Byte j all ones where bit j of qh is set (ggml's `bytes_from_bits_32`): byte j
-                // gets qh's byte j/8, every bit but j%8 set, compared with all ones.
-                let spread = _mm256_shuffle_epi8(
-                    _mm256_set1_epi32(qh),
-                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
-                );
-                let bits = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
                 // q − 16 as a signed byte: the nibble where the high bit is set, nibble | 0xF0 where not.
-                let high = _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8));
+                let high = _mm256_andnot_si256(bits(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
                 (d, 0.0, _mm256_or_si256(nibbles(p.add(6)), high))
             }
         }

@@ -235,9 +235,9 @@ fn type_table() {
 #[test]
 fn mul_mat_w_matches_ggml_bit_for_bit() {
     let k = 576;
-    for ty in [Type::Q4_1, Type::Q5_0] {
+    for ty in [Type::Q4_1, Type::Q5_1, Type::Q5_0] {
         // Q5_0 goes through the kernel for a single column only.
-        let shapes: &[(usize, usize, u64)] = if ty == Type::Q4_1 {
+        let shapes: &[(usize, usize, u64)] = if ty != Type::Q5_0 {
             &[(18, 1, 11), (16, 2, 12), (9, 3, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17), (64, 1, 18)]
         } else {
             &[(18, 1, 11), (9, 1, 13), (37, 1, 16), (64, 1, 18), (3, 1, 19)]
@@ -272,8 +272,9 @@ fn mul_mat_w_builds_the_custom_node_where_it_applies() {
     if !crate::kernels::available() {
         return;
     }
-    let wctx = Context::new(6, 0).unwrap();
+    let wctx = Context::new(7, 0).unwrap();
     let w = wctx.new_tensor(Type::Q4_1, &[64, 8]);
+    let w51 = wctx.new_tensor(Type::Q5_1, &[64, 8]);
     let w5 = wctx.new_tensor(Type::Q5_0, &[64, 8]);
     let w8 = wctx.new_tensor(Type::Q8_0, &[64, 8]);
     let wf = wctx.new_tensor(Type::F32, &[64, 8]);
@@ -285,6 +286,7 @@ fn mul_mat_w_builds_the_custom_node_where_it_applies() {
     BufferType::cpu().alloc_ctx_tensors(&wctx).unwrap();
     assert_eq!(g.mul_mat_w(&w, &x).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&w, &x1).op_name(), "CUSTOM");
+    assert_eq!(g.mul_mat_w(&w51, &x).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&w5, &x1).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&w5, &x).op_name(), "MUL_MAT");
     assert_eq!(g.mul_mat_w(&w8, &x1).op_name(), "MUL_MAT");
