@@ -206,11 +206,11 @@ impl KvCache {
         }
         let buf = BufferType::cpu().alloc_ctx_tensors(&ctx)?.expect("the cache has tensors");
         let rot = |head: u32, ty: Type, grow: bool| -> u32 {
-            if !ty.is_quantized() || head % 64 != 0 {
+            if !ty.is_quantized() || !head.is_multiple_of(64) {
                 return 0;
             }
             let mut n = 64;
-            while grow && head % (2 * n) == 0 {
+            while grow && head.is_multiple_of(2 * n) {
                 n *= 2;
             }
             n

@@ -166,7 +166,7 @@ impl Device {
         let s: &[u8] = (*bytes).as_ref();
         let (ptr, len) = (s.as_ptr(), s.len());
         // ggml's CPU buffers require 32-byte aligned bases (a memory map is page-aligned).
-        if ptr as usize % 32 != 0 || len == 0 {
+        if !(ptr as usize).is_multiple_of(32) || len == 0 {
             return err("host memory for a buffer must be non-empty and 32-byte aligned");
         }
         // SAFETY: the region [ptr, ptr+len) stays valid while the returned Buffer holds `bytes`;

@@ -18,12 +18,10 @@
 //! out = hsum(acc) [+ summs],  hsum = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
 //! ```
 //!
-//! The lane sums are integers, exact however they are formed (here with AVX2's `maddubs`/`madd`,
-//! where ggml built for AVX-512 VNNI uses `vpdpbusd`); signed weights go through the same `sign`
-//! trick as ggml (|q_w| · q_x·sign(q_w)). (ref: ggml-cpu/arch/x86/quants.c and its `hsum_float_8`.
-//! The unit tests compare against ggml's mul_mat bit for bit.) A `vpdpbusd` variant was ~8 %
-//! faster on smollm2's prompt but needs Rust 1.89's AVX-512 intrinsics and a second copy of the
-//! kernel for CPUs without them; left out.
+//! The lane sums are integers, exact however they are formed (`vpdpbusd` where the build targets
+//! AVX-512 VNNI, else AVX2's `maddubs`/`madd`); Q5_0's q − 16 is summed as q·x − 16·Σx rather than
+//! through ggml's sign trick, the same integers. (ref: ggml-cpu/arch/x86/quants.c and its
+//! `hsum_float_8`. The unit tests compare against ggml's mul_mat bit for bit.)
 
 use crate::sys;
 use std::os::raw::{c_int, c_void};
@@ -129,17 +127,14 @@ mod x86 {
         const X_QS: usize;
         /// A per-block minimum (Q4_1, Q5_1), which adds `m_w · s_x` through `summs`.
         const MIN: bool;
+        /// Quants stored as q + 16 (Q5_0): the lane sums start from −16·Σx.
+        const OFFSET: bool;
         /// (d, m, q) of the block at `p`: scale, minimum (0 without one) and the 32 quants as
-        /// bytes in the form `dot` takes (Q4_1 and Q5_1 unsigned, Q5_0 signed).
+        /// unsigned bytes (Q5_0's as stored, q + 16).
         ///
         /// # Safety
         /// `p` points at one readable block; the CPU has the kernel's features.
         unsafe fn load(p: *const u8) -> (f32, f32, __m256i);
-        /// The 8 lane sums of 4 products each, exactly as ggml forms them.
-        ///
-        /// # Safety
-        /// The CPU has the kernel's features.
-        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i;
     }
 
     /// f16 pair at `p` as f32 (d and m of Q4_1, or d and 16 bits that are ignored).
@@ -185,19 +180,22 @@ mod x86 {
         _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1))
     }
 
-    /// Unsigned bytes times signed bytes, summed in fours: 8 i32 lanes (ggml's
-    /// `mul_sum_us8_pairs`; pairs of products fit in i16 here: |q| ≤ 16, |y| ≤ 127).
+    /// `init` (when `with_init`) plus unsigned bytes times signed bytes summed in fours: 8 i32
+    /// lanes, exact (ggml's `mul_sum_us8_pairs`). This build targets AVX-512 VNNI: `vpdpbusd`.
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
     #[inline]
-    #[target_feature(enable = "avx2")]
-    fn us_dot(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn dot(init: __m256i, u: __m256i, s: __m256i, with_init: bool) -> __m256i {
+        _mm256_dpbusd_epi32(if with_init { init } else { _mm256_setzero_si256() }, u, s)
     }
 
-    /// Signed weights times signed activations as ggml does: |w| (unsigned) · (x with w's sign).
+    /// As above without VNNI: AVX2's `maddubs` (pairs fit in i16: q ≤ 31, |x| ≤ 127) and `madd`.
+    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn signed_dot(q: __m256i, y: __m256i) -> __m256i {
-        us_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
+    fn dot(init: __m256i, u: __m256i, s: __m256i, with_init: bool) -> __m256i {
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+        if with_init { _mm256_add_epi32(init, sums) } else { sums }
     }
 
     /// block_q4_1: f16 d, f16 m, 16 bytes of nibbles; value = d·q + m.
@@ -207,6 +205,7 @@ mod x86 {
         const X_BLOCK: usize = 36;
         const X_QS: usize = 4;
         const MIN: bool = true;
+        const OFFSET: bool = false;
         /// # Safety
         /// As [`Weight::load`].
         #[inline]
@@ -218,13 +217,6 @@ mod x86 {
                 (d, m, nibbles(p.add(4)))
             }
         }
-        /// # Safety
-        /// As [`Weight::dot`].
-        #[inline]
-        #[target_feature(enable = "fma,f16c,avx2")]
-        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
-            us_dot(q, y)
-        }
     }
 
     /// block_q5_1: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; value = d·q + m.
@@ -234,6 +226,7 @@ mod x86 {
         const X_BLOCK: usize = 36;
         const X_QS: usize = 4;
         const MIN: bool = true;
+        const OFFSET: bool = false;
         /// # Safety
         /// As [`Weight::load`].
         #[inline]
@@ -246,13 +239,6 @@ mod x86 {
                 (d, m, _mm256_or_si256(nibbles(p.add(8)), high))
             }
         }
-        /// # Safety
-        /// As [`Weight::dot`].
-        #[inline]
-        #[target_feature(enable = "fma,f16c,avx2")]
-        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
-            us_dot(q, y)
-        }
     }
 
     /// block_q5_0: f16 d, 32 high bits, 16 bytes of low nibbles; value = d·(q − 16).
@@ -262,6 +248,7 @@ mod x86 {
         const X_BLOCK: usize = 34;
         const X_QS: usize = 2;
         const MIN: bool = false;
+        const OFFSET: bool = true;
         /// # Safety
         /// As [`Weight::load`].
         #[inline]
@@ -270,17 +257,9 @@ mod x86 {
             // SAFETY: one readable block at p (caller).
             unsafe {
                 let (d, _) = scales(p);
-                // q − 16 as a signed byte: the nibble where the high bit is set, nibble | 0xF0 where not.
-                let high = _mm256_andnot_si256(bits(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+                let high = _mm256_and_si256(bits(p.add(2)), _mm256_set1_epi8(0x10));
                 (d, 0.0, _mm256_or_si256(nibbles(p.add(6)), high))
             }
-        }
-        /// # Safety
-        /// As [`Weight::dot`].
-        #[inline]
-        #[target_feature(enable = "fma,f16c,avx2")]
-        unsafe fn dot(q: __m256i, y: __m256i) -> __m256i {
-            signed_dot(q, y)
         }
     }
 
@@ -377,6 +356,14 @@ mod x86 {
                     qy[c] = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
                 }
             }
+            // Σ(q+16)·x − 16·Σx = Σq·x, exactly as ggml's signed products (|x| ≤ 127).
+            let mut init = [_mm256_setzero_si256(); C];
+            if W::OFFSET {
+                for c in 0..C {
+                    let zero = _mm256_setzero_si256();
+                    init[c] = _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false));
+                }
+            }
             // SAFETY: reads the 4 local i32 values.
             let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
             let mut dy = [0f32; 8];
@@ -396,8 +383,7 @@ mod x86 {
                     summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
                 }
                 for c in 0..C {
-                    // SAFETY: the caller's features.
-                    let xy = _mm256_cvtepi32_ps(unsafe { W::dot(qx, qy[c]) });
+                    let xy = _mm256_cvtepi32_ps(dot(init[c], qx, qy[c], W::OFFSET));
                     acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy[2 * c]), xy, acc[r][c]);
                 }
             }

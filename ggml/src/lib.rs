@@ -156,7 +156,7 @@ pub fn fp32_to_fp16_row(src: &[f32], dst: &mut [u16]) {
 /// reference quantizer; used by tests and by callers that must produce ggml's exact blocks).
 pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
     init();
-    if n_per_row == 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return err("quantize: the data is not a whole number of rows");
     }
     if n_per_row as i64 % ty.block_size() != 0 {
@@ -192,7 +192,7 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
 pub fn dequantize(ty: Type, src: &[u8], n_per_row: usize) -> Result<Vec<f32>> {
     init();
     let row_size = ty.row_size(n_per_row as i64);
-    if n_per_row as i64 % ty.block_size() != 0 || row_size == 0 || src.len() % row_size != 0 {
+    if n_per_row as i64 % ty.block_size() != 0 || row_size == 0 || !src.len().is_multiple_of(row_size) {
         return err("dequantize: the data is not a whole number of rows");
     }
     let n = src.len() / row_size * n_per_row;

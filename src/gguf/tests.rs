@@ -58,12 +58,12 @@ impl Writer {
             b.extend_from_slice(&off.to_le_bytes());
             off = (off + data.len() as u64).div_ceil(self.alignment) * self.alignment;
         }
-        while b.len() as u64 % self.alignment != 0 {
+        while !(b.len() as u64).is_multiple_of(self.alignment) {
             b.push(0);
         }
         for (_, _, _, data) in &self.tensors {
             b.extend_from_slice(data);
-            while b.len() as u64 % self.alignment != 0 {
+            while !(b.len() as u64).is_multiple_of(self.alignment) {
                 b.push(0);
             }
         }
