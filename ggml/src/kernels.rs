@@ -180,6 +180,18 @@ mod x86 {
         _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1))
     }
 
+    /// 32 five-bit quants, 0..31: low nibbles from the 16 bytes at `qs`, fifth bits from the 4 at
+    /// `qh`.
+    ///
+    /// # Safety
+    /// Both pointers are readable for those sizes; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn five_bits(qh: *const u8, qs: *const u8) -> __m256i {
+        // SAFETY: the caller's readable bytes.
+        unsafe { _mm256_or_si256(nibbles(qs), _mm256_and_si256(bits(qh), _mm256_set1_epi8(0x10))) }
+    }
+
     /// `init` (when `with_init`) plus unsigned bytes times signed bytes summed in fours: 8 i32
     /// lanes, exact (ggml's `mul_sum_us8_pairs`). This build targets AVX-512 VNNI: `vpdpbusd`.
     #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
@@ -235,8 +247,7 @@ mod x86 {
             // SAFETY: one readable block at p (caller).
             unsafe {
                 let (d, m) = scales(p);
-                let high = _mm256_and_si256(bits(p.add(4)), _mm256_set1_epi8(0x10));
-                (d, m, _mm256_or_si256(nibbles(p.add(8)), high))
+                (d, m, five_bits(p.add(4), p.add(8)))
             }
         }
     }
@@ -257,8 +268,7 @@ mod x86 {
             // SAFETY: one readable block at p (caller).
             unsafe {
                 let (d, _) = scales(p);
-                let high = _mm256_and_si256(bits(p.add(2)), _mm256_set1_epi8(0x10));
-                (d, 0.0, _mm256_or_si256(nibbles(p.add(6)), high))
+                (d, 0.0, five_bits(p.add(2), p.add(6)))
             }
         }
     }
