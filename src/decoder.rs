@@ -148,12 +148,12 @@ impl Decoder {
         self.interrupt = Some(flag);
     }
 
-    /// Compute buffer bytes held by the scheduler.
     /// Names and ops of the last graph's nodes (for tests and debugging).
     pub fn last_graph_nodes(&self) -> Vec<(String, String)> {
         self.last.as_ref().map(|(_, b)| b.graph.node_names()).unwrap_or_default()
     }
 
+    /// Compute buffer bytes held by the scheduler.
     pub fn compute_bytes(&self) -> usize {
         self.sched.buffer_size(&self.backend)
     }

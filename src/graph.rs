@@ -262,8 +262,8 @@ impl<'a> GraphBuilder<'a> {
 
     // ---- building blocks -------------------------------------------------------------------
 
-    /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters); ggml's
-    /// mul_mat or, for Q4_1 weights on the CPU, ferrite's tiled kernel with the same bits.
+    /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters): ggml's
+    /// mul_mat, or ferrite's tiled kernel with the same bits where `mul_mat_w` finds it applies.
     pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
         if self.cparams.own_kernels {
             self.ctx.mul_mat_w(w, cur)

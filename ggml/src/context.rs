@@ -437,10 +437,10 @@ impl Context {
     }
 
     /// `mul_mat` of a weight by activations, through ferrite's own tiled kernel where it applies
-    /// (Q4_1 or Q5_1 weights, or Q5_0 for a single column, in host memory; F32 activations; an x86 CPU
-    /// with AVX2, FMA and F16C): ggml's own copy quantizes the activations to the type mul_mat
-    /// would quantize them to, then `kernels` computes every output with ggml's arithmetic, so the
-    /// bits are the same.
+    /// (Q4_1 or Q5_1 weights, or Q5_0 for a single column, in host memory; F32 activations; an
+    /// x86 CPU with AVX2, FMA and F16C): ggml's own copy quantizes the activations to the type
+    /// mul_mat would quantize them to, then `kernels` computes every output with ggml's
+    /// arithmetic, so the bits are the same.
     pub fn mul_mat_w(&self, a: &Tensor, b: &Tensor) -> Tensor {
         let (an, bn) = (a.ne(), b.ne());
         let act = crate::kernels::activation_type(a.ty().0, bn[1] * bn[2] * bn[3]);
