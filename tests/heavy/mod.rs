@@ -24,11 +24,16 @@ const SLOW: Duration = Duration::from_secs(20);
 /// Runs `cmd` to completion alone (among this binary's heavy children) and returns its output;
 /// panics naming `what` if it cannot start or runs past `limit`.
 pub fn output(cmd: &mut Command, what: &str, limit: Duration) -> Output {
+    output_from(cmd, Stdio::null(), what, limit)
+}
+
+/// `output` with `stdin` (a file, say) as the child's standard input.
+pub fn output_from(cmd: &mut Command, stdin: Stdio, what: &str, limit: Duration) -> Output {
     // a test that panicked while holding the lock leaves nothing half-done behind it
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
