@@ -50,9 +50,43 @@ impl Default for ContextOptions {
     }
 }
 
-/// llama.cpp's default thread count: the available cores (at most 32 here; more rarely helps).
+/// llama.cpp's default thread count (`cpu_get_num_math` → `cpu_get_num_physical_cores`): one
+/// thread per physical core, since two threads on the siblings of one core share its vector
+/// units and slow each other down; never more than the CPUs this process may use, at most 32.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).min(32)
+    let avail = available_cpus();
+    physical_cores().unwrap_or(if avail > 4 { avail / 2 } else { avail }).clamp(1, avail).min(32)
+}
+
+/// The logical CPUs this process may run on (its affinity mask and cgroup quota included).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4)
+}
+
+/// Physical cores on Linux: the distinct sets of hyper-thread siblings in sysfs (as llama.cpp's
+/// `cpu_get_num_physical_cores` counts them); None where sysfs does not say.
+fn physical_cores() -> Option<usize> {
+    let mut sets = std::collections::HashSet::new();
+    for cpu in 0.. {
+        let p = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings");
+        match std::fs::read_to_string(p) {
+            Ok(s) => sets.insert(s.trim().to_string()),
+            Err(_) => break,
+        };
+    }
+    (!sets.is_empty()).then_some(sets.len())
+}
+
+/// Resolves `-t N`: the default when absent; a request above the CPUs this process may use is
+/// capped to them, with the warning to print (more threads than CPUs only time-slice, and
+/// ggml's threads spin-wait on each other, so the run gets much slower, not faster).
+pub fn resolve_threads(requested: Option<usize>) -> (usize, Option<String>) {
+    let avail = available_cpus();
+    match requested {
+        None => (default_threads(), None),
+        Some(n) if n > avail => (avail, Some(format!("--threads {n} is more than the {avail} CPUs available; using {avail}"))),
+        Some(n) => (n, None),
+    }
 }
 
 /// The default context: the model's training context, capped at 4096 tokens.

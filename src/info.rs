@@ -25,6 +25,9 @@ pub struct Report {
     pub tokenizer_pre: Option<String>,
     pub special: Vec<(&'static str, u32)>,
     pub chat_template: bool,
+    /// The model's chat template rendered on a sample conversation: Ok(bytes) or the error
+    /// (None: no template, or not checked).
+    pub template_check: Option<std::result::Result<usize, String>>,
     pub n_ctx: u32,
     pub weights_bytes: u64,
     pub kv_bytes: u64,
@@ -71,6 +74,7 @@ impl Report {
             tokenizer_pre: file.get_str("tokenizer.ggml.pre")?.map(str::to_string),
             special,
             chat_template: matches!(file.get("tokenizer.chat_template"), Some(Value::Str(_))),
+            template_check: None,
             n_ctx,
             weights_bytes,
             kv_bytes: kv_bytes(hp, n_ctx),
@@ -122,6 +126,11 @@ impl Report {
                 "pre": self.tokenizer_pre,
                 "special": self.special.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "chat_template": self.chat_template,
+                "chat_template_check": match &self.template_check {
+                    None => Json::Null,
+                    Some(Ok(n)) => json!({"ok": true, "sample_bytes": n}),
+                    Some(Err(e)) => json!({"ok": false, "error": e}),
+                },
             },
             "memory": {
                 "n_ctx": self.n_ctx,
@@ -131,6 +140,13 @@ impl Report {
                 "total": self.total_bytes(),
                 "available": self.available_bytes,
                 "fits": self.fits(),
+            },
+            "build": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": crate::build_info::GIT_COMMIT,
+                "ggml": ggml::version(),
+                "llama_cpp_sys": crate::build_info::LLAMA_CPP_SYS,
+                "cpu_features": crate::build_info::required_features(),
             },
         })
     }
@@ -168,7 +184,13 @@ impl Report {
         line("tokenizer", tok);
         let sp: Vec<String> = self.special.iter().map(|(k, v)| format!("{k} {v}")).collect();
         line("special tokens", sp.join(", "));
-        line("chat template", if self.chat_template { "present".into() } else { "none (base model)".into() });
+        let template = match (&self.template_check, self.chat_template) {
+            (Some(Ok(n)), _) => format!("present, renders a sample conversation ({n} bytes)"),
+            (Some(Err(e)), _) => format!("present, FAILS on a sample conversation: {e}"),
+            (None, true) => "present".into(),
+            (None, false) => "none (base model)".into(),
+        };
+        line("chat template", template);
         line("memory at n_ctx", self.n_ctx.to_string());
         line("  weights", gib(self.weights_bytes));
         line("  KV cache (f16)", gib(self.kv_bytes));
@@ -179,6 +201,9 @@ impl Report {
             (None, _) => format!("{} (available memory unknown)", gib(self.total_bytes())),
         };
         line("  total", verdict);
+        let b = crate::build_info::GIT_COMMIT;
+        line("ferrite build", format!("{} (commit {b}), ggml {}", env!("CARGO_PKG_VERSION"), ggml::version()));
+        line("  built for", crate::build_info::required_features().join(" "));
         s
     }
 }
@@ -218,4 +243,25 @@ pub fn available_memory() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Renders the model's own chat template once on a sample conversation (system, user, assistant,
+/// user, generation prompt), as `run` and `chat` would: Ok(bytes rendered) or the one-line error.
+/// None when the model has no template.
+pub fn check_chat_template(
+    file: &GgufFile,
+    tok: &crate::tokenizer::Tokenizer,
+) -> Result<Option<std::result::Result<usize, String>>> {
+    use crate::chat::{ChatTemplate, Message};
+    let Some(src) = file.get_str("tokenizer.chat_template")? else { return Ok(None) };
+    let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+    let sample = [
+        Message::system("You are a helpful assistant."),
+        Message::user("Hello! What can you do?"),
+        Message::assistant("I can answer questions."),
+        Message::user("What is the capital of France?"),
+    ];
+    let rendered = ChatTemplate::from_gguf_str(src)
+        .and_then(|t| t.render(&sample, true, &text(tok.bos()), &text(tok.eos())));
+    Ok(Some(rendered.map(|s| s.len()).map_err(|e| crate::error::one_line(&e))))
 }

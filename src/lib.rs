@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod build_info;
 pub mod catalogue;
 pub mod chat;
 pub mod decoder;

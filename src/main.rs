@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// The system allocator with per-thread budgets: chat-template rendering is bounded by one.
+#[global_allocator]
+static ALLOC: ggml::budget::BudgetAlloc = ggml::budget::BudgetAlloc;
+
 fn main() {
     std::process::exit(cli::main());
 }

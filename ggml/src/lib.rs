@@ -8,6 +8,7 @@
 //! that the graph is the one its buffers currently hold.
 
 mod backend;
+pub mod budget;
 mod context;
 mod graph;
 mod kernels;

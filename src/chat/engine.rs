@@ -35,6 +35,13 @@ pub const RECURSION_LIMIT: usize = 64;
 pub const MIN_OUTPUT_CAP: usize = 16 << 20;
 pub const OUTPUT_FACTOR: usize = 8;
 
+/// Memory one render may hold (strings, lists and maps the template builds, the output): this
+/// plus `RENDER_MEMORY_FACTOR` times the output cap. Real templates hold a few times their output.
+pub const MIN_RENDER_MEMORY: usize = 256 << 20;
+pub const RENDER_MEMORY_FACTOR: usize = 4;
+const RENDER_MEMORY_MESSAGE: &str = "the chat template built values larger than its memory limit while rendering \
+     (a string, list or map growing without bound); try another --chat-template, or --raw";
+
 /// The error `raise_exception(msg)` raises, carried as the MiniJinja error's source.
 #[derive(Debug)]
 struct Raised(String);
@@ -81,6 +88,13 @@ impl Engine {
     fn render_here(&self, ctx: &Value, n_messages: usize, input_bytes: usize, max_fuel: u64) -> Result<String> {
         let fuel = FUEL.saturating_add(FUEL_PER_MESSAGE.saturating_mul(n_messages as u64)).min(max_fuel);
         let cap = MIN_OUTPUT_CAP.max(input_bytes.saturating_add(self.source.len()).saturating_mul(OUTPUT_FACTOR));
+        // Values the template builds (a string or list doubled in a loop) are bounded as they
+        // grow, not only the output: past this the process ends with exit 2 (see ggml::budget).
+        let memory = MIN_RENDER_MEMORY.saturating_add(cap.saturating_mul(RENDER_MEMORY_FACTOR));
+        ggml::budget::with_budget(memory, RENDER_MEMORY_MESSAGE, || self.render_bounded(ctx, fuel, cap))
+    }
+
+    fn render_bounded(&self, ctx: &Value, fuel: u64, cap: usize) -> Result<String> {
         let env = environment(self.fixed_now, fuel);
         let mut out = CappedWriter { buf: Vec::new(), cap, overflowed: false };
         let result = guard(|| {

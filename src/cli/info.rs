@@ -25,13 +25,19 @@ pub fn main(a: Args) -> Result<()> {
     let file = GgufFile::open(&path)?;
     let (arch, hp) = Model::check(&file)?;
     // the vocabulary must make a working tokenizer, as `run` and `tokenize` need
-    Tokenizer::from_gguf(&file)?;
-    let report = info::Report::new(&file, arch, &hp, a.ctx)?;
+    let tok = Tokenizer::from_gguf(&file)?;
+    let mut report = info::Report::new(&file, arch, &hp, a.ctx)?;
+    report.template_check = info::check_chat_template(&file, &tok)?;
     if a.json {
         let v = report.to_json();
         super::output::println(&serde_json::to_string_pretty(&v)?)?;
-        return Ok(());
+    } else {
+        super::output::print(&report.to_text())?;
     }
-    super::output::print(&report.to_text())?;
+    // the whole report first, then the verdict: a template that fails makes the file unusable
+    // for `run` and `chat` (they would fail on the first prompt), so `info` fails too
+    if let Some(Err(e)) = &report.template_check {
+        ferrite::bail_input!("the model's chat template fails on a sample conversation: {e}");
+    }
     Ok(())
 }

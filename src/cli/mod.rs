@@ -51,7 +51,7 @@ pub struct ContextArgs {
     /// Context size in tokens (default: the model's, capped at 4096)
     #[arg(short = 'c', long = "ctx-size", value_name = "N")]
     pub ctx_size: Option<u32>,
-    /// Threads (default: the available cores)
+    /// Threads (default: the physical cores; capped at the CPUs available)
     #[arg(short = 't', long = "threads", value_name = "N")]
     pub threads: Option<usize>,
     /// Logical batch size for prompt processing
@@ -105,11 +105,17 @@ impl ContextArgs {
         if self.batch == 0 || self.ubatch == 0 {
             ferrite::bail_input!("--batch-size and --ubatch-size must be at least 1");
         }
+        let (n_threads, warning) = ferrite::decoder::resolve_threads(self.threads);
+        // options() runs more than once per command (flags are checked before loading)
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        if let Some(w) = warning {
+            WARNED.call_once(|| eprintln!("ferrite: warning: {w}"));
+        }
         Ok(ContextOptions {
             n_ctx: self.ctx_size.unwrap_or(0),
             n_batch: self.batch,
             n_ubatch: self.ubatch,
-            n_threads: self.threads.unwrap_or_else(ferrite::decoder::default_threads),
+            n_threads,
             flash_attn,
             type_k: cache("--cache-type-k", &self.cache_type_k)?,
             type_v: cache("--cache-type-v", &self.cache_type_v)?,
@@ -134,7 +140,15 @@ fn normalized_args() -> Vec<std::ffi::OsString> {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse_from(normalized_args()) {
+    // First of all, before any code compiled for this build's CPU features runs much further.
+    if let Some(msg) = ferrite::build_info::cpu_mismatch() {
+        eprintln!("ferrite: {msg}");
+        return 1;
+    }
+    let long_version: &'static str = Box::leak(ferrite::build_info::long_version().into_boxed_str());
+    let cmd = <Cli as clap::CommandFactory>::command().long_version(long_version);
+    let parsed = cmd.try_get_matches_from(normalized_args()).and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
