@@ -109,7 +109,7 @@ pub fn read_stdin_capped(cap: u64, hint: &str) -> Result<Vec<u8>> {
         .map_err(|e| anyhow::Error::new(e).context("reading standard input"))?;
     if buf.len() as u64 > cap {
         ferrite::bail_input!(
-            "standard input is more than {}, larger than a prompt can be here ({hint})",
+            "standard input is larger than a prompt can be here (at most {}: {hint})",
             size(cap)
         );
     }
