@@ -1,7 +1,8 @@
 //! Session files: a conversation with its settings and KV cache, versioned and checksummed, for
 //! `/save`, `/load` and `--session FILE`. Written atomically (temp file + rename), so an
-//! interrupted save never loses the previous file; read with every field checked, so a damaged
+//! interrupted save never loses the previous file; parsed with every field checked, so a damaged
 //! file or one from another model is an error that leaves the session (and the file) untouched.
+//! Reading the file (only regular files, of a bounded size) is the front end's job.
 //!
 //! Layout: magic "FERRITE-SESSION\0", u32 version, u32 header length, header (JSON), u64 KV
 //! length, KV state (`KvCache::write_state`), u32 CRC-32 of everything before it.
@@ -161,11 +162,6 @@ impl SessionData {
         })
     }
 
-    pub fn read(path: &Path) -> Result<SessionData> {
-        let b = std::fs::read(path).map_err(|e| anyhow::Error::new(BadInput(format!("{}: {e}", path.display()))))?;
-        SessionData::from_bytes(path, &b)
-    }
-
     /// Writes atomically: a temporary file next to `path`, synced, then renamed over it.
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
@@ -176,7 +172,13 @@ impl SessionData {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::rename(&tmp, path)?;
+            // the rename itself is durable once the directory is synced (best effort: some
+            // filesystems refuse to sync a directory)
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -185,8 +187,12 @@ impl SessionData {
         .with_context(|| format!("saving the session to {}", path.display()))
     }
 
-    /// Restores the conversation and cache into `sess` (the model must match).
-    pub fn restore(&self, sess: &mut Session, model: &ModelId) -> Result<()> {
+    /// Restores the conversation and cache into `sess` (the model must match). A KV state that
+    /// this context cannot take (saved with another `-c`, cache type or flash-attention setting;
+    /// in a file whose checksum holds, that is what a refusal means) is not an error: the
+    /// conversation is the truth, so the cache is emptied and the next turn prefills the whole
+    /// conversation from its messages (`Restored::Recompute`, with the reason).
+    pub fn restore(&self, sess: &mut Session, model: &ModelId) -> Result<Restored> {
         if self.model != *model {
             crate::bail_input!(
                 "the session was saved with another model ({} {} layers, {} bytes)",
@@ -195,12 +201,27 @@ impl SessionData {
                 self.model.file_size
             );
         }
-        // the cache first: if it does not fit this context, nothing changes
-        sess.restore_cache(self.tokens.clone(), &self.kv)?;
+        let how = match sess.restore_cache(self.tokens.clone(), &self.kv) {
+            Ok(()) => Restored::Cache,
+            Err(e) if e.downcast_ref::<BadInput>().is_some() => {
+                sess.clear();
+                Restored::Recompute(crate::error::one_line(&e))
+            }
+            Err(e) => return Err(e),
+        };
         sess.system = self.system.clone();
         sess.messages = self.messages.clone();
-        Ok(())
+        Ok(how)
     }
+}
+
+/// How a session file's state came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The KV cache as saved: the next turn prefills only its new tokens.
+    Cache,
+    /// The conversation only (why the KV state could not be used): the next turn prefills it all.
+    Recompute(String),
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).

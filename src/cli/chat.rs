@@ -121,6 +121,20 @@ pub fn main(a: Args) -> Result<()> {
 
 pub fn repl(a: Args) -> Result<()> {
     common::install_interrupt();
+    // `--session FILE`: a special file is refused before the model loads, and the file is locked
+    // for the whole REPL (a `run --session` on it meanwhile would lose its turn at our `/save`);
+    // in a directory where no lock file can be made nothing can be saved either, so the REPL
+    // goes on without one
+    let lock = match &a.session {
+        Some(p) => {
+            sessionfile::preflight(p, false)?;
+            match sessionfile::preflight(p, true) {
+                Ok(()) => Some(sessionfile::lock(p, sessionfile::LOCK_WAIT)?),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
     if a.gen.verbose {
         ggml::set_log_level(3);
     }
@@ -131,7 +145,7 @@ pub fn repl(a: Args) -> Result<()> {
     }
     let mut sess = common::session(&loaded, &a.ctx, &a.sampling, &a.gen, template)?;
     if let Some(p) = &a.session {
-        if sessionfile::load_into(p, &mut sess, &loaded)? && !a.gen.quiet {
+        if sessionfile::load_into(p, &mut sess, &loaded, a.gen.quiet)? && !a.gen.quiet {
             eprintln!("{}", dim(&format!("continuing {} ({} messages)", p.display(), sess.messages.len())));
         }
     }
@@ -149,6 +163,9 @@ pub fn repl(a: Args) -> Result<()> {
         eprintln!("{}", dim("ferrite chat — /help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
     }
     let mut last_ctrl_c = false;
+    // a stdout that fails (other than closed) ends the REPL with that error, after the history
+    // is saved: answers nobody can read are not worth generating
+    let mut end: Result<()> = Ok(());
     loop {
         let line = match read_message(&mut ed) {
             Ok(Some(l)) => {
@@ -172,7 +189,7 @@ pub fn repl(a: Args) -> Result<()> {
         }
         let _ = ed.add_history_entry(line.as_str());
         if line.starts_with('/') {
-            match command(&line, &mut sess, &loaded, &a) {
+            match command(&line, &mut sess, &loaded, &a, lock.as_ref()) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => eprintln!("ferrite: {}", ferrite::error::one_line(&e)),
@@ -181,6 +198,10 @@ pub fn repl(a: Args) -> Result<()> {
         }
         if let Err(e) = answer(&mut sess, &line, &a.gen, None) {
             if output::is_stdout_closed(&e) {
+                break;
+            }
+            if output::is_stdout_error(&e) {
+                end = Err(e);
                 break;
             }
             eprintln!("ferrite: {}", ferrite::error::one_line(&e));
@@ -192,7 +213,7 @@ pub fn repl(a: Args) -> Result<()> {
         }
         let _ = ed.save_history(h);
     }
-    Ok(())
+    end
 }
 
 /// Ctrl-C at the prompt.
@@ -251,12 +272,14 @@ fn read_message(ed: &mut Editor<ReplHelper, rustyline::history::DefaultHistory>)
 fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Result<()> {
     common::clear_interrupt();
     let quiet = g.quiet;
-    let mut closed = false;
+    // the first failed write stops the answer; StdoutClosed (`| head`) ends the REPL quietly,
+    // any other write error is reported
+    let mut write_error: Option<anyhow::Error> = None;
     let mut on = |e: Event| -> Flow {
         match e {
             Event::Text(t) => {
-                if output::print(t).is_err() {
-                    closed = true;
+                if write_error.is_none() {
+                    write_error = output::print(t).err();
                 }
             }
             Event::Notice(n) => {
@@ -265,7 +288,7 @@ fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Res
                 }
             }
         }
-        if closed || common::interrupted() {
+        if write_error.is_some() || common::interrupted() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -280,8 +303,8 @@ fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Res
     };
     let interrupted = common::interrupted();
     common::clear_interrupt();
-    if closed {
-        return Err(anyhow::Error::new(output::StdoutClosed));
+    if let Some(e) = write_error {
+        return Err(e);
     }
     let gen = match r {
         Ok(gen) => gen,
@@ -302,7 +325,7 @@ fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Res
 }
 
 /// Runs a slash command; true means leave.
-fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args) -> Result<bool> {
+fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Option<&sessionfile::Lock>) -> Result<bool> {
     let (cmd, arg) = match line.split_once(char::is_whitespace) {
         Some((c, r)) => (c, r.trim()),
         None => (line.trim(), ""),
@@ -331,7 +354,7 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args) -> Result<
         "/save" => {
             let path = if arg.is_empty() { a.session.clone() } else { Some(PathBuf::from(arg)) };
             let Some(path) = path else { ferrite::bail_input!("/save needs a FILE") };
-            sessionfile::save(&path, sess)?;
+            sessionfile::save(&path, sess, lock)?;
             eprintln!("{}", dim(&format!("saved {} messages to {}", sess.messages.len(), path.display())));
         }
         "/load" => {
@@ -339,9 +362,12 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args) -> Result<
                 ferrite::bail_input!("/load needs a FILE");
             }
             let path = PathBuf::from(arg);
-            let data = ferrite::session_file::SessionData::read(&path)?;
-            data.restore(sess, &sessionfile::model_id(loaded))?;
+            let data = sessionfile::read(&path, sess)?;
+            let notice = sessionfile::restore(&data, sess, loaded)?;
             apply_settings(sess, &data.settings)?;
+            if let Some(n) = notice {
+                eprintln!("{}", dim(&n));
+            }
             eprintln!("{}", dim(&format!("loaded {} messages from {}", sess.messages.len(), path.display())));
         }
         "/regen" => {

@@ -2,14 +2,14 @@
 //! progress bar, reading prompts from arguments and stdin, Ctrl-C, and stderr reporting.
 
 use super::{ContextArgs, ModelArgs};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use ferrite::chat::{self, ChatTemplate};
 use ferrite::gguf::GgufFile;
 use ferrite::model::Model;
 use ferrite::sampling::{LogitBias, SamplerConfig};
 use ferrite::session::{Overflow, Session, SessionOptions};
 use ferrite::tokenizer::Tokenizer;
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -185,16 +185,6 @@ pub fn session(l: &Loaded, ctx: &ContextArgs, s: &SamplingArgs, g: &GenArgs, tem
     sess.system = g.system.clone();
     sess.dec.set_interrupt(&INTERRUPTED);
     Ok(sess)
-}
-
-/// Reads all of stdin as UTF-8 (BadInput naming the offset of the first invalid byte).
-pub fn read_stdin() -> Result<String> {
-    let mut buf = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut buf).context("reading standard input")?;
-    String::from_utf8(buf).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        ferrite::bad_input!("standard input is not valid UTF-8: invalid byte 0x{:02x} at byte offset {at}", e.as_bytes()[at])
-    })
 }
 
 pub fn stdin_is_terminal() -> bool {

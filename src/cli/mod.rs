@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod common;
+mod files;
 mod info;
 pub mod output;
 mod perplexity;

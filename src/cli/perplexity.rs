@@ -28,9 +28,9 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     super::common::install_interrupt();
-    let bytes = std::fs::read(&a.file).map_err(|e| ferrite::bad_input!("{}: {e}", a.file.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| ferrite::bad_input!("{}: not valid UTF-8 at byte offset {}", a.file.display(), e.utf8_error().valid_up_to()))?;
+    // a corpus, not a prompt: only special files and absurd sizes are refused
+    let bytes = super::files::read_capped(&a.file, 1 << 30, "text file", "perplexity reads at most 1 GiB")?;
+    let text = super::files::utf8(bytes, &a.file.display().to_string())?;
     let loaded = super::common::load(&a.model, &a.ctx, a.quiet || a.json)?;
     // llama-perplexity's chunk size is -c; 512 when not given
     let n_ctx = a.ctx.ctx_size.unwrap_or(512) as usize;

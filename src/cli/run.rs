@@ -3,7 +3,8 @@
 //! PROMPT the instruction. Text streams to stdout; `--json` prints one object at the end.
 
 use super::common::{self, GenArgs, SamplingArgs};
-use super::{output, ContextArgs, ModelArgs};
+use super::files;
+use super::{output, sessionfile, ContextArgs, ModelArgs};
 use anyhow::Result;
 use ferrite::error::Interrupted;
 use ferrite::session::{Event, Flow, Generation, StopReason};
@@ -44,21 +45,24 @@ fn utf8_arg(a: OsString) -> Result<String> {
     a.into_string().map_err(|_| ferrite::bad_input!("PROMPT is not valid UTF-8"))
 }
 
-/// The prompt text from the argument, a file and/or stdin.
+/// The prompt text from the argument, a file and/or stdin. Each source is refused from its size
+/// above `files::prompt_cap` (before tokenizing), and `-f` takes only regular files.
 fn prompt_text(a: &Args) -> Result<Option<String>> {
+    let cap = files::prompt_cap(a.ctx.ctx_size);
+    let hint = "16 bytes a token of context; raise -c for a longer prompt";
     let arg = match (&a.prompt, &a.file) {
-        (Some(p), _) => Some(utf8_arg(p.clone())?),
-        // `-f -`: the prompt is standard input
-        (None, Some(f)) if f.as_os_str() == "-" => return Ok(Some(common::read_stdin()?)),
-        (None, Some(f)) => {
-            let bytes = std::fs::read(f).map_err(|e| ferrite::bad_input!("{}: {e}", f.display()))?;
-            Some(String::from_utf8(bytes).map_err(|e| {
-                ferrite::bad_input!("{}: not valid UTF-8 at byte offset {}", f.display(), e.utf8_error().valid_up_to())
-            })?)
+        (Some(p), _) => {
+            if p.len() as u64 > cap {
+                ferrite::bail_input!("PROMPT is {}, larger than a prompt can be here (at most {}: {hint})", files::size(p.len() as u64), files::size(cap));
+            }
+            Some(utf8_arg(p.clone())?)
         }
+        // `-f -`: the prompt is standard input
+        (None, Some(f)) if f.as_os_str() == "-" => return Ok(Some(files::utf8(files::read_stdin_capped(cap, hint)?, "standard input")?)),
+        (None, Some(f)) => Some(files::utf8(files::read_capped(f, cap, "prompt file", hint)?, &f.display().to_string())?),
         (None, None) => None,
     };
-    let doc = if common::stdin_is_terminal() { None } else { Some(common::read_stdin()?) };
+    let doc = if common::stdin_is_terminal() { None } else { Some(files::utf8(files::read_stdin_capped(cap, hint)?, "standard input")?) };
     Ok(match (arg, doc) {
         (Some(p), Some(d)) if !d.is_empty() => Some(format!("{p}\n\n{d}")),
         (Some(p), _) => Some(p),
@@ -75,6 +79,15 @@ pub fn main(a: Args) -> Result<()> {
         }
         return super::chat::repl(super::chat::Args::from_run(a));
     };
+    // the session file is checked and locked before any work: a file that cannot be read or
+    // saved is refused now, not after an answer the user would lose
+    let lock = match &a.session {
+        Some(p) => {
+            sessionfile::preflight(p, true)?;
+            Some(sessionfile::lock(p, sessionfile::LOCK_WAIT)?)
+        }
+        None => None,
+    };
     if a.gen.verbose {
         ggml::set_log_level(3);
     }
@@ -86,7 +99,7 @@ pub fn main(a: Args) -> Result<()> {
     let mut sess = common::session(&loaded, &a.ctx, &a.sampling, &a.gen, template)?;
     sess.opts.capture_top = a.top_logits;
     if let Some(path) = &a.session {
-        super::sessionfile::load_into(path, &mut sess, &loaded)?;
+        sessionfile::load_into(path, &mut sess, &loaded, a.gen.quiet || a.json)?;
     }
     if a.gen.verbose {
         eprintln!("ferrite: seed {}, context {}, threads {:?}", sess.sampler.seed(), sess.n_ctx(), a.ctx.threads);
@@ -104,12 +117,14 @@ pub fn main(a: Args) -> Result<()> {
 
     let json = a.json;
     let quiet = a.gen.quiet;
-    let mut closed = false;
+    // the first failed write to stdout stops generation; a closed reader (`| head`) is a quiet
+    // end, any other failure (a full disk) is reported after generation stops
+    let mut write_error: Option<anyhow::Error> = None;
     let mut on = |e: Event| -> Flow {
         match e {
             Event::Text(t) => {
-                if !json && !closed && output::print(t).is_err() {
-                    closed = true;
+                if !json && write_error.is_none() {
+                    write_error = output::print(t).err();
                 }
             }
             Event::Notice(n) => {
@@ -118,7 +133,7 @@ pub fn main(a: Args) -> Result<()> {
                 }
             }
         }
-        if closed || common::interrupted() {
+        if write_error.is_some() || common::interrupted() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -126,9 +141,10 @@ pub fn main(a: Args) -> Result<()> {
     };
     let g = if sess.template.is_some() { sess.chat(&text, &mut on)? } else { sess.complete(&text, &mut on)? };
     let interrupted = common::interrupted();
-    if closed {
-        // the reader went away (`| head`): a normal end
-        return Ok(());
+    if let Some(e) = write_error {
+        // the reader went away (`| head`): a normal end (main maps StdoutClosed to 0); any other
+        // write error is a failure, and the session is not saved with an answer nobody received
+        return Err(e);
     }
     if json {
         output::println(&serde_json::to_string(&to_json(&g, loaded.load_ms, sess.sampler.seed()))?)?;
@@ -139,7 +155,7 @@ pub fn main(a: Args) -> Result<()> {
         eprintln!("{}", common::timing_line(&g.timings, sess.n_cached(), sess.n_ctx()));
     }
     if let Some(path) = &a.session {
-        super::sessionfile::save(path, &sess)?;
+        sessionfile::save(path, &sess, lock.as_ref())?;
     }
     if interrupted || g.stop_reason == StopReason::Interrupted {
         return Err(anyhow::Error::new(Interrupted));
