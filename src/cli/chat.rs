@@ -44,7 +44,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("/help", "this list"),
     ("/exit", "leave (also Ctrl-D, or Ctrl-C twice at the prompt)"),
     ("/clear", "forget the conversation"),
-    ("/system", "TEXT: set the system prompt (empty: remove it) and start over"),
+    ("/system", "TEXT: set the system prompt and start over; alone: show it; --remove: remove it"),
     ("/set", "NAME VALUE: temp, top-k, top-p, min-p, typical, repeat-penalty, repeat-last-n, presence-penalty, frequency-penalty, seed, n-predict"),
     ("/show", "model, settings, template, context use"),
     ("/save", "FILE: save the conversation, settings and cache"),
@@ -108,7 +108,9 @@ fn history_path() -> Option<PathBuf> {
 
 /// Colours only when stderr is a terminal.
 fn dim(s: &str) -> String {
-    if std::io::stderr().is_terminal() {
+    // NO_COLOR (https://no-color.org): any non-empty value turns colour off
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    if !no_color && std::io::stderr().is_terminal() {
         format!("\x1b[2m{s}\x1b[0m")
     } else {
         s.to_string()
@@ -160,7 +162,11 @@ pub fn repl(a: Args) -> Result<()> {
         let _ = ed.load_history(h);
     }
     if !a.gen.quiet {
-        eprintln!("{}", dim("ferrite chat — /help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
+        let m = &loaded.model;
+        let name = m.file.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let template = sess.template.as_ref().map(|t| t.name()).unwrap_or_else(|| "none (raw completion)".into());
+        eprintln!("{}", dim(&format!("ferrite chat — {name} ({}), context {}, template {template}", m.arch.name(), sess.n_ctx())));
+        eprintln!("{}", dim("/help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
     }
     let mut last_ctrl_c = false;
     // a stdout that fails (other than closed) ends the REPL with that error, after the history
@@ -344,12 +350,20 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
             sess.clear();
             eprintln!("{}", dim("conversation cleared"));
         }
-        "/system" => {
-            sess.system = if arg.is_empty() { None } else { Some(arg.to_string()) };
-            sess.clear();
-            eprintln!("{}", dim(if arg.is_empty() { "system prompt removed; conversation cleared" } else { "system prompt set; conversation cleared" }));
+        "/system" if arg.is_empty() => {
+            eprintln!("{}", dim(&format!("system prompt: {}", sess.system.as_deref().unwrap_or("(none)"))));
         }
-        "/set" => set(sess, arg)?,
+        "/system" => {
+            sess.system = if arg == "--remove" { None } else { Some(arg.to_string()) };
+            sess.clear();
+            eprintln!("{}", dim(if arg == "--remove" { "system prompt removed; conversation cleared" } else { "system prompt set; conversation cleared" }));
+        }
+        "/set" => {
+            set(sess, arg)?;
+            // confirm with the value as it now stands
+            let name = arg.split_whitespace().next().unwrap_or("");
+            eprintln!("{}", dim(&format!("{name} set to {}", arg[name.len()..].trim())));
+        }
         "/show" => eprint!("{}", show(sess, loaded)),
         "/save" => {
             let path = if arg.is_empty() { a.session.clone() } else { Some(PathBuf::from(arg)) };
@@ -462,10 +476,17 @@ fn show(sess: &Session, loaded: &Loaded) -> String {
         c.temp, c.top_k, c.top_p, c.min_p, c.typical_p, c.repeat_penalty, c.repeat_last_n, c.presence_penalty, c.frequency_penalty, sess.sampler.seed()
     ));
     s.push_str(&format!("n-predict {}\n", sess.opts.n_predict));
+    // the conversation as it stands (after /undo the cache still holds the removed exchange
+    // until the next turn reuses its prefix, so the cache's count would overstate it)
+    let used = match &sess.template {
+        Some(_) if !sess.messages.is_empty() => sess.chat_prompt(&sess.messages).map(|p| p.len()).unwrap_or(sess.n_cached()),
+        Some(_) => 0,
+        None => sess.n_cached(),
+    };
     s.push_str(&format!(
         "context   {} used, {} free of {} ({} messages)\n",
-        sess.n_cached(),
-        sess.n_ctx() - sess.n_cached(),
+        used,
+        sess.n_ctx().saturating_sub(used),
         sess.n_ctx(),
         sess.messages.len()
     ));

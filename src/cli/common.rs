@@ -62,9 +62,9 @@ pub struct SamplingArgs {
     /// Add BIAS to a token's logit: ID+BIAS, ID-BIAS, ID-inf (bans it); repeatable
     #[arg(long = "logit-bias", value_name = "ID(+|-)BIAS", allow_hyphen_values = true)]
     pub logit_bias: Vec<String>,
-    /// Random seed (default: random, reported with --verbose and in --json)
-    #[arg(short = 's', long, value_name = "N")]
-    pub seed: Option<u64>,
+    /// Random seed (default or -1: random, reported with --verbose and in --json)
+    #[arg(short = 's', long, value_name = "N", allow_negative_numbers = true)]
+    pub seed: Option<i64>,
 }
 
 impl SamplingArgs {
@@ -81,12 +81,29 @@ impl SamplingArgs {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias,
-            seed: self.seed,
+            // llama.cpp's LLAMA_DEFAULT_SEED: -1 means a random seed
+            seed: match self.seed {
+                None | Some(-1) => None,
+                Some(s) if s < 0 => ferrite::bail_input!("--seed: {s} is not a seed (0 or more, or -1 for a random one)"),
+                Some(s) => Some(s as u64),
+            },
         };
         c.validate()?;
         Ok(c)
     }
 }
+
+/// `--stop`'s values: an empty string would match before the first token.
+fn non_empty_stop(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty stop string would stop before the first token".into());
+    }
+    Ok(s.to_string())
+}
+
+/// `--chat-template`'s help: every built-in name (a test checks it against `BUILTIN_NAMES`).
+pub const CHAT_TEMPLATE_HELP: &str = "Chat template: a built-in name (chatml, llama2, llama2-sys, llama3, mistral, mistral-v7, \
+     mistral-v7-tekken, gemma, phi3, phi4, zephyr), a Jinja file, or `none`";
 
 /// Generation and chat flags shared by `run` and `chat`.
 #[derive(clap::Args, Debug, Clone)]
@@ -95,14 +112,16 @@ pub struct GenArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, value_name = "N", allow_negative_numbers = true)]
     pub n_predict: i32,
     /// Stop when this string appears (repeatable)
-    #[arg(long = "stop", value_name = "STR")]
+    #[arg(long = "stop", value_name = "STR", value_parser = non_empty_stop)]
     pub stop: Vec<String>,
-    /// A system prompt for the conversation
-    #[arg(long, value_name = "TEXT")]
+    /// A system prompt for the conversation (-sys, as llama.cpp)
+    #[arg(long, visible_alias = "system-prompt", value_name = "TEXT")]
     pub system: Option<String>,
-    /// Chat template: a built-in name (chatml, llama2, llama3, mistral, gemma, phi3), a Jinja file, or `none`
-    #[arg(long = "chat-template", value_name = "NAME|FILE")]
+    #[arg(long = "chat-template", value_name = "NAME|FILE", help = CHAT_TEMPLATE_HELP)]
     pub chat_template: Option<String>,
+    /// Colour (accepted for llama.cpp's habit: notes on a terminal are dimmed unless NO_COLOR is set)
+    #[arg(long = "color", visible_alias = "colour")]
+    pub color: bool,
     /// Print the rendered prompt to stderr
     #[arg(long = "show-prompt")]
     pub show_prompt: bool,
@@ -118,6 +137,18 @@ pub struct GenArgs {
     /// More detail on stderr (settings, ggml's log)
     #[arg(short = 'v', long)]
     pub verbose: bool,
+}
+
+/// A load that takes longer than this shows its progress (on a terminal).
+const SHOW_PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// The loading bar, cleared from the screen however loading ends (an error included).
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// A loaded model with its tokenizer.
@@ -143,21 +174,20 @@ pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded>
         );
         b.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        b
+        ClearOnDrop(b)
     });
     let (model, tok) = Model::load_alongside(&path, opts, &mut |done, total| {
-        if let Some(b) = &bar {
-            // draw only loads that take a while (copies of more than 64 MiB)
-            if total > 64 << 20 && b.is_hidden() {
+        if let Some(ClearOnDrop(b)) = &bar {
+            // draw only a load that has bytes to show and has already taken a while; a mapped
+            // model (no copies) loads in milliseconds and shows nothing
+            if total > 0 && done < total && b.is_hidden() && t.elapsed() > SHOW_PROGRESS_AFTER {
                 b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
             b.set_length(total);
             b.set_position(done);
         }
     }, Tokenizer::from_gguf)?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    drop(bar);
     let tok = tok?;
     Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })
 }
@@ -180,6 +210,10 @@ pub fn session(l: &Loaded, ctx: &ContextArgs, s: &SamplingArgs, g: &GenArgs, tem
     };
     if g.n_predict < -1 {
         ferrite::bail_input!("--n-predict must be -1 or more");
+    }
+    let n_ctx_train = l.model.hparams.n_ctx_train;
+    if let Some(c) = ctx.ctx_size.filter(|&c| c > n_ctx_train && !g.quiet) {
+        eprintln!("ferrite: warning: --ctx-size {c} is above the {n_ctx_train} tokens the model was trained on; expect its answers to degrade past that");
     }
     let mut sess = Session::new(l.model.clone(), l.tok.clone(), &ctx.options()?, s.config()?, opts, template)?;
     sess.system = g.system.clone();

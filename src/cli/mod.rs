@@ -58,6 +58,9 @@ pub struct ContextArgs {
     /// Logical batch size for prompt processing
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
     pub batch: u32,
+    /// Layers to offload to a GPU (llama.cpp's -ngl; this build computes on the CPU only)
+    #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
+    pub n_gpu_layers: Option<i32>,
     /// Physical (micro-)batch size
     #[arg(long = "ubatch-size", visible_alias = "ub", default_value_t = 512, value_name = "N")]
     pub ubatch: u32,
@@ -106,6 +109,10 @@ impl ContextArgs {
         if self.batch == 0 || self.ubatch == 0 {
             ferrite::bail_input!("--batch-size and --ubatch-size must be at least 1");
         }
+        if self.n_gpu_layers.is_some_and(|n| n != 0) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("ferrite: note: --n-gpu-layers: this build has no GPU backend; every layer runs on the CPU"));
+        }
         let (n_threads, warning) = ferrite::decoder::resolve_threads(self.threads);
         // options() runs more than once per command (flags are checked before loading)
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -128,16 +135,62 @@ impl ContextArgs {
 
 /// llama.cpp's multi-letter short flags, which clap cannot express, mapped to their long forms
 /// so users' habits carry over (`-ub 512`, `-fa off`, `-ctk q8_0`).
-const LLAMA_SHORT_FLAGS: &[(&str, &str)] =
-    &[("-ub", "--ubatch-size"), ("-fa", "--flash-attn"), ("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")];
+const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
+    ("-ub", "--ubatch-size"),
+    ("-fa", "--flash-attn"),
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
+    ("-ngl", "--n-gpu-layers"),
+    ("-sys", "--system-prompt"),
+    ("-cnv", "--conversation"),
+    ("-co", "--color"),
+];
 
-fn normalized_args() -> Vec<std::ffi::OsString> {
-    std::env::args_os()
-        .map(|a| match LLAMA_SHORT_FLAGS.iter().find(|(s, _)| a == *s) {
-            Some((_, long)) => long.into(),
-            None => a,
-        })
-        .collect()
+/// Short flags that take no value, which clap lets users bundle (`-qv`).
+const BUNDLED_SHORT_FLAGS: &str = "qvi";
+
+/// The command line with llama.cpp's multi-letter short flags in their long forms, or the
+/// one-line error for a multi-letter short flag ferrite does not know: clap would otherwise read
+/// `-ngl` as `-n gl` and name a flag the user never typed.
+fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut rest_positional = false;
+    for a in std::env::args_os() {
+        if let Some((_, long)) = LLAMA_SHORT_FLAGS.iter().find(|(s, _)| a == *s) {
+            if !rest_positional {
+                out.push(long.into());
+                continue;
+            }
+        }
+        let s = a.to_string_lossy();
+        let letters = s.strip_prefix('-').filter(|r| !r.starts_with('-') && r.len() >= 2 && r.chars().all(|c| c.is_ascii_alphabetic()));
+        // a value of the previous flag (`--stop -END`) is not a flag
+        let prev_takes_value = out.last().is_some_and(|p| {
+            let p = p.to_string_lossy();
+            p.starts_with('-') && !p.contains('=') && !is_switch(&p)
+        });
+        if let Some(letters) = letters {
+            if !rest_positional && !prev_takes_value && !letters.chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)) {
+                ferrite::bail_input!("unknown flag '{s}' (try `ferrite --help`; llama.cpp's multi-letter short flags known here: {})",
+                    LLAMA_SHORT_FLAGS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "));
+            }
+        }
+        if a == "--" {
+            rest_positional = true;
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// Flags that take no value (so the argument after one is not its value).
+fn is_switch(flag: &str) -> bool {
+    const SWITCHES: &[&str] = &[
+        "--raw", "--json", "--mmap", "--no-mmap", "--show-prompt", "--special", "--quiet", "--verbose", "--conversation",
+        "--interactive", "--color", "--ids", "--no-bos", "--no-parse-special", "--count", "--help", "--version", "-q", "-v",
+        "-i", "-h", "-V", "--",
+    ];
+    SWITCHES.contains(&flag) || (flag.len() > 2 && !flag.starts_with("--") && flag[1..].chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)))
 }
 
 pub fn main() -> i32 {
@@ -148,7 +201,14 @@ pub fn main() -> i32 {
     }
     let long_version: &'static str = Box::leak(ferrite::build_info::long_version().into_boxed_str());
     let cmd = <Cli as clap::CommandFactory>::command().long_version(long_version);
-    let parsed = cmd.try_get_matches_from(normalized_args()).and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let args = match normalized_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferrite: {}", one_line(&e));
+            return exit_code(&e);
+        }
+    };
+    let parsed = cmd.try_get_matches_from(args).and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
     let cli = match parsed {
         Ok(c) => c,
         Err(e) => {

@@ -36,9 +36,54 @@ pub struct Args {
     /// With --json: include the N highest logits of the first generated position
     #[arg(long = "top-logits", value_name = "N", default_value_t = 0)]
     pub top_logits: usize,
-    /// The prompt (or the instruction, when a document is piped on stdin)
-    #[arg(value_name = "PROMPT")]
+    /// The prompt, as a flag (llama.cpp's -p)
+    #[arg(short = 'p', long = "prompt", value_name = "PROMPT", conflicts_with = "file")]
+    pub prompt_flag: Option<OsString>,
+    /// Chat in the REPL instead of answering once (llama.cpp's -cnv/-i)
+    #[arg(long = "conversation", visible_alias = "interactive", short = 'i')]
+    pub conversation: bool,
+    /// [MODEL] PROMPT...: the prompt (or the instruction, when a document is piped on stdin);
+    /// its words are joined with spaces. A first word that names a known model or an existing
+    /// .gguf file is the model (ollama's `run MODEL PROMPT`), unless -m is given.
+    #[arg(value_name = "PROMPT", conflicts_with = "file")]
+    pub words: Vec<OsString>,
+    /// The prompt after `resolve_words` (not a flag).
+    #[arg(skip)]
     pub prompt: Option<OsString>,
+}
+
+impl Args {
+    /// Reads the positional words: an ollama-style model name first, then the prompt (joined
+    /// with spaces), or `-p`.
+    pub fn resolve_words(&mut self) -> Result<()> {
+        let mut words = std::mem::take(&mut self.words);
+        if self.model.model.is_none() {
+            if let Some(first) = words.first().and_then(|w| w.to_str()) {
+                let known = ferrite::catalogue::known_models().iter().any(|m| m.name == first);
+                let gguf = first.ends_with(".gguf") && std::path::Path::new(first).is_file();
+                if known || gguf {
+                    self.model.model = Some(first.to_string());
+                    words.remove(0);
+                }
+            }
+        }
+        self.prompt = match (self.prompt_flag.take(), words.is_empty()) {
+            (Some(_), false) => ferrite::bail_input!("give the prompt either with -p/--prompt or as arguments, not both"),
+            (Some(p), true) => Some(p),
+            (None, true) => None,
+            (None, false) => {
+                let mut joined = OsString::new();
+                for (i, w) in words.iter().enumerate() {
+                    if i > 0 {
+                        joined.push(" ");
+                    }
+                    joined.push(w);
+                }
+                Some(joined)
+            }
+        };
+        Ok(())
+    }
 }
 
 fn utf8_arg(a: OsString) -> Result<String> {
@@ -71,8 +116,18 @@ fn prompt_text(a: &Args) -> Result<Option<String>> {
     })
 }
 
-pub fn main(a: Args) -> Result<()> {
+pub fn main(mut a: Args) -> Result<()> {
     common::install_interrupt();
+    a.resolve_words()?;
+    if a.conversation {
+        if a.prompt.is_some() || a.file.is_some() || a.json || a.raw {
+            ferrite::bail_input!("--conversation starts the REPL: it takes no PROMPT, -f, --json or --raw");
+        }
+        return super::chat::repl(super::chat::Args::from_run(a));
+    }
+    if a.top_logits > 0 && !a.json && !a.gen.quiet {
+        eprintln!("ferrite: warning: --top-logits is reported only in --json output");
+    }
     let Some(text) = prompt_text(&a)? else {
         if a.raw || a.json {
             ferrite::bail_input!("no prompt: give PROMPT, -f FILE or pipe text on stdin");
@@ -102,7 +157,18 @@ pub fn main(a: Args) -> Result<()> {
         sessionfile::load_into(path, &mut sess, &loaded, a.gen.quiet || a.json)?;
     }
     if a.gen.verbose {
-        eprintln!("ferrite: seed {}, context {}, threads {:?}", sess.sampler.seed(), sess.n_ctx(), a.ctx.threads);
+        let o = &sess.dec.cparams;
+        eprintln!(
+            "ferrite: seed {}, context {}, threads {}, batch {}, micro-batch {}, flash attention {}, cache {}/{}",
+            sess.sampler.seed(),
+            sess.n_ctx(),
+            a.ctx.options()?.n_threads,
+            o.n_batch,
+            o.n_ubatch,
+            if o.flash_attn { "on" } else { "off" },
+            a.ctx.cache_type_k,
+            a.ctx.cache_type_v
+        );
     }
     if a.gen.show_prompt {
         let ids = if sess.template.is_some() {
