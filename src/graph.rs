@@ -38,8 +38,7 @@ impl CParams {
         if yarn_ext_factor != 0.0 {
             // ref: llama-context.cpp — mscale(factor) then cancel ggml's built-in 1 + 0.1 ln(factor)
             let factor = 1.0 / rope_freq_scale;
-            let mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
-            yarn_attn_factor = mscale(factor);
+            yarn_attn_factor = if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 };
             yarn_attn_factor *= 1.0 / (1.0 + 0.1 * factor.ln());
         }
         CParams {
@@ -471,7 +470,7 @@ impl<'a> GraphBuilder<'a> {
             let sum = ctx.sum_rows(&w2); // [1, n_tokens]
             self.cb(&sum, "ffn_moe_weights_sum", il);
             // avoid dividing by zero: clamp to the smallest normal f16
-            let sum = ctx.clamp(&sum, 6.103515625e-5, f32::INFINITY);
+            let sum = ctx.clamp(&sum, 1.0 / 16384.0, f32::INFINITY);
             self.cb(&sum, "ffn_moe_weights_sum_clamped", il);
             let w2 = ctx.div(&w2, &sum);
             self.cb(&w2, "ffn_moe_weights_norm", il);

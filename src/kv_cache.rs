@@ -379,11 +379,15 @@ impl KvCache {
         out
     }
 
-    /// Snapshot of the cell bookkeeping (for session files).
-    pub fn cells_state(&self) -> (Vec<i32>, u32, Option<(Vec<i32>, u32)>) {
+    /// Snapshot of the cell bookkeeping (for session files): the full cache's cell positions and
+    /// head, and the sliding-window cache's.
+    pub fn cells_state(&self) -> (Vec<i32>, u32, Option<CellsState>) {
         (self.full.pos.clone(), self.full.head, self.swa.as_ref().map(|s| (s.pos.clone(), s.head)))
     }
 }
+
+/// One cache's cell positions and search head.
+pub type CellsState = (Vec<i32>, u32);
 
 /// A little-endian reader over a saved state that turns every shortfall into a BadInput error.
 struct StateReader<'a> {

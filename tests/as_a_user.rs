@@ -135,3 +135,24 @@ fn repl_commands_say_what_they_did() {
     assert!(r.stderr.contains("context   0 used") && r.stderr.contains("(0 messages)"), "{}", r.stderr);
     assert!(r.stderr.contains("temp 0 "), "/show shows the set temperature: {}", r.stderr);
 }
+
+/// A 20-turn chat in a 256-token context, under each overflow policy: drop-oldest and shift keep
+/// answering every turn; fail refuses the turns that no longer fit, one line each, and the REPL
+/// goes on to the end.
+#[test]
+fn twenty_turn_chat_overflows_under_each_policy() {
+    let input: String = (1..=20).map(|i| format!("Tell me fact number {i} about the sea.\n")).collect::<String>() + "/exit\n";
+    for policy in ["drop-oldest", "shift", "fail"] {
+        let r = ferrite(&["chat", "-c", "256", "--overflow", policy, "--temp", "0", "-n", "16"], Some(&input));
+        assert_eq!(r.code, 0, "{policy}: {}", r.stderr);
+        let answered = common_cli::prefill_counts(&r.stderr).len();
+        if policy == "fail" {
+            assert!(answered < 20 && answered > 0, "{policy}: {answered} answers\n{}", r.stderr);
+            let refused = r.stderr.lines().filter(|l| l.starts_with("ferrite: ") && l.contains("--overflow fail")).count();
+            assert!(refused > 0, "{policy}: {}", r.stderr);
+        } else {
+            assert_eq!(answered, 20, "{policy}: every turn answered\n{}", r.stderr);
+            assert!(!r.stderr.lines().any(|l| l.starts_with("ferrite: ") && l.contains("error")), "{policy}: {}", r.stderr);
+        }
+    }
+}

@@ -86,8 +86,8 @@ fn own_matrix_kernel_changes_no_value() {
                 let mut logits = Vec::new();
                 d.decode(&PROMPT, 0, &[0, 3, 7], &mut logits).unwrap();
                 let n_prompt = custom(&d);
-                for i in 0..4 {
-                    d.decode(&[PROMPT[i]], 8 + i as i32, &[0], &mut logits).unwrap();
+                for (i, &t) in PROMPT.iter().enumerate().take(4) {
+                    d.decode(&[t], 8 + i as i32, &[0], &mut logits).unwrap();
                 }
                 (logits, n_prompt, custom(&d))
             };
@@ -118,8 +118,8 @@ fn stacked_projections_change_no_value() {
                 let mut d = Decoder::new(m.clone(), &opts(fa)).unwrap();
                 let mut logits = Vec::new();
                 d.decode(&PROMPT, 0, &[0, 3, 7], &mut logits).unwrap();
-                for i in 0..4 {
-                    d.decode(&[PROMPT[i]], 8 + i as i32, &[0], &mut logits).unwrap();
+                for (i, &t) in PROMPT.iter().enumerate().take(4) {
+                    d.decode(&[t], 8 + i as i32, &[0], &mut logits).unwrap();
                 }
                 logits
             };

@@ -10,6 +10,7 @@ fn info(model: &str) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)] // one row of the expected table
 fn check(model: &str, arch: &str, n_layer: u64, n_embd: u64, n_head: u64, n_head_kv: u64, n_vocab: u64, tensors: u64) {
     let v = info(model);
     assert_eq!(v["architecture"], arch, "{model}");

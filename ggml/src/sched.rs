@@ -230,7 +230,7 @@ impl Sched {
         }
         let es = std::mem::size_of::<T>();
         // SAFETY: `t` is allocated in the live compute buffers; the range is inside it (checked).
-        unsafe { sys::ggml_backend_tensor_get(t.raw(), out.as_mut_ptr() as *mut _, offset * es, out.len() * es) };
+        unsafe { sys::ggml_backend_tensor_get(t.raw(), out.as_mut_ptr() as *mut _, offset * es, std::mem::size_of_val(out)) };
         Ok(())
     }
 

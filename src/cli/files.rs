@@ -35,22 +35,6 @@ pub fn size(n: u64) -> String {
     }
 }
 
-/// What a path that is not a regular file is, for messages.
-fn kind(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "an unknown kind"
-    }
-}
-
 /// Checks, from its metadata and without opening it, that `path` is a regular file of at most
 /// `cap` bytes (`what` names it in messages, `hint` says how to raise the cap). Symlinks are
 /// followed, as an open would.
@@ -64,7 +48,7 @@ pub fn check_regular(path: &Path, cap: u64, what: &str, hint: &str) -> Result<st
         ferrite::bail_input!(
             "{}: not a regular file ({}), cannot be a {what}",
             path.display(),
-            kind(md.file_type())
+            ferrite::gguf::file_kind(&md)
         );
     }
     if md.len() > cap {

@@ -674,8 +674,8 @@ fn open_error(e: &std::io::Error) -> String {
     }
 }
 
-/// What a non-regular file is, for messages.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+/// What a non-regular file is, for messages ("a FIFO", "a character device", ...).
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_fifo() {

@@ -379,13 +379,16 @@ impl<'f> TensorLoader<'f> {
     }
 }
 
+/// Bytes shared between the weights that point into them.
+type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// Copies the tensors `srcs` (directory indices) one after the other into anonymous memory, and
 /// returns it with each tensor's offset in it (by directory index; unused entries 0). Packed, not
 /// at file offsets: with 2 MiB pages, the gaps left by repacked tensors would be resident too.
 /// Read from `f` (the model file) with `pread`, not through the map, so the file's pages are not
 /// resident twice.
 /// `copied(bytes)` after each tensor.
-fn copy_into_memory(file: &GgufFile, f: &std::fs::File, srcs: &[usize], copied: &mut dyn FnMut(u64)) -> Result<(Arc<dyn AsRef<[u8]> + Send + Sync>, Vec<u64>)> {
+fn copy_into_memory(file: &GgufFile, f: &std::fs::File, srcs: &[usize], copied: &mut dyn FnMut(u64)) -> Result<(SharedBytes, Vec<u64>)> {
     // 64: a cache line, and more than any ggml CPU type needs
     const ALIGN: u64 = 64;
     let mut offsets = vec![0u64; file.tensors().len()];

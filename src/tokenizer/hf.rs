@@ -3,6 +3,7 @@
 //! - gpt2 vocabularies: the pre-tokenizer's split regexes (`Split`, isolated), then `ByteLevel`
 //!   (bytes → GPT-2 alphabet, no regex of its own), then `BPE` over the file's merges in order;
 //!   llama.cpp's merge loop (lowest rank first, leftmost on ties) is HF's.
+//!
 //! (llama vocabularies have their own engine, `spm.rs`, which says why.)
 
 use super::pre::{for_oniguruma, PreSpec};

@@ -70,7 +70,7 @@ enum Engine {
     /// gpt2 vocabularies: the `tokenizers` pipeline (pre-tokenizer regexes, byte level, BPE).
     Hf(Box<tokenizers::Tokenizer>),
     /// llama vocabularies: SentencePiece-style merges by score.
-    Spm(spm::Spm),
+    Spm(Box<spm::Spm>),
 }
 
 /// A vocabulary's tokenizer. Cheap to share (`&Tokenizer` is `Sync`).
@@ -197,7 +197,7 @@ impl Tokenizer {
                         &zeros
                     }
                 };
-                (Engine::Spm(spm::Spm::new(&tokens, &index, scores, meta.special.unk)), None, true, true, false)
+                (Engine::Spm(Box::new(spm::Spm::new(&tokens, &index, scores, meta.special.unk))), None, true, true, false)
             }
             VocabKind::Bpe => {
                 let p = pre_spec.as_ref().expect("gpt2 has a pre-tokenizer");
