@@ -33,6 +33,10 @@ pub struct ContextOptions {
     /// ferrite's tiled matrix kernel where it applies (`ggml::Context::mul_mat_w`: same values,
     /// faster); false: ggml's mul_mat for every product.
     pub own_kernels: bool,
+    /// A sliding-window cache as large as the context (llama.cpp's `--swa-full`): sliding-window
+    /// layers then never reuse cells. Off by default, as in llama.cpp's tools (`common_params`);
+    /// llama.cpp's library default (`llama_context_default_params`) is on.
+    pub swa_full: bool,
 }
 
 impl Default for ContextOptions {
@@ -46,6 +50,7 @@ impl Default for ContextOptions {
             type_k: Type::F16,
             type_v: Type::F16,
             own_kernels: true,
+            swa_full: false,
         }
     }
 }
@@ -157,7 +162,7 @@ impl Decoder {
             }
         }
         let cparams = CParams { own_kernels: opts.own_kernels, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
-        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.type_k, opts.type_v, !flash).context("allocating the KV cache")?;
+        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.swa_full, opts.type_k, opts.type_v, !flash).context("allocating the KV cache")?;
         let backend = Device::cpu()?.init_backend()?;
         backend.set_n_threads(opts.n_threads);
         let sched = Sched::new(std::slice::from_ref(&backend), crate::graph::graph_size(model.n_tensors()), false)?;

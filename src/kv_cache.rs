@@ -188,11 +188,17 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `kv_size` cells for the full-attention layers and, for sliding-window layers,
     /// llama.cpp's size: the window plus a micro-batch, padded to 256 (at most kv_size).
-    pub fn new(hp: &HParams, kv_size: u32, n_ubatch: u32, type_k: Type, type_v: Type, v_trans: bool) -> Result<KvCache> {
+    pub fn new(hp: &HParams, kv_size: u32, n_ubatch: u32, swa_full: bool, type_k: Type, type_v: Type, v_trans: bool) -> Result<KvCache> {
         if kv_size == 0 {
             bail!("KV cache of size 0");
         }
-        let swa_size = if hp.has_swa() { (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256 } else { 0 };
+        // llama_kv_cache_iswa: the window plus a micro-batch, padded to 256 (cells are reused
+        // once every later token's window has passed them), or the whole context with swa_full
+        let swa_size = match (hp.has_swa(), swa_full) {
+            (false, _) => 0,
+            (true, true) => kv_size,
+            (true, false) => (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256,
+        };
         let ctx = Context::new(2 * hp.n_layer as usize, 0)?;
         let mut layers = Vec::new();
         for il in 0..hp.n_layer as usize {

@@ -58,6 +58,9 @@ pub struct ContextArgs {
     /// Logical batch size for prompt processing
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
     pub batch: u32,
+    /// Sliding-window layers keep a cache as large as the context (llama.cpp's --swa-full)
+    #[arg(long = "swa-full")]
+    pub swa_full: bool,
     /// Layers to offload to a GPU (llama.cpp's -ngl; this build computes on the CPU only)
     #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
     pub n_gpu_layers: Option<i32>,
@@ -129,6 +132,7 @@ impl ContextArgs {
             type_v: cache("--cache-type-v", &self.cache_type_v)?,
             // For A/B comparisons with ggml's own products (same values, see the README).
             own_kernels: std::env::var_os("FERRITE_GGML_MATMUL").is_none_or(|v| v == "0"),
+            swa_full: self.swa_full,
         })
     }
 }
