@@ -11,7 +11,7 @@
 #
 # Sources, all from package registries, so that a fresh clone needs nothing beside it:
 #   - llama.cpp and ggml as shipped inside the crate llama-cpp-sys-2, the very version ferrite's
-#     ggml comes from (found with `cargo metadata`, so it follows Cargo.lock);
+#     ggml comes from (the version Cargo.lock pins, from cargo's registry cache);
 #   - the tools/ and examples/ folders, which that crate leaves out, from the llama-cpp-python
 #     source distribution of the same llama.cpp generation (pip download).
 #
@@ -85,12 +85,14 @@ build_greedy_ref() {
 # completed with tools/ from the sdist, so the registry's cache stays untouched).
 fetch_crate_sources() {
   [ -f "$dir/src/include/llama.h" ] && return 0
-  local meta crate
-  meta=$(cargo metadata --format-version 1 --manifest-path "$root/Cargo.toml" --offline 2>/dev/null ||
-    cargo metadata --format-version 1 --manifest-path "$root/Cargo.toml")
-  crate=$(printf '%s' "$meta" | python3 -c 'import json, sys
-d = json.load(sys.stdin)
-print([p["manifest_path"] for p in d["packages"] if p["name"] == "llama-cpp-sys-2"][0].rsplit("/", 1)[0])')
+  # the version Cargo.lock pins, in cargo's registry cache (filled by `cargo fetch` when absent)
+  local version crate
+  version=$(awk '/^name = "llama-cpp-sys-2"$/ { getline; gsub(/"/, "", $3); print $3 }' "$root/Cargo.lock")
+  [ -n "$version" ] || { echo "build-llamacpp.sh: llama-cpp-sys-2 is not in Cargo.lock" >&2; exit 1; }
+  find_crate() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"llama-cpp-sys-2-$version" 2>/dev/null | head -n 1; }
+  crate=$(find_crate)
+  [ -n "$crate" ] || { cargo fetch -q --manifest-path "$root/Cargo.toml" >&2 && crate=$(find_crate); }
+  [ -f "$crate/llama.cpp/include/llama.h" ] || { echo "build-llamacpp.sh: llama-cpp-sys-2 $version's sources not found" >&2; exit 1; }
   say "llama.cpp sources from $crate"
   rm -rf "$dir/src.tmp" && cp -r "$crate/llama.cpp" "$dir/src.tmp" && mv "$dir/src.tmp" "$dir/src"
 }

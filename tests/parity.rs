@@ -5,11 +5,13 @@
 //! machine give different logits, and so different greedy continuations for some prompts; even
 //! two AVX-512 machines can differ on a prompt), so the truth is llama.cpp on the same machine:
 //! with `$FERRITE_LLAMACPP_BIN` (set by `scripts/test.sh`, which builds llama.cpp from the same
-//! ggml sources with `scripts/build-llamacpp.sh`) the expected answers are computed live with its `greedy_ref`; without it they
-//! come from the golden of this CPU class, `tests/golden/greedy/<class>.json`, recorded with
-//! `greedy_ref` by `scripts/make-greedy-golden.py`. Without either the test fails, saying how to
-//! get one. The prompts are those of the goldens: the reference's six and twelve of ours. The
-//! reference data (`llamacpp-reference.json`, the perplexity text) is carried in the repository,
+//! ggml sources with `scripts/build-llamacpp.sh`) the expected answers are computed live with its
+//! `greedy_ref`; without it they come from the golden of this CPU class,
+//! `tests/golden/greedy/<class>.json`, recorded with `greedy_ref` by
+//! `scripts/make-greedy-golden.py`. Without either the test fails, saying how to get one. The
+//! prompts are those of the goldens: the reference's six and twelve of ours. Perplexity likewise:
+//! llama-perplexity run live, else the reference's value. The reference data
+//! (`llamacpp-reference.json`, the perplexity text) is carried in the repository,
 //! `tests/golden/reference/`.
 
 mod heavy;
@@ -199,8 +201,41 @@ fn perplexity(key: &str) -> f64 {
     v["ppl"].as_f64().unwrap()
 }
 
+/// llama.cpp's perplexity for a model: llama-perplexity run now when llama.cpp is built here, else
+/// the reference's (recorded on AVX-512; CPU classes differ far less than the tolerance).
+fn llamacpp_perplexity(key: &str) -> f64 {
+    let Some(bin) = llamacpp_bin() else {
+        return llamacpp_reference()["perplexity"][key][0]["ppl"]
+            .as_f64()
+            .unwrap();
+    };
+    let mut cmd = Command::new(bin.join("llama-perplexity"));
+    cmd.args(["-c", "512", "-t", "2", "-f"])
+        .arg(reference("GPL-3.txt"))
+        .arg("-m")
+        .arg(model_file(key))
+        .env("LD_LIBRARY_PATH", &bin);
+    let what = format!("llama-perplexity {key}");
+    let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{what} failed: {err}");
+    // "Final estimate: PPL = 18.3914 +/- 0.41" (on stderr, with llama.cpp's log)
+    let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    let line = all
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL = "))
+        .unwrap_or_else(|| panic!("{what}: no final estimate in:\n{all}"));
+    let value = line
+        .split("PPL = ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next());
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: {line:?}"))
+}
+
 fn perplexity_parity(key: &str) {
-    let want = llamacpp_reference()["perplexity"][key][0]["ppl"].as_f64().unwrap();
+    let want = llamacpp_perplexity(key);
     let have = perplexity(key);
     let rel = (have - want).abs() / want;
     eprintln!("{key}: perplexity ferrite {have:.4} llama.cpp {want:.4} ({:.3}%)", rel * 100.0);
