@@ -9,7 +9,7 @@
 # for times and memory).
 #
 # usage: benches/vs-llamacpp.sh [ROUNDS (default 3)] [MODEL...]   (models: smollm2 gemma3)
-# env:   FERRITE_LLAMACPP_BIN (default: built by ../shared/tools/build-llamacpp-ref.sh),
+# env:   FERRITE_LLAMACPP_BIN (default: built by scripts/build-llamacpp.sh),
 #        THREADS (default 2), REPS (repetitions per llama-bench/ferrite bench call, default 3)
 # Needs GNU time (/usr/bin/time, Debian package `time`). Run on a quiet machine.
 set -euo pipefail
@@ -20,10 +20,7 @@ models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2 gemma3)
 threads=${THREADS:-2}
 reps=${REPS:-3}
-shared=${FERRITE_SHARED:-../shared}
-[ -d "$shared/tools" ] || shared=/work/shared
-shared=$(cd "$shared" && pwd)  # absolute: the build script changes directory before using its own path
-bin=${FERRITE_LLAMACPP_BIN:-$(bash "$shared/tools/build-llamacpp-ref.sh" | tail -n 1)}
+bin=${FERRITE_LLAMACPP_BIN:-$(bash scripts/build-llamacpp.sh | tail -n 1)}
 ferrite=target/release/ferrite
 [ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install -y time" >&2; exit 1; }
 cargo build --release -q

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Records llama.cpp's greedy generations (greedy_ref, built by ../shared/tools/build-llamacpp-ref.sh)
-for the two test models, in the format of ../shared/reference/llamacpp-reference.json, for the
+"""Records llama.cpp's greedy generations (greedy_ref, built by scripts/build-llamacpp.sh)
+for the two test models, in the format of tests/golden/reference/llamacpp-reference.json, for the
 reference prompts plus ferrite's own, in three settings (default; flash attention off; q8_0 cache).
 llama.cpp's results depend on the CPU's vector units, so the output is keyed by a CPU class.
 
@@ -33,15 +33,15 @@ SETTINGS = {"greedy": {}, "greedy_flash_attn_off": {"REF_FLASH_ATTN": "off"}, "g
 
 
 def cpu_class():
+    # as tests/paths/mod.rs: FERRITE_CPU_CLASS (a rehearsal of another class) wins
+    if os.environ.get("FERRITE_CPU_CLASS") in ("avx2", "avx512"):
+        return os.environ["FERRITE_CPU_CLASS"]
     flags = open("/proc/cpuinfo").read()
     return "avx512" if " avx512f" in flags else "avx2"
 
 
 def main():
-    shared = os.environ.get("FERRITE_SHARED") or os.path.join(ROOT, "../shared")
-    if not os.path.isdir(os.path.join(shared, "reference")):
-        shared = "/work/shared"
-    ref = json.load(open(os.path.join(shared, "reference/llamacpp-reference.json")))
+    ref = json.load(open(os.path.join(ROOT, "tests/golden/reference/llamacpp-reference.json")))
     out = {"generated_by": "scripts/make-greedy-golden.py with llama.cpp greedy_ref (ggml 0.26.0), 2 threads, n_ctx 1024",
            "cpu_class": cpu_class()}
     for key, env in SETTINGS.items():

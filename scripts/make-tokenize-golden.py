@@ -16,7 +16,7 @@ kept: the tokens that occur as substrings of the (byte-level encoded / ▁-escap
 non-normal tokens, and the merges among kept tokens. Symbols during BPE are always substrings of
 the input, so the extract tokenizes the inputs exactly as the whole vocabulary does.
 
-Needs: /tmp/llamacpp-ref/bin (bash /work/shared/tools/build-llamacpp-ref.sh), pip package gguf.
+Needs: /tmp/llamacpp-ref/bin (scripts/build-llamacpp.sh), pip package gguf.
 """
 import json
 import os
@@ -117,7 +117,7 @@ def make_models():
         doc = {
             "model": os.path.basename(rel),
             "generated_by": "scripts/make-tokenize-golden.py models: llama-tokenize -f FILE --no-escape --ids "
-                            "[--no-parse-special] from shared/tools/build-llamacpp-ref.sh",
+                            "[--no-parse-special] from scripts/build-llamacpp.sh",
             "cases": cases,
             "big": big,
         }

@@ -5,25 +5,25 @@
 //! machine give different logits, and so different greedy continuations for some prompts; even
 //! two AVX-512 machines can differ on a prompt), so the truth is llama.cpp on the same machine:
 //! with `$FERRITE_LLAMACPP_BIN` (set by `scripts/test.sh`, which builds llama.cpp from the same
-//! ggml sources) the expected answers are computed live with its `greedy_ref`; without it they
-//! come from the golden of this CPU class, `tests/golden/greedy/<class>.json`, recorded with
-//! `greedy_ref` by `scripts/make-greedy-golden.py`. Without either the test fails, saying how to
-//! get one. The prompts are those of the goldens: the shared reference's six and twelve of ours.
+//! ggml sources with `scripts/build-llamacpp.sh`) the expected answers are computed live with its
+//! `greedy_ref`; without it they come from the golden of this CPU class,
+//! `tests/golden/greedy/<class>.json`, recorded with `greedy_ref` by
+//! `scripts/make-greedy-golden.py`. Without either the test fails, saying how to get one. The
+//! prompts are those of the goldens: the reference's six and twelve of ours. Perplexity likewise:
+//! llama-perplexity run live, else the reference's value. The reference data
+//! (`llamacpp-reference.json`, the perplexity text) is carried in the repository,
+//! `tests/golden/reference/`.
 
 mod heavy;
 mod paths;
 
-use paths::shared;
+use paths::{cpu_class, llamacpp_bin, reference, root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const LOGIT_TOLERANCE: f64 = 1e-2;
 const PPL_RELATIVE_TOLERANCE: f64 = 0.005;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn model_file(key: &str) -> PathBuf {
     let f = match key {
@@ -36,17 +36,8 @@ fn model_file(key: &str) -> PathBuf {
     p
 }
 
-fn cpu_class() -> &'static str {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if info.split_whitespace().any(|f| f == "avx512f") {
-        "avx512"
-    } else {
-        "avx2"
-    }
-}
-
-fn shared_reference() -> Value {
-    let p = shared().join("reference/llamacpp-reference.json");
+fn llamacpp_reference() -> Value {
+    let p = reference("llamacpp-reference.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -66,12 +57,12 @@ fn expected(key: &str) -> Vec<(String, Value)> {
     let class = cpu_class();
     let golden_path = root().join(format!("tests/golden/greedy/{class}.json"));
     let golden: Option<Value> = std::fs::read_to_string(&golden_path).ok().map(|t| serde_json::from_str(&t).unwrap());
-    let Ok(bin) = std::env::var("FERRITE_LLAMACPP_BIN") else {
+    let Some(bin) = llamacpp_bin() else {
         let golden = golden.unwrap_or_else(|| {
             panic!(
-                "no golden for CPU class {class} ({}) and FERRITE_LLAMACPP_BIN unset: build llama.cpp with \
-                 ../shared/tools/build-llamacpp-ref.sh and set it, or run scripts/make-greedy-golden.py",
-                golden_path.display()
+                "no golden for CPU class {class} ({}) and FERRITE_LLAMACPP_BIN unset: {} (scripts/make-greedy-golden.py)",
+                golden_path.display(),
+                paths::how_to_get_llamacpp()
             )
         });
         return flatten(&golden[key]);
@@ -82,15 +73,14 @@ fn expected(key: &str) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for (m, case) in flatten(&prompts[key]) {
         let prompt = case["prompt"].as_str().unwrap();
-        let mut cmd = Command::new(Path::new(&bin).join("greedy_ref"));
-        cmd.arg(model_file(&m)).arg(prompt).arg("48").env("LD_LIBRARY_PATH", &bin);
+        let mut cmd = paths::greedy_ref(&bin, &model_file(&m), prompt, 48);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let o = heavy::output(&mut cmd, &format!("greedy_ref {m} {prompt:?}"), heavy::LIMIT);
-        assert!(o.status.success(), "greedy_ref failed: {}", String::from_utf8_lossy(&o.stderr));
-        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
-        let mut v: Value = serde_json::from_str(&last).unwrap();
+        let what = format!("greedy_ref {m} {prompt:?}");
+        let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
+        assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+        let mut v = paths::greedy_ref_answer(&o.stdout, &what);
         v["prompt"] = prompt.into();
         v["n_predict"] = 48.into();
         out.push((m, v));
@@ -177,16 +167,16 @@ fn greedy_q8_0_cache_matches_llamacpp() {
     greedy_parity("greedy_cache_q8_0");
 }
 
-/// The goldens hold the shared reference's prompts with its prompt ids (CPU-independent), and
+/// The goldens hold the reference's prompts with its prompt ids (CPU-independent), and
 /// the twelve of ours.
 #[test]
 fn goldens_hold_the_reference_prompts() {
-    let shared = shared_reference();
+    let reference = llamacpp_reference();
     for class in ["avx2", "avx512"] {
         let golden: Value = serde_json::from_str(&std::fs::read_to_string(root().join(format!("tests/golden/greedy/{class}.json"))).unwrap()).unwrap();
         for key in ["greedy", "greedy_flash_attn_off", "greedy_cache_q8_0"] {
             let cases = flatten(&golden[key]);
-            for (m, c) in flatten(&shared[key]) {
+            for (m, c) in flatten(&reference[key]) {
                 let g = cases.iter().find(|(gm, gc)| *gm == m && gc["prompt"] == c["prompt"]);
                 let (_, g) = g.unwrap_or_else(|| panic!("{class} {key} {m} {:?} missing", c["prompt"]));
                 assert_eq!(g["prompt_ids"], c["prompt_ids"], "{class} {key} {m}");
@@ -199,8 +189,7 @@ fn goldens_hold_the_reference_prompts() {
 }
 
 fn perplexity(key: &str) -> f64 {
-    let text = shared().join("reference/GPL-3.txt");
-    assert!(text.is_file(), "{} is missing", text.display());
+    let text = reference("GPL-3.txt");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
     cmd.args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"])
         .arg(&text)
@@ -212,8 +201,41 @@ fn perplexity(key: &str) -> f64 {
     v["ppl"].as_f64().unwrap()
 }
 
+/// llama.cpp's perplexity for a model: llama-perplexity run now when llama.cpp is built here, else
+/// the reference's (recorded on AVX-512; CPU classes differ far less than the tolerance).
+fn llamacpp_perplexity(key: &str) -> f64 {
+    let Some(bin) = llamacpp_bin() else {
+        return llamacpp_reference()["perplexity"][key][0]["ppl"]
+            .as_f64()
+            .unwrap();
+    };
+    let mut cmd = Command::new(bin.join("llama-perplexity"));
+    cmd.args(["-c", "512", "-t", "2", "-f"])
+        .arg(reference("GPL-3.txt"))
+        .arg("-m")
+        .arg(model_file(key))
+        .env("LD_LIBRARY_PATH", &bin);
+    let what = format!("llama-perplexity {key}");
+    let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{what} failed: {err}");
+    // "Final estimate: PPL = 18.3914 +/- 0.41" (on stderr, with llama.cpp's log)
+    let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    let line = all
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL = "))
+        .unwrap_or_else(|| panic!("{what}: no final estimate in:\n{all}"));
+    let value = line
+        .split("PPL = ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next());
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: {line:?}"))
+}
+
 fn perplexity_parity(key: &str) {
-    let want = shared_reference()["perplexity"][key][0]["ppl"].as_f64().unwrap();
+    let want = llamacpp_perplexity(key);
     let have = perplexity(key);
     let rel = (have - want).abs() / want;
     eprintln!("{key}: perplexity ferrite {have:.4} llama.cpp {want:.4} ({:.3}%)", rel * 100.0);

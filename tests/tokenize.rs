@@ -1,4 +1,4 @@
-//! Tokenizer parity with llama.cpp: the shared reference strings, the golden extra cases and
+//! Tokenizer parity with llama.cpp: the reference strings (tests/golden/reference), the golden extra cases and
 //! 1 MiB runs (tests/golden/tokenize, made by scripts/make-tokenize-golden.py with llama-tokenize),
 //! llama.cpp's vocabulary test files (tests/golden/vocab), streaming detokenization of the
 //! reference generations, and the `ferrite tokenize` command.
@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 mod paths;
-use paths::shared;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -24,7 +23,7 @@ fn json(path: &Path) -> Value {
 
 fn reference() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
-    R.get_or_init(|| json(&shared().join("reference/llamacpp-reference.json")))
+    R.get_or_init(|| json(&paths::reference("llamacpp-reference.json")))
 }
 
 fn model_path(name: &str) -> PathBuf {
