@@ -19,6 +19,7 @@ fn main() {
         locked_version("llama-cpp-sys-2").unwrap_or_else(|| "unknown".into())
     );
     println!("cargo:rerun-if-changed=Cargo.lock");
+    required_cpu(&features);
     // The commit changes with HEAD or with the branch it names; nothing else is watched, so that
     // staging files does not rebuild the crate.
     // Only paths that exist (cargo reruns a script on every build for a missing one; in a git
@@ -58,4 +59,53 @@ fn locked_version(name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Where each checkable x86 feature is reported: (rustc's name, CPUID leaf, subleaf, register
+/// 0 eax / 1 ebx / 2 ecx / 3 edx, bit) — Intel SDM vol. 2A, CPUID.
+const CPUID_BITS: &[(&str, u32, u32, u8, u8)] = &[
+    ("sse3", 1, 0, 2, 0),
+    ("ssse3", 1, 0, 2, 9),
+    ("fma", 1, 0, 2, 12),
+    ("sse4.1", 1, 0, 2, 19),
+    ("sse4.2", 1, 0, 2, 20),
+    ("movbe", 1, 0, 2, 22),
+    ("popcnt", 1, 0, 2, 23),
+    ("avx", 1, 0, 2, 28),
+    ("f16c", 1, 0, 2, 29),
+    ("bmi1", 7, 0, 1, 3),
+    ("avx2", 7, 0, 1, 5),
+    ("bmi2", 7, 0, 1, 8),
+    ("avx512f", 7, 0, 1, 16),
+    ("avx512dq", 7, 0, 1, 17),
+    ("avx512ifma", 7, 0, 1, 21),
+    ("avx512cd", 7, 0, 1, 28),
+    ("avx512bw", 7, 0, 1, 30),
+    ("avx512vl", 7, 0, 1, 31),
+    ("avx512vbmi", 7, 0, 2, 1),
+    ("avx512vbmi2", 7, 0, 2, 6),
+    ("gfni", 7, 0, 2, 8),
+    ("vaes", 7, 0, 2, 9),
+    ("vpclmulqdq", 7, 0, 2, 10),
+    ("avx512vnni", 7, 0, 2, 11),
+    ("avx512bitalg", 7, 0, 2, 12),
+    ("avx512vpopcntdq", 7, 0, 2, 14),
+    ("avxvnni", 7, 1, 0, 4),
+    ("avx512bf16", 7, 1, 0, 5),
+    ("lzcnt", 0x8000_0001, 0, 2, 5),
+];
+
+/// Writes `$OUT_DIR/required_cpu.rs`: the CPUID bits of every enabled feature that CPUID reports.
+fn required_cpu(features: &str) {
+    let enabled: Vec<&str> = features.split(',').collect();
+    let mut src = String::from("/// The CPUID bits of the features this build was compiled to use (written by build.rs).\n");
+    src.push_str("pub const REQUIRED: &[(&str, u32, u32, u8, u8)] = &[\n");
+    for (name, leaf, sub, reg, bit) in CPUID_BITS {
+        if enabled.contains(name) {
+            src.push_str(&format!("    ({name:?}, {leaf:#x}, {sub}, {reg}, {bit}),\n"));
+        }
+    }
+    src.push_str("];\n");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("required_cpu.rs"), src).expect("writing required_cpu.rs");
 }

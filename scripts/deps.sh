@@ -9,7 +9,8 @@ command -v g++ >/dev/null || missing+=(g++)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-command -v tmux >/dev/null || missing+=(tmux)  # the REPL tests drive `ferrite chat` in a tmux pseudo-terminal
+command -v tmux >/dev/null || missing+=(tmux)
+command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)  # a test runs the binary on an emulated older CPU (Haswell)  # the REPL tests drive `ferrite chat` in a tmux pseudo-terminal
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${missing[*]}" >&2

@@ -6,6 +6,9 @@
 // env: REF_FLASH_ATTN=off disables flash attention (default: llama.cpp's auto, on for CPU);
 //      REF_CACHE_TYPE=q8_0 (or q4_0, f16) sets the K and V cache type.
 //      REF_N_CTX (default 1024), REF_N_BATCH (default: REF_N_CTX), REF_N_UBATCH (default 512).
+//      REF_SWA_FULL=off: a sliding-window cache of the window plus a micro-batch, as llama.cpp's
+//        tools (common_params.swa_full = false) and ferrite by default; the library's default
+//        (llama_context_default_params) is a full-size one, as `ferrite --swa-full`.
 //      REF_GRAMMAR_FILE=FILE constrains every step with that GBNF grammar (root rule "root"):
 //        llama.cpp's grammar sampler, then greedy, as `llama-completion --grammar-file FILE --temp 0`.
 //      REF_LORA=FILE[:SCALE][,FILE[:SCALE]...] applies LoRA adapters (scale 1 by default).
@@ -49,6 +52,8 @@ int main(int argc, char **argv) {
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = n_ctx; cp.n_batch = e_b ? atoi(e_b) : n_ctx; cp.n_threads = 2; cp.n_threads_batch = 2;
     if (e_ub) cp.n_ubatch = atoi(e_ub);
+    const char *swa = getenv("REF_SWA_FULL");
+    if (swa && strcmp(swa, "off") == 0) cp.swa_full = false;
     const char *fa = getenv("REF_FLASH_ATTN"), *ct = getenv("REF_CACHE_TYPE");
     if (fa && strcmp(fa, "off") == 0) cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (ct) {

@@ -2,6 +2,15 @@
 //! and the CPU features the compiler was allowed to use — with the start-up check that refuses,
 //! by name, a CPU lacking one of them instead of letting the first such instruction kill the
 //! process with SIGILL.
+//!
+//! The check reads CPUID itself: `is_x86_feature_detected!` answers `true` without asking the CPU
+//! for every feature the build enables (it is `cfg!(target_feature) || runtime`), which is exactly
+//! the case to catch. It runs first in `main`, is plain scalar code, and on a refusal writes only
+//! static text through std's precompiled writer, so that it cannot itself use an instruction the
+//! CPU lacks (code of this crate may be auto-vectorised with them: clap's parser was, seen under
+//! `qemu-x86_64 -cpu Haswell`).
+
+use std::io::Write;
 
 /// The git commit the binary was built from ("unknown" outside a git checkout).
 pub const GIT_COMMIT: &str = env!("FERRITE_GIT_COMMIT");
@@ -9,90 +18,73 @@ pub const GIT_COMMIT: &str = env!("FERRITE_GIT_COMMIT");
 /// The version of `llama-cpp-sys-2`, whose ggml sources ferrite links.
 pub const LLAMA_CPP_SYS: &str = env!("FERRITE_LLAMA_CPP_SYS");
 
-/// Every target feature rustc enabled, comma-separated (`CARGO_CFG_TARGET_FEATURE`).
-const TARGET_FEATURES: &str = env!("FERRITE_TARGET_FEATURES");
+// REQUIRED: (rustc's feature name, CPUID leaf, subleaf, register 0..3 = eax..edx, bit) of every
+// feature the build enables that CPUID reports (ggml is compiled for the same machine, through
+// GGML_NATIVE, so this covers its instructions too).
+include!(concat!(env!("OUT_DIR"), "/required_cpu.rs"));
 
-/// The vector features that matter for the kernels and that can be checked at run time, by
-/// rustc's names, each with its run-time test. ggml is compiled for the same machine
-/// (GGML_NATIVE through `target-cpu=native`), so this list covers its instructions too.
+/// Whether this CPU reports the CPUID bit.
 #[cfg(target_arch = "x86_64")]
-fn checks() -> Vec<(&'static str, bool)> {
-    macro_rules! detect {
-        ($($f:tt),* $(,)?) => { vec![$(($f, std::arch::is_x86_feature_detected!($f))),*] };
+fn cpu_has(leaf: u32, subleaf: u32, reg: u8, bit: u8) -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    // leaves above the CPU's maximum return garbage: ask for the range's maximum first
+    if __cpuid(leaf & 0x8000_0000).eax < leaf {
+        return false;
     }
-    detect!(
-        "sse3",
-        "ssse3",
-        "sse4.1",
-        "sse4.2",
-        "popcnt",
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "bmi1",
-        "bmi2",
-        "lzcnt",
-        "movbe",
-        "avx512f",
-        "avx512cd",
-        "avx512bw",
-        "avx512dq",
-        "avx512vl",
-        "avx512vnni",
-        "avx512bf16",
-        "avx512vbmi",
-        "avx512vbmi2",
-        "avx512bitalg",
-        "avx512vpopcntdq",
-        "avx512ifma",
-        "avxvnni",
-        "gfni",
-        "vaes",
-        "vpclmulqdq",
-    )
+    let r = __cpuid_count(leaf, subleaf);
+    let v = match reg {
+        0 => r.eax,
+        1 => r.ebx,
+        2 => r.ecx,
+        _ => r.edx,
+    };
+    (v >> bit) & 1 == 1
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn checks() -> Vec<(&'static str, bool)> {
-    Vec::new()
+fn cpu_has(_: u32, _: u32, _: u8, _: u8) -> bool {
+    true
 }
 
-/// The checkable vector features this binary was compiled to use, in a fixed order.
+/// Whether `FERRITE_CPU_HIDE` (comma-separated rustc names, for tests) hides `name`.
+fn hidden(name: &str) -> bool {
+    std::env::var("FERRITE_CPU_HIDE").is_ok_and(|v| v.split(',').any(|h| h.trim() == name))
+}
+
+/// The vector features this binary was compiled to use, in a fixed order.
 pub fn required_features() -> Vec<&'static str> {
-    let enabled: Vec<&str> = TARGET_FEATURES.split(',').collect();
-    checks()
-        .into_iter()
-        .map(|(f, _)| f)
-        .filter(|f| enabled.contains(f))
-        .collect()
+    REQUIRED.iter().map(|r| r.0).collect()
 }
 
-/// The required features this CPU lacks (empty: it can run the binary). The environment variable
-/// `FERRITE_CPU_HIDE` (comma-separated rustc names) makes the check treat features as absent,
-/// so that the refusal can be tested on a machine that has them all.
+/// The required features this CPU lacks (empty: it can run the binary). `FERRITE_CPU_HIDE`
+/// makes the check treat features as absent, so the refusal can be tested on a machine that has
+/// them all.
 pub fn missing_features() -> Vec<&'static str> {
-    let enabled: Vec<&str> = TARGET_FEATURES.split(',').collect();
-    let hidden = std::env::var("FERRITE_CPU_HIDE").unwrap_or_default();
-    let hidden: Vec<&str> = hidden.split(',').map(str::trim).collect();
-    checks()
-        .into_iter()
-        .filter(|(f, have)| enabled.contains(f) && (!have || hidden.contains(f)))
-        .map(|(f, _)| f)
-        .collect()
+    REQUIRED.iter().filter(|&&(name, leaf, sub, reg, bit)| !cpu_has(leaf, sub, reg, bit) || hidden(name)).map(|r| r.0).collect()
 }
 
-/// One-line refusal for a CPU that lacks features the binary needs, or None.
-pub fn cpu_mismatch() -> Option<String> {
-    let missing = missing_features();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "this binary was built for a CPU with {} ({}), which this CPU lacks; rebuild ferrite on this machine \
-             (`cargo build --release`: the build targets the CPU it runs on)",
-            missing.join(", "),
-            if missing.len() == 1 { "an instruction set extension" } else { "instruction set extensions" }
-        )
-    })
+/// Exits with status 1 and one line naming the missing features when this CPU lacks one the
+/// build needs. Call it first in `main`.
+pub fn refuse_unsupported_cpu() {
+    let mut missing = false;
+    for &(name, leaf, sub, reg, bit) in REQUIRED {
+        if !cpu_has(leaf, sub, reg, bit) || hidden(name) {
+            missing = true;
+        }
+    }
+    if !missing {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(b"ferrite: this binary was built for CPU features this CPU lacks:");
+    for &(name, leaf, sub, reg, bit) in REQUIRED {
+        if !cpu_has(leaf, sub, reg, bit) || hidden(name) {
+            let _ = err.write_all(b" ");
+            let _ = err.write_all(name.as_bytes());
+        }
+    }
+    let _ = err.write_all(b"; rebuild ferrite on this machine (`cargo build --release` targets the CPU it runs on)\n");
+    std::process::exit(1);
 }
 
 /// The multi-line `--version` text: version, commit, ggml, and the CPU features required.
@@ -110,16 +102,18 @@ pub fn long_version() -> String {
 mod tests {
     #[test]
     fn this_machine_runs_what_it_built() {
-        assert!(
-            super::missing_features().is_empty(),
-            "{:?}",
-            super::missing_features()
-        );
+        assert!(super::missing_features().is_empty(), "{:?}", super::missing_features());
         #[cfg(target_arch = "x86_64")]
-        assert!(
-            super::required_features().contains(&"sse3"),
-            "{:?}",
-            super::required_features()
-        );
+        assert!(super::required_features().contains(&"sse3"), "{:?}", super::required_features());
+    }
+
+    /// CPUID agrees with std's detection for features the build does not assume (where std
+    /// really asks the CPU).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn cpuid_bits_agree_with_std() {
+        assert_eq!(super::cpu_has(1, 0, 2, 0), std::arch::is_x86_feature_detected!("sse3"));
+        assert_eq!(super::cpu_has(7, 0, 1, 5), std::arch::is_x86_feature_detected!("avx2"));
+        assert_eq!(super::cpu_has(7, 0, 1, 16), std::arch::is_x86_feature_detected!("avx512f"));
     }
 }

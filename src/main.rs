@@ -7,5 +7,7 @@ mod cli;
 static ALLOC: ggml::budget::BudgetAlloc = ggml::budget::BudgetAlloc;
 
 fn main() {
+    // first of all: on a CPU without a feature this build uses, one line instead of SIGILL
+    ferrite::build_info::refuse_unsupported_cpu();
     std::process::exit(cli::main());
 }

@@ -156,3 +156,30 @@ fn twenty_turn_chat_overflows_under_each_policy() {
         }
     }
 }
+
+/// On a real older CPU: the binary under `qemu-x86_64 -cpu Haswell` (AVX2, FMA, F16C, BMI, no
+/// AVX-512, GFNI, VAES or AVX-VNNI). A build that uses any feature Haswell lacks stops at start
+/// with one line naming them (exit 1), not SIGILL; a build that needs none of them runs.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn an_older_cpu_gets_one_line_not_sigill() {
+    const HASWELL: &[&str] = &["sse3", "ssse3", "fma", "sse4.1", "sse4.2", "movbe", "popcnt", "avx", "f16c", "bmi1", "avx2", "bmi2", "lzcnt"];
+    let have = std::process::Command::new("qemu-x86_64").arg("--version").output();
+    assert!(have.is_ok_and(|o| o.status.success()), "qemu-x86_64 is missing: apt-get install qemu-user (scripts/deps.sh does)");
+    let v = ferrite(&["--version"], None);
+    let line = v.stdout.lines().find(|l| l.starts_with("built for:")).unwrap().to_string();
+    let needs: Vec<&str> = line.split(" with ").nth(1).unwrap().split_whitespace().collect();
+    let beyond: Vec<&str> = needs.iter().copied().filter(|f| !HASWELL.contains(f)).collect();
+    let out = std::process::Command::new("qemu-x86_64").args(["-cpu", "Haswell", common_cli::FERRITE, "--version"]).output().unwrap();
+    let stderr: String = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("TCG doesn't support")).collect::<Vec<_>>().join("\n");
+    if beyond.is_empty() {
+        assert_eq!(out.status.code(), Some(0), "a build for Haswell's features runs there: {stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "needs {beyond:?}: exit {:?} (132 is SIGILL): {stderr}", out.status.code());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        for f in &beyond {
+            assert!(stderr.contains(f), "{f} not named: {stderr}");
+        }
+        assert!(stderr.contains("rebuild"), "{stderr}");
+    }
+}

@@ -8,6 +8,7 @@
 //! without it the tests fail, saying how to build it (`scripts/test.sh` always does).
 
 mod heavy;
+mod paths;
 
 use serde_json::Value;
 use std::io::Write;
@@ -38,26 +39,14 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn llamacpp_bin() -> PathBuf {
-    let bin = std::env::var_os("FERRITE_LLAMACPP_BIN").unwrap_or_else(|| {
-        panic!(
-            "FERRITE_LLAMACPP_BIN is unset: these tests compare with llama.cpp built on this machine \
-             (scripts/test.sh builds it and sets the variable)"
-        )
-    });
-    PathBuf::from(bin)
+    paths::llamacpp_bin().unwrap_or_else(|| {
+        panic!("these tests need llama.cpp built on this machine: {}", paths::how_to_get_llamacpp())
+    })
 }
 
 /// The GPL-3 text (the perplexity reference text), whose first `bytes` bytes make a document.
 fn gpl3() -> String {
-    let candidates = [
-        root().join("tests/golden/reference/GPL-3.txt"),
-        PathBuf::from("/usr/share/common-licenses/GPL-3"),
-    ];
-    let p = candidates
-        .iter()
-        .find(|p| p.is_file())
-        .expect("the GPL-3 text (tests/golden/reference/GPL-3.txt)");
-    std::fs::read_to_string(p).unwrap()
+    std::fs::read_to_string(paths::reference("GPL-3.txt")).unwrap()
 }
 
 fn document(bytes: usize) -> String {
@@ -76,52 +65,41 @@ struct Setting {
     env: &'static [(&'static str, &'static str)],
 }
 
+/// ferrite's default sliding-window cache is llama.cpp's tools' (the window plus a micro-batch,
+/// `common_params.swa_full = false`), not its library's default (full size), so greedy_ref is told.
 const SETTINGS: [Setting; 3] = [
     Setting {
         name: "default",
         flags: &[],
-        env: &[],
+        env: &[("REF_SWA_FULL", "off")],
     },
     Setting {
         name: "flash attention off",
         flags: &["--flash-attn", "off"],
-        env: &[("REF_FLASH_ATTN", "off")],
+        env: &[("REF_FLASH_ATTN", "off"), ("REF_SWA_FULL", "off")],
     },
     Setting {
         name: "q8_0 K/V",
         flags: &["-ctk", "q8_0", "-ctv", "q8_0"],
-        env: &[("REF_CACHE_TYPE", "q8_0")],
+        env: &[("REF_CACHE_TYPE", "q8_0"), ("REF_SWA_FULL", "off")],
     },
 ];
 
+/// `ferrite --swa-full` against llama.cpp's library default (a full-size sliding-window cache).
+const SWA_FULL: Setting = Setting {
+    name: "--swa-full",
+    flags: &["--swa-full"],
+    env: &[],
+};
+
 /// llama.cpp's greedy answer: (prompt ids, generated ids).
 fn greedy_ref(model: &Path, prompt: &str, env: &[(&str, &str)]) -> (Vec<u64>, Vec<u64>) {
-    let bin = llamacpp_bin();
-    let mut cmd = Command::new(bin.join("greedy_ref"));
-    cmd.arg(model)
-        .arg(prompt)
-        .arg(N_GEN.to_string())
-        .env("LD_LIBRARY_PATH", &bin)
-        .env("REF_N_CTX", N_CTX);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = heavy::output(
-        &mut cmd,
-        &format!("greedy_ref on {} bytes", prompt.len()),
-        heavy::LIMIT,
-    );
-    assert!(
-        o.status.success(),
-        "greedy_ref failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let last = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let v: Value = serde_json::from_str(&last).unwrap();
+    let mut cmd = paths::greedy_ref(&llamacpp_bin(), model, prompt, N_GEN as u64);
+    cmd.env("REF_N_CTX", N_CTX).envs(env.iter().copied());
+    let what = format!("greedy_ref on {} bytes", prompt.len());
+    let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    let v = paths::greedy_ref_answer(&o.stdout, &what);
     let ids = |k: &str| {
         v[k].as_array()
             .unwrap()
@@ -255,18 +233,15 @@ fn long_documents_gemma3_match_llamacpp() {
     all_sizes_and_settings("gemma3");
 }
 
-/// Micro-batches of an odd size (`-ub 300`, so the last one is short) split as llama.cpp splits.
+/// Micro-batches of an odd size (`-ub 300`, so the last one is short) split as llama.cpp splits
+/// them, and gemma3's sliding-window layers with a full-size cache (`--swa-full`; the default
+/// cache wraps around past 1,024 tokens, this one never does).
 #[test]
-fn odd_micro_batches_match_llamacpp() {
+fn odd_micro_batches_and_swa_full_match_llamacpp() {
     for name in ["smollm2", "gemma3"] {
-        raw_document_matches(
-            name,
-            SIZES[1],
-            &SETTINGS[0],
-            &["-ub", "300"],
-            &[("REF_N_UBATCH", "300")],
-        );
+        raw_document_matches(name, SIZES[1], &SETTINGS[0], &["-ub", "300"], &[("REF_N_UBATCH", "300")]);
     }
+    raw_document_matches("gemma3", SIZES[2], &SWA_FULL, &[], &[]);
 }
 
 /// The way people use it: `cat doc | ferrite run "Summarize this document:"` (chat template,
@@ -299,7 +274,7 @@ fn piped_document_through_run_and_chat_matches_llamacpp() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         let rendered = stderr.strip_suffix('\n').unwrap_or(&stderr);
         let rendered = rendered.strip_prefix("<bos>").unwrap_or(rendered);
-        let (want_prompt, want) = greedy_ref(&m, rendered, &[]);
+        let (want_prompt, want) = greedy_ref(&m, rendered, SETTINGS[0].env);
         assert_eq!(
             n_prompt,
             want_prompt.len() as u64,
@@ -312,7 +287,9 @@ fn piped_document_through_run_and_chat_matches_llamacpp() {
         );
 
         // chat: the instruction and the document as one multi-line message, then leave
-        let input = format!("\"\"\"\n{instruction}\n\n{doc}\n\"\"\"\n/exit\n");
+        // the block opens on the instruction's line and closes on the document's last line, so
+        // the message is exactly run's prompt text (instruction, blank line, document)
+        let input = format!("\"\"\"{instruction}\n\n{doc}\"\"\"\n/exit\n");
         let mut args = vec!["chat", "-q"];
         args.extend(common);
         let o = ferrite(

@@ -198,11 +198,6 @@ fn is_switch(flag: &str) -> bool {
 }
 
 pub fn main() -> i32 {
-    // First of all, before any code compiled for this build's CPU features runs much further.
-    if let Some(msg) = ferrite::build_info::cpu_mismatch() {
-        eprintln!("ferrite: {msg}");
-        return 1;
-    }
     let long_version: &'static str = Box::leak(ferrite::build_info::long_version().into_boxed_str());
     let cmd = <Cli as clap::CommandFactory>::command().long_version(long_version);
     let args = match normalized_args() {
