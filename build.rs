@@ -10,14 +10,8 @@ fn main() {
     // The features rustc enables for this target, e.g. "avx,avx2,fma,...,sse4.2".
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     println!("cargo:rustc-env=FERRITE_TARGET_FEATURES={features}");
-    println!(
-        "cargo:rustc-env=FERRITE_GIT_COMMIT={}",
-        git_commit().unwrap_or_else(|| "unknown".into())
-    );
-    println!(
-        "cargo:rustc-env=FERRITE_LLAMA_CPP_SYS={}",
-        locked_version("llama-cpp-sys-2").unwrap_or_else(|| "unknown".into())
-    );
+    println!("cargo:rustc-env=FERRITE_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".into()));
+    println!("cargo:rustc-env=FERRITE_LLAMA_CPP_SYS={}", locked_version("llama-cpp-sys-2").unwrap_or_else(|| "unknown".into()));
     println!("cargo:rerun-if-changed=Cargo.lock");
     required_cpu(&features);
     // The commit changes with HEAD or with the branch it names; nothing else is watched, so that
@@ -36,10 +30,7 @@ fn main() {
 }
 
 fn git_commit() -> Option<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()?;
+    let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
     let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
     (out.status.success() && !s.is_empty()).then_some(s)
 }
@@ -50,11 +41,7 @@ fn locked_version(name: &str) -> Option<String> {
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == format!("name = \"{name}\"") {
-            let v = lines
-                .next()?
-                .trim()
-                .strip_prefix("version = \"")?
-                .strip_suffix('"')?;
+            let v = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?;
             return Some(v.to_string());
         }
     }

@@ -126,7 +126,15 @@ impl BenchRng {
 
 /// Runs one test (`n_prompt` > 0 xor `n_gen` > 0) with `reps` timed repetitions. `rng` goes on
 /// from test to test, as llama-bench's process-wide `rand()` does.
-pub fn run_test(model: &Rc<Model>, opts: &ContextOptions, bos: Option<u32>, n_prompt: u32, n_gen: u32, reps: u32, rng: &mut BenchRng) -> Result<BenchResult> {
+pub fn run_test(
+    model: &Rc<Model>,
+    opts: &ContextOptions,
+    bos: Option<u32>,
+    n_prompt: u32,
+    n_gen: u32,
+    reps: u32,
+    rng: &mut BenchRng,
+) -> Result<BenchResult> {
     let mut o = opts.clone();
     o.n_ctx = n_prompt + n_gen;
     let mut dec = Decoder::new(model.clone(), &o)?;

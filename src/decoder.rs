@@ -255,7 +255,18 @@ impl Decoder {
         }
         let (_, built) = self.last.as_ref().expect("set above");
         for (t, what) in &built.inputs {
-            set_input(&self.sched, built, t, *what, &self.kv, tokens, positions, outputs, self.model.hparams.n_embd_v_gqa(), self.cparams.flash_attn)?;
+            set_input(
+                &self.sched,
+                built,
+                t,
+                *what,
+                &self.kv,
+                tokens,
+                positions,
+                outputs,
+                self.model.hparams.n_embd_v_gqa(),
+                self.cparams.flash_attn,
+            )?;
         }
         if let Err(e) = self.sched.compute(&built.graph) {
             if self.interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {

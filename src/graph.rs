@@ -241,9 +241,8 @@ impl<'a> GraphBuilder<'a> {
         let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind));
         let mask_ty = if self.cparams.flash_attn { Type::F16 } else { Type::F32 };
         let mask = self.input(mask_ty, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", Input::Mask(kind));
-        let rot = |this: &mut Self, n: u32, name: &str| {
-            (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, Input::Rotation(n)))
-        };
+        let rot =
+            |this: &mut Self, n: u32, name: &str| (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, Input::Rotation(n)));
         let k_rot = rot(self, kv.n_rot_k, "attn_inp_k_rot");
         let v_rot = rot(self, kv.n_rot_v, "attn_inp_v_rot");
         CacheInputs { k_idxs, v_idxs, mask, k_rot, v_rot }
@@ -300,7 +299,15 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Q, K, V as [head, n_head, n_tokens], from separate or fused projections (with biases).
-    pub fn qkv(&self, l: &LayerWeights, cur: &Tensor, n_embd_head: i64, n_head: i64, n_head_kv: i64, il: usize) -> (Tensor, Tensor, Tensor) {
+    pub fn qkv(
+        &self,
+        l: &LayerWeights,
+        cur: &Tensor,
+        n_embd_head: i64,
+        n_head: i64,
+        n_head_kv: i64,
+        il: usize,
+    ) -> (Tensor, Tensor, Tensor) {
         let n_tokens = self.n_tokens;
         let (n_embd_q, n_embd_k) = (n_embd_head * n_head, n_embd_head * n_head_kv);
         if let Some(wqkv) = &l.wqkv {
@@ -318,7 +325,12 @@ impl<'a> GraphBuilder<'a> {
             let nb1 = qkv.nb()[1];
             let q = self.ctx.view(&qkv, &[n_embd_head, n_head, n_tokens], &[es * n_embd_head as usize, nb1], 0);
             let k = self.ctx.view(&qkv, &[n_embd_head, n_head_kv, n_tokens], &[es * n_embd_head as usize, nb1], es * n_embd_q as usize);
-            let v = self.ctx.view(&qkv, &[n_embd_head, n_head_kv, n_tokens], &[es * n_embd_head as usize, nb1], es * (n_embd_q + n_embd_k) as usize);
+            let v = self.ctx.view(
+                &qkv,
+                &[n_embd_head, n_head_kv, n_tokens],
+                &[es * n_embd_head as usize, nb1],
+                es * (n_embd_q + n_embd_k) as usize,
+            );
             self.cb(&q, "Qcur", il);
             self.cb(&k, "Kcur", il);
             self.cb(&v, "Vcur", il);
@@ -556,7 +568,18 @@ impl<'a> GraphBuilder<'a> {
             self.cb(&act, if op == FfnOp::Silu { "ffn_swiglu" } else { "ffn_geglu" }, il);
             self.mm(w(&l.ffn_down), &act)
         } else {
-            self.ffn(cur, l.ffn_up.as_ref(), l.ffn_up_b.as_ref(), l.ffn_gate.as_ref(), l.ffn_gate_b.as_ref(), l.ffn_down.as_ref(), l.ffn_down_b.as_ref(), op, FfnGate::Par, il)
+            self.ffn(
+                cur,
+                l.ffn_up.as_ref(),
+                l.ffn_up_b.as_ref(),
+                l.ffn_gate.as_ref(),
+                l.ffn_gate_b.as_ref(),
+                l.ffn_down.as_ref(),
+                l.ffn_down_b.as_ref(),
+                op,
+                FfnGate::Par,
+                il,
+            )
         };
         self.cb(&cur, "ffn_out", il);
         cur
@@ -676,12 +699,7 @@ impl<'a> GraphBuilder<'a> {
         let ty = k.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_k as i64, hp.n_head_kv as i64, hp.n_embd_k_gqa() as i64);
         let kv_size = k.ne()[1];
-        self.ctx.view(
-            k,
-            &[head, n_head_kv, n_kv, 1],
-            &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)],
-            0,
-        )
+        self.ctx.view(k, &[head, n_head_kv, n_kv, 1], &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)], 0)
     }
 
     /// V of layer `il`: [head_v, n_head_kv, n_kv], or transposed [n_kv, n_head_kv, head_v].
@@ -692,19 +710,9 @@ impl<'a> GraphBuilder<'a> {
         let (head, n_head_kv, gqa) = (hp.n_embd_head_v as i64, hp.n_head_kv as i64, hp.n_embd_v_gqa() as i64);
         let kv_size = v.ne()[1];
         if !self.kv.v_trans {
-            return self.ctx.view(
-                v,
-                &[head, n_head_kv, n_kv, 1],
-                &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)],
-                0,
-            );
+            return self.ctx.view(v, &[head, n_head_kv, n_kv, 1], &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)], 0);
         }
-        self.ctx.view(
-            v,
-            &[n_kv, n_head_kv, head, 1],
-            &[ty.row_size(kv_size * head), ty.row_size(kv_size), ty.row_size(kv_size * gqa)],
-            0,
-        )
+        self.ctx.view(v, &[n_kv, n_head_kv, head, 1], &[ty.row_size(kv_size * head), ty.row_size(kv_size), ty.row_size(kv_size * gqa)], 0)
     }
 
     /// Multi-head attention (llama.cpp's `build_attn_mha`) with flash attention or

@@ -176,11 +176,8 @@ impl Report {
         for (k, v) in &self.extras {
             line(k, v.clone());
         }
-        let tok = format!(
-            "{} (pre: {})",
-            self.tokenizer_model.as_deref().unwrap_or("none"),
-            self.tokenizer_pre.as_deref().unwrap_or("default")
-        );
+        let tok =
+            format!("{} (pre: {})", self.tokenizer_model.as_deref().unwrap_or("none"), self.tokenizer_pre.as_deref().unwrap_or("default"));
         line("tokenizer", tok);
         let sp: Vec<String> = self.special.iter().map(|(k, v)| format!("{k} {v}")).collect();
         line("special tokens", sp.join(", "));
@@ -248,10 +245,7 @@ pub fn available_memory() -> Option<u64> {
 /// Renders the model's own chat template once on a sample conversation (system, user, assistant,
 /// user, generation prompt), as `run` and `chat` would: Ok(bytes rendered) or the one-line error.
 /// None when the model has no template.
-pub fn check_chat_template(
-    file: &GgufFile,
-    tok: &crate::tokenizer::Tokenizer,
-) -> Result<Option<std::result::Result<usize, String>>> {
+pub fn check_chat_template(file: &GgufFile, tok: &crate::tokenizer::Tokenizer) -> Result<Option<std::result::Result<usize, String>>> {
     use crate::chat::{ChatTemplate, Message};
     let Some(src) = file.get_str("tokenizer.chat_template")? else { return Ok(None) };
     let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
@@ -261,7 +255,6 @@ pub fn check_chat_template(
         Message::assistant("I can answer questions."),
         Message::user("What is the capital of France?"),
     ];
-    let rendered = ChatTemplate::from_gguf_str(src)
-        .and_then(|t| t.render(&sample, true, &text(tok.bos()), &text(tok.eos())));
+    let rendered = ChatTemplate::from_gguf_str(src).and_then(|t| t.render(&sample, true, &text(tok.bos()), &text(tok.eos())));
     Ok(Some(rendered.map(|s| s.len()).map_err(|e| crate::error::one_line(&e))))
 }

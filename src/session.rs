@@ -116,10 +116,18 @@ pub struct Timings {
 
 impl Timings {
     pub fn prompt_tps(&self) -> f64 {
-        if self.prompt_ms > 0.0 { self.prompt_tokens as f64 * 1000.0 / self.prompt_ms } else { 0.0 }
+        if self.prompt_ms > 0.0 {
+            self.prompt_tokens as f64 * 1000.0 / self.prompt_ms
+        } else {
+            0.0
+        }
     }
     pub fn gen_tps(&self) -> f64 {
-        if self.gen_ms > 0.0 { self.gen_tokens as f64 * 1000.0 / self.gen_ms } else { 0.0 }
+        if self.gen_ms > 0.0 {
+            self.gen_tokens as f64 * 1000.0 / self.gen_ms
+        } else {
+            0.0
+        }
     }
 }
 
@@ -380,11 +388,7 @@ impl Session {
                 Overflow::DropOldest | Overflow::Shift => {
                     // whole turns go first; the last user turn stays
                     if self.messages.len() <= 1 {
-                        crate::bail_input!(
-                            "the message alone is {} tokens; the context holds {} (raise -c)",
-                            prompt.len(),
-                            n_ctx
-                        );
+                        crate::bail_input!("the message alone is {} tokens; the context holds {} (raise -c)", prompt.len(), n_ctx);
                     }
                     let n = if self.messages.len() >= 3 && self.messages[1].role == "assistant" { 2 } else { 1 };
                     self.messages.drain(..n);
@@ -552,9 +556,7 @@ impl Session {
         let discard = (n - keep) / 2;
         let mut kept: Vec<u32> = self.cached[..keep].to_vec();
         kept.extend_from_slice(&self.cached[keep + discard..]);
-        on(Event::Notice(format!(
-            "context full ({n} of {n_ctx} tokens): dropped {discard} tokens after the first {keep} and continued"
-        )));
+        on(Event::Notice(format!("context full ({n} of {n_ctx} tokens): dropped {discard} tokens after the first {keep} and continued")));
         self.recompute(&kept)?;
         Ok(true)
     }

@@ -180,11 +180,12 @@ impl SessionData {
             }
             Ok(())
         };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::Error::new(e)
-        })
-        .with_context(|| format!("saving the session to {}", path.display()))
+        write()
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                anyhow::Error::new(e)
+            })
+            .with_context(|| format!("saving the session to {}", path.display()))
     }
 
     /// Restores the conversation and cache into `sess` (the model must match). A KV state that

@@ -22,19 +22,123 @@ struct Row {
 }
 
 const ROWS: &[Row] = &[
-    Row { name: "llama.cpp -ngl is accepted and explained", args: &["run", "-ngl", "99", "--temp", "0", "-n", "3", "hi"], stdin: None, code: 0, stderr_has: &["--n-gpu-layers", "CPU"], stderr_lacks: &["'-n'", "gl"], answers: true },
-    Row { name: "llama.cpp -sys is the system prompt", args: &["run", "-sys", "Answer in French.", "--temp", "0", "-n", "3", "--show-prompt", "hi"], stdin: None, code: 0, stderr_has: &["Answer in French."], stderr_lacks: &[], answers: true },
-    Row { name: "llama.cpp -p is the prompt", args: &["run", "-p", "hi", "--temp", "0", "-n", "3", "--show-prompt"], stdin: None, code: 0, stderr_has: &["hi"], stderr_lacks: &[], answers: true },
-    Row { name: "--seed -1 is a random seed", args: &["run", "--seed", "-1", "-n", "2", "-v", "hi"], stdin: None, code: 0, stderr_has: &["ferrite: seed "], stderr_lacks: &["seed 18446744073709551615"], answers: true },
-    Row { name: "other negative seeds are refused", args: &["run", "--seed", "-7", "hi"], stdin: None, code: 2, stderr_has: &["--seed", "-7"], stderr_lacks: &[], answers: false },
-    Row { name: "an unknown multi-letter short flag is named as typed", args: &["run", "-nfoo", "hi"], stdin: None, code: 2, stderr_has: &["'-nfoo'"], stderr_lacks: &["'-n'", "'foo'"], answers: false },
-    Row { name: "--stop \"\" is refused", args: &["run", "--stop", "", "hi"], stdin: None, code: 2, stderr_has: &["empty stop string"], stderr_lacks: &[], answers: false },
-    Row { name: "--top-logits without --json is warned", args: &["run", "--top-logits", "3", "-n", "1", "hi"], stdin: None, code: 0, stderr_has: &["--top-logits", "--json"], stderr_lacks: &[], answers: true },
-    Row { name: "-c above the training context is warned", args: &["run", "-c", "9000", "-n", "1", "hi"], stdin: None, code: 0, stderr_has: &["9000", "8192", "trained"], stderr_lacks: &[], answers: true },
-    Row { name: "-v prints settings without Rust debug syntax", args: &["run", "-v", "-t", "2", "-n", "1", "hi"], stdin: None, code: 0, stderr_has: &["threads 2", "flash attention on"], stderr_lacks: &["Some(", "None"], answers: true },
-    Row { name: "-t above the CPUs is capped with one warning", args: &["run", "-t", "4096", "-n", "1", "hi"], stdin: None, code: 0, stderr_has: &["--threads 4096", "CPUs available"], stderr_lacks: &[], answers: true },
-    Row { name: "ollama's `run MODEL PROMPT`", args: &["run", "smollm2", "--temp", "0", "-n", "2", "-v", "hi"], stdin: None, code: 0, stderr_has: &["context"], stderr_lacks: &["no such file"], answers: true },
-    Row { name: "-cnv starts the REPL", args: &["run", "-cnv", "--temp", "0", "-n", "3"], stdin: Some("hi\n/exit\n"), code: 0, stderr_has: &["ferrite chat —", "SmolLM2", "context 4096", "template"], stderr_lacks: &[], answers: true },
+    Row {
+        name: "llama.cpp -ngl is accepted and explained",
+        args: &["run", "-ngl", "99", "--temp", "0", "-n", "3", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["--n-gpu-layers", "CPU"],
+        stderr_lacks: &["'-n'", "gl"],
+        answers: true,
+    },
+    Row {
+        name: "llama.cpp -sys is the system prompt",
+        args: &["run", "-sys", "Answer in French.", "--temp", "0", "-n", "3", "--show-prompt", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["Answer in French."],
+        stderr_lacks: &[],
+        answers: true,
+    },
+    Row {
+        name: "llama.cpp -p is the prompt",
+        args: &["run", "-p", "hi", "--temp", "0", "-n", "3", "--show-prompt"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["hi"],
+        stderr_lacks: &[],
+        answers: true,
+    },
+    Row {
+        name: "--seed -1 is a random seed",
+        args: &["run", "--seed", "-1", "-n", "2", "-v", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["ferrite: seed "],
+        stderr_lacks: &["seed 18446744073709551615"],
+        answers: true,
+    },
+    Row {
+        name: "other negative seeds are refused",
+        args: &["run", "--seed", "-7", "hi"],
+        stdin: None,
+        code: 2,
+        stderr_has: &["--seed", "-7"],
+        stderr_lacks: &[],
+        answers: false,
+    },
+    Row {
+        name: "an unknown multi-letter short flag is named as typed",
+        args: &["run", "-nfoo", "hi"],
+        stdin: None,
+        code: 2,
+        stderr_has: &["'-nfoo'"],
+        stderr_lacks: &["'-n'", "'foo'"],
+        answers: false,
+    },
+    Row {
+        name: "--stop \"\" is refused",
+        args: &["run", "--stop", "", "hi"],
+        stdin: None,
+        code: 2,
+        stderr_has: &["empty stop string"],
+        stderr_lacks: &[],
+        answers: false,
+    },
+    Row {
+        name: "--top-logits without --json is warned",
+        args: &["run", "--top-logits", "3", "-n", "1", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["--top-logits", "--json"],
+        stderr_lacks: &[],
+        answers: true,
+    },
+    Row {
+        name: "-c above the training context is warned",
+        args: &["run", "-c", "9000", "-n", "1", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["9000", "8192", "trained"],
+        stderr_lacks: &[],
+        answers: true,
+    },
+    Row {
+        name: "-v prints settings without Rust debug syntax",
+        args: &["run", "-v", "-t", "2", "-n", "1", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["threads 2", "flash attention on"],
+        stderr_lacks: &["Some(", "None"],
+        answers: true,
+    },
+    Row {
+        name: "-t above the CPUs is capped with one warning",
+        args: &["run", "-t", "4096", "-n", "1", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["--threads 4096", "CPUs available"],
+        stderr_lacks: &[],
+        answers: true,
+    },
+    Row {
+        name: "ollama's `run MODEL PROMPT`",
+        args: &["run", "smollm2", "--temp", "0", "-n", "2", "-v", "hi"],
+        stdin: None,
+        code: 0,
+        stderr_has: &["context"],
+        stderr_lacks: &["no such file"],
+        answers: true,
+    },
+    Row {
+        name: "-cnv starts the REPL",
+        args: &["run", "-cnv", "--temp", "0", "-n", "3"],
+        stdin: Some("hi\n/exit\n"),
+        code: 0,
+        stderr_has: &["ferrite chat —", "SmolLM2", "context 4096", "template"],
+        stderr_lacks: &[],
+        answers: true,
+    },
 ];
 
 fn check(row: &Row, r: &Run) {
@@ -113,7 +217,8 @@ fn version_names_cpu_features_and_a_missing_one_is_refused() {
     assert!(features.contains("avx2") && features.contains("fma"), "{features}");
     let need = features.split_whitespace().last().unwrap().to_string();
 
-    let out = std::process::Command::new(common_cli::FERRITE).args(["run", "-n", "1", "hi"]).env("FERRITE_CPU_HIDE", &need).output().unwrap();
+    let out =
+        std::process::Command::new(common_cli::FERRITE).args(["run", "-n", "1", "hi"]).env("FERRITE_CPU_HIDE", &need).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("ferrite: ") && stderr.contains(&need) && stderr.contains("rebuild"), "{stderr}");
@@ -163,7 +268,8 @@ fn twenty_turn_chat_overflows_under_each_policy() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn an_older_cpu_gets_one_line_not_sigill() {
-    const HASWELL: &[&str] = &["sse3", "ssse3", "fma", "sse4.1", "sse4.2", "movbe", "popcnt", "avx", "f16c", "bmi1", "avx2", "bmi2", "lzcnt"];
+    const HASWELL: &[&str] =
+        &["sse3", "ssse3", "fma", "sse4.1", "sse4.2", "movbe", "popcnt", "avx", "f16c", "bmi1", "avx2", "bmi2", "lzcnt"];
     let have = std::process::Command::new("qemu-x86_64").arg("--version").output();
     assert!(have.is_ok_and(|o| o.status.success()), "qemu-x86_64 is missing: apt-get install qemu-user (scripts/deps.sh does)");
     let v = ferrite(&["--version"], None);
@@ -171,7 +277,8 @@ fn an_older_cpu_gets_one_line_not_sigill() {
     let needs: Vec<&str> = line.split(" with ").nth(1).unwrap().split_whitespace().collect();
     let beyond: Vec<&str> = needs.iter().copied().filter(|f| !HASWELL.contains(f)).collect();
     let out = std::process::Command::new("qemu-x86_64").args(["-cpu", "Haswell", common_cli::FERRITE, "--version"]).output().unwrap();
-    let stderr: String = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("TCG doesn't support")).collect::<Vec<_>>().join("\n");
+    let stderr: String =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("TCG doesn't support")).collect::<Vec<_>>().join("\n");
     if beyond.is_empty() {
         assert_eq!(out.status.code(), Some(0), "a build for Haswell's features runs there: {stderr}");
     } else {

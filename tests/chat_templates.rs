@@ -20,12 +20,7 @@ fn read(path: &Path) -> String {
 }
 
 fn messages(conv: &Json) -> Vec<Message> {
-    conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect()
+    conv["messages"].as_array().unwrap().iter().map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect()
 }
 
 fn joined(segs: &[Segment]) -> String {
@@ -73,9 +68,7 @@ fn golden_cases_match_python_jinja2() {
         if let Some(raises) = case["raises"].as_str() {
             match got {
                 Err(e) if exit_code(&e) == 2 && e.to_string().contains(raises) => matched += 1,
-                Err(e) => {
-                    failures.push(format!("{label}: expected raise {raises:?}, got {}", ferrite::error::one_line(&e)))
-                }
+                Err(e) => failures.push(format!("{label}: expected raise {raises:?}, got {}", ferrite::error::one_line(&e))),
                 Ok(_) => failures.push(format!("{label}: expected raise {raises:?}, rendered")),
             }
             continue;
@@ -107,11 +100,7 @@ fn golden_cases_match_python_jinja2() {
             Err(e) => unsplit.push(format!("{label}: {}", ferrite::error::one_line(&e))),
         }
     }
-    eprintln!(
-        "golden chat cases: {matched}/{} match Python jinja2; {} could not be segmented",
-        cases.len(),
-        unsplit.len()
-    );
+    eprintln!("golden chat cases: {matched}/{} match Python jinja2; {} could not be segmented", cases.len(), unsplit.len());
     for u in &unsplit {
         eprintln!("  unsplit: {u}");
     }
@@ -214,7 +203,11 @@ fn builtins_without_generation_prompt_and_stop_strings() {
         ("chatml", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n", "<|im_end|>"),
         ("llama2", "[INST] Hi [/INST]Hello</s>", "</s>"),
         ("llama2-sys", "[INST] Hi [/INST]Hello</s>", "</s>"),
-        ("llama3", "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>", "<|eot_id|>"),
+        (
+            "llama3",
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>",
+            "<|eot_id|>",
+        ),
         ("mistral", "[INST] Hi[/INST] Hello</s>", "</s>"),
         ("mistral-v7", "[INST] Hi[/INST] Hello</s>", "</s>"),
         ("mistral-v7-tekken", "[INST]Hi[/INST]Hello</s>", "</s>"),
@@ -260,9 +253,7 @@ fn injected_markup_stays_content() {
     ];
     for (src, shown) in cases {
         let t = ChatTemplate::from_gguf_str(src).unwrap();
-        let segs = t
-            .render_segments(&[Message::user("  hi <|im_start|> ")], false, "", "")
-            .unwrap_or_else(|e| panic!("{src}: {e}"));
+        let segs = t.render_segments(&[Message::user("  hi <|im_start|> ")], false, "", "").unwrap_or_else(|e| panic!("{src}: {e}"));
         let content = content_of(&segs);
         assert_eq!(content.len(), 1, "{src}: {segs:?}");
         assert!(content[0].contains(shown), "{src}: {segs:?}");
@@ -287,10 +278,7 @@ fn reasoning_templates_keep_the_answer_as_content() {
         let segs = t.render_segments(&msgs, true, "<s>", "</s>").unwrap();
         assert_eq!(joined(&segs), t.render(&msgs, true, "<s>", "</s>").unwrap());
         for m in markup(&segs) {
-            assert!(
-                !m.contains("<|im_start|>user\n12") && !m.contains("12 <|im_start|>user") && !m.contains("Thanks"),
-                "{name}: {segs:?}"
-            );
+            assert!(!m.contains("<|im_start|>user\n12") && !m.contains("12 <|im_start|>user") && !m.contains("Thanks"), "{name}: {segs:?}");
         }
         let content = content_of(&segs);
         assert!(content.iter().any(|c| c.contains("12 <|im_start|>user")), "{name}: {segs:?}");
@@ -307,10 +295,9 @@ fn reasoning_templates_keep_the_answer_as_content() {
 fn unsplittable_template_is_bad_input() {
     // Markup chosen by the text's length: the marked render takes another branch, and the
     // bracketed one sees another length.
-    let t = ChatTemplate::from_gguf_str(
-        "{% for m in messages %}{% if m.content|length > 3 %}<long>{% endif %}{{ m.content[1:] }}{% endfor %}",
-    )
-    .unwrap();
+    let t =
+        ChatTemplate::from_gguf_str("{% for m in messages %}{% if m.content|length > 3 %}<long>{% endif %}{{ m.content[1:] }}{% endfor %}")
+            .unwrap();
     let e = t.render_segments(&[Message::user("ab")], false, "", "").unwrap_err();
     assert_eq!(exit_code(&e), 2, "{e}");
 }
@@ -321,8 +308,7 @@ fn assert_bad_input_fast(src: &str, expect: &str) {
     let src = shown.as_str();
     let run = || {
         let start = Instant::now();
-        let result =
-            ChatTemplate::from_gguf_str(src_full).and_then(|t| t.render(&[Message::user("hi")], true, "<s>", "</s>"));
+        let result = ChatTemplate::from_gguf_str(src_full).and_then(|t| t.render(&[Message::user("hi")], true, "<s>", "</s>"));
         (result, start.elapsed())
     };
     // The faster of two runs, so that a busy machine does not fail the timing.
@@ -342,10 +328,7 @@ fn assert_bad_input_fast(src: &str, expect: &str) {
 #[test]
 fn hostile_templates_are_bad_input_quickly() {
     assert_bad_input_fast("{% for i in range(10**9) %}x{% endfor %}", "range has too many elements");
-    assert_bad_input_fast(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-        "ran too long",
-    );
+    assert_bad_input_fast("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran too long");
     assert_bad_input_fast("{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}", "ran too long");
     assert_bad_input_fast("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion");
     assert_bad_input_fast("{% macro f(n) %}{{ f(n + 1) ~ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion");
@@ -374,13 +357,7 @@ fn template_limits_leave_real_conversations_alone() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/chat/templates");
     let t = ChatTemplate::from_gguf_str(&read(&dir.join("Qwen-Qwen3-0.6B.jinja"))).unwrap();
     let msgs: Vec<Message> = (0..2000)
-        .map(|i| {
-            if i % 2 == 0 {
-                Message::user(format!("question {i}"))
-            } else {
-                Message::assistant(format!("answer {i}"))
-            }
-        })
+        .map(|i| if i % 2 == 0 { Message::user(format!("question {i}")) } else { Message::assistant(format!("answer {i}")) })
         .collect();
     let start = Instant::now();
     let segs = t.render_segments(&msgs, true, "", "<|im_end|>").unwrap();
@@ -424,7 +401,11 @@ fn template_files() {
     let dir = std::env::temp_dir().join(format!("ferrite-chat-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.jinja");
-    std::fs::write(&good, "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}").unwrap();
+    std::fs::write(
+        &good,
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+    )
+    .unwrap();
     let s = select(Some(good.to_str().unwrap()), Some("ignored")).unwrap();
     let t = s.template.unwrap();
     assert_eq!(t.source(), &TemplateSource::File(good.clone()));
@@ -453,10 +434,7 @@ fn python_compatibility() {
     };
     assert_eq!(r("{{ none }} {{ true }} {{ [1, 'a', none] }} {{ {'k': 1.5} }}"), "None True [1, 'a', None] {'k': 1.5}");
     assert_eq!(r("{{ messages | tojson }}"), r#"[{"role": "user", "content": "a"}]"#);
-    assert_eq!(
-        r("{{ {'b': [1, 2], 'a': 'é<>&'} | tojson(indent=2) }}"),
-        "{\n  \"a\": \"é<>&\",\n  \"b\": [\n    1,\n    2\n  ]\n}"
-    );
+    assert_eq!(r("{{ {'b': [1, 2], 'a': 'é<>&'} | tojson(indent=2) }}"), "{\n  \"a\": \"é<>&\",\n  \"b\": [\n    1,\n    2\n  ]\n}");
     assert_eq!(r("{{ 'x' | tojson(ensure_ascii=true) }}{{ 'é' | tojson(ensure_ascii=true) }}"), r#""x""\u00e9""#);
     assert_eq!(r("{{ {'a': 1} | tojson(separators=(',', ':')) }}"), r#"{"a":1}"#);
     assert_eq!(r("{{ '  a b  '.strip() }}|{{ 'a,b'.split(',') }}|{{ 'hi there'.title() }}|{{ 'abc'.startswith('ab') }}|{{ 'x'.upper() }}|{{ 'aXa'.replace('X', 'y') }}"), "a b|['a', 'b']|Hi There|True|X|aya");
@@ -468,18 +446,21 @@ fn python_compatibility() {
         r("{% for m in messages %}{{ m.items() | list }}{% endfor %}{{ messages[0].get('role') }}"),
         "[['role', 'user'], ['content', 'a']]user"
     );
-    assert_eq!(r("{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}"), "02");
-    assert_eq!(r("{% for i in [1, 2, 3] %}{{ loop.previtem }}-{{ loop.nextitem }};{% endfor %}"), "-2;1-3;2-;");
     assert_eq!(
-        r("{% set ns = namespace(x=1) %}{% for i in [1, 2] %}{% set ns.x = ns.x + i %}{% endfor %}{{ ns.x }}"),
-        "4"
+        r("{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}"),
+        "02"
     );
+    assert_eq!(r("{% for i in [1, 2, 3] %}{{ loop.previtem }}-{{ loop.nextitem }};{% endfor %}"), "-2;1-3;2-;");
+    assert_eq!(r("{% set ns = namespace(x=1) %}{% for i in [1, 2] %}{% set ns.x = ns.x + i %}{% endfor %}{{ ns.x }}"), "4");
     assert_eq!(r("{{ strftime_now('%Y-%m-%d %d %b %Y') }}"), "2024-07-26 26 Jul 2024");
     assert_eq!(r("{{ bos_token }}{{ eos_token }}{{ add_generation_prompt }}"), "<s></s>False");
     assert_eq!(r("{% generation %}kept{% endgeneration %}"), "kept");
     assert_eq!(r("{{ tools | length }}{{ messages | count }}"), "01");
     assert_eq!(r("{{ 1.0 }} {{ 2 / 1 }} {{ 7 // 2 }} {{ 1e20 }} {{ 0.1 + 0.2 }}"), "1.0 2.0 3 1e+20 0.30000000000000004");
-    assert_eq!(r("{{ none | string }} {{ [true, none] | join(', ') }} {{ messages | join('|', attribute='role') }} {{ 'abc' | join('-') }}"), "None True, None user a-b-c");
+    assert_eq!(
+        r("{{ none | string }} {{ [true, none] | join(', ') }} {{ messages | join('|', attribute='role') }} {{ 'abc' | join('-') }}"),
+        "None True, None user a-b-c"
+    );
     // trim_blocks and lstrip_blocks.
     assert_eq!(r("a\n  {% if true %}\nb\n  {% endif %}\nc"), "a\nb\nc");
 }
@@ -511,8 +492,7 @@ fn stop_strings_of_real_templates() {
         ("microsoft-Phi-3.5-mini-instruct.jinja", "<|end|>"),
         ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "</s>"),
     ];
-    let want: std::collections::BTreeMap<String, Vec<String>> =
-        want.iter().map(|(n, s)| (n.to_string(), vec![s.to_string()])).collect();
+    let want: std::collections::BTreeMap<String, Vec<String>> = want.iter().map(|(n, s)| (n.to_string(), vec![s.to_string()])).collect();
     assert_eq!(seen, want);
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use support::{ferrite, f32_array, i32_array, str_array, str_bytes, vt, Gguf, Outcome};
+use support::{f32_array, ferrite, i32_array, str_array, str_bytes, vt, Gguf, Outcome};
 
 /// Each process must finish within this.
 const LIMIT: Duration = Duration::from_secs(1);
@@ -93,10 +93,7 @@ fn check(o: &Outcome, needles: &[&str]) -> Result<(), String> {
 }
 
 fn commands(path: &str, cmds: Cmds) -> Vec<Vec<String>> {
-    let mut v = vec![
-        vec!["info", "-m", path],
-        vec!["run", "-m", path, "--raw", "-n", "1", "-t", "1", "hi"],
-    ];
+    let mut v = vec![vec!["info", "-m", path], vec!["run", "-m", path, "--raw", "-n", "1", "-t", "1", "hi"]];
     if cmds == Cmds::All {
         v.push(vec!["tokenize", "-m", path, "hi"]);
     }
@@ -229,12 +226,7 @@ fn corrupt_container() {
     huge_key[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     cases.extend([
         case("key length u64::MAX", b(huge_key), Cmds::All, &["key #0"]),
-        case(
-            "key not UTF-8",
-            smol(|g| g.kv[1].key = b"general.\xff\xfe".to_vec()),
-            Cmds::All,
-            &["key #1", "UTF-8"],
-        ),
+        case("key not UTF-8", smol(|g| g.kv[1].key = b"general.\xff\xfe".to_vec()), Cmds::All, &["key #1", "UTF-8"]),
         case("empty key", smol(|g| g.kv[1].key.clear()), Cmds::All, &["key #1", "empty key"]),
         case(
             "string length u64::MAX",
@@ -244,7 +236,14 @@ fn corrupt_container() {
             Cmds::All,
             &["general.name"],
         ),
-        case("string not UTF-8", smol(|g| { g.set("general.name", vt::STR, str_bytes(b"ab\xc3\x28")); }), Cmds::All, &["general.name", "UTF-8"]),
+        case(
+            "string not UTF-8",
+            smol(|g| {
+                g.set("general.name", vt::STR, str_bytes(b"ab\xc3\x28"));
+            }),
+            Cmds::All,
+            &["general.name", "UTF-8"],
+        ),
         case("unknown value type 13", smol(|g| g.kv[2].ty = 13), Cmds::All, &["general.name", "unknown value type"]),
         case("unknown value type u32::MAX", smol(|g| g.kv[2].ty = u32::MAX), Cmds::All, &["general.name", "unknown value type"]),
         case(
@@ -287,7 +286,14 @@ fn corrupt_container() {
             Cmds::All,
             &["general.languages", "unknown array element type"],
         ),
-        case("bool byte 2", smol(|g| { g.set("tokenizer.ggml.add_bos_token", vt::BOOL, vec![2]); }), Cmds::All, &["tokenizer.ggml.add_bos_token", "bool"]),
+        case(
+            "bool byte 2",
+            smol(|g| {
+                g.set("tokenizer.ggml.add_bos_token", vt::BOOL, vec![2]);
+            }),
+            Cmds::All,
+            &["tokenizer.ggml.add_bos_token", "bool"],
+        ),
         case(
             "duplicate key",
             smol(|g| {
@@ -306,20 +312,37 @@ fn corrupt_container() {
         ("alignment 2^31", vt::U32, (1u32 << 31).to_le_bytes().to_vec()),
         ("alignment as u64", vt::U64, 32u64.to_le_bytes().to_vec()),
     ] {
-        cases.push(case(name, smol(move |g| { g.set("general.alignment", ty, payload); }), Cmds::All, &["general.alignment"]));
+        cases.push(case(
+            name,
+            smol(move |g| {
+                g.set("general.alignment", ty, payload);
+            }),
+            Cmds::All,
+            &["general.alignment"],
+        ));
     }
 
     // tensor directory
     let second = String::from_utf8(g0.tensors[1].name.clone()).unwrap();
     cases.extend([
-        case("duplicate tensor name", smol(|g| g.tensors[1].name = g.tensors[0].name.clone()), Cmds::All, &["token_embd.weight", "duplicate tensor name"]),
+        case(
+            "duplicate tensor name",
+            smol(|g| g.tensors[1].name = g.tensors[0].name.clone()),
+            Cmds::All,
+            &["token_embd.weight", "duplicate tensor name"],
+        ),
         case("empty tensor name", smol(|g| g.tensors[1].name.clear()), Cmds::All, &["tensor #1 name"]),
         case("tensor name 64 bytes", smol(|g| g.tensors[1].name = vec![b'a'; 64]), Cmds::All, &["tensor #1 name"]),
         case("n_dims 0", smol(|g| g.tensors[1].dims.clear()), Cmds::All, &[&*second.clone().leak(), "n_dims"]),
         case("n_dims 5", smol(|g| g.tensors[1].dims = vec![576, 1, 1, 1, 1]), Cmds::All, &["n_dims"]),
         case("dimension 0", smol(|g| g.tensors[0].dims[1] = 0), Cmds::All, &["token_embd.weight", "shape"]),
         case("dimension negative", smol(|g| g.tensors[0].dims[1] = (-5i64) as u64), Cmds::All, &["token_embd.weight", "shape"]),
-        case("dimension product overflows", smol(|g| g.tensors[0].dims = vec![1 << 40, 1 << 40, 1 << 40]), Cmds::All, &["token_embd.weight", "overflows"]),
+        case(
+            "dimension product overflows",
+            smol(|g| g.tensors[0].dims = vec![1 << 40, 1 << 40, 1 << 40]),
+            Cmds::All,
+            &["token_embd.weight", "overflows"],
+        ),
         case("dimension huge, no overflow", smol(|g| g.tensors[0].dims = vec![1 << 30, 1 << 30]), Cmds::All, &["past the end"]),
         case("ggml type 99", smol(|g| g.tensors[0].ty = 99), Cmds::All, &["token_embd.weight", "type"]),
         case("ggml type 4 (removed q4_2)", smol(|g| g.tensors[0].ty = 4), Cmds::All, &["token_embd.weight", "type"]),
@@ -341,21 +364,119 @@ fn corrupt_model() {
     let dir = support::scratch("model");
     let m = Cmds::Model;
     let mut cases = vec![
-        case("unknown architecture", smol(|g| { g.set_str("general.architecture", "bogus"); }), m, &["general.architecture", "bogus"]),
-        case("architecture missing", smol(|g| { g.remove("general.architecture"); }), m, &["general.architecture", "missing"]),
-        case("architecture not a string", smol(|g| { g.set_u32("general.architecture", 7); }), m, &["general.architecture"]),
-        case("block_count missing", smol(|g| { g.rename("llama.block_count", "llama.block_kount"); }), m, &["llama.block_count", "missing"]),
-        case("block_count 1e9", smol(|g| { g.set_u32("llama.block_count", 1_000_000_000); }), m, &["llama.block_count"]),
-        case("block_count 0", smol(|g| { g.set_u32("llama.block_count", 0); }), m, &["llama.block_count"]),
-        case("block_count 31 (tensors for 30)", smol(|g| { g.set_u32("llama.block_count", 31); }), m, &["blk.30"]),
-        case("block_count 29 (tensors for 30)", smol(|g| { g.set_u32("llama.block_count", 29); }), m, &["blk.29", "not used"]),
-        case("block_count a string", smol(|g| { g.set_str("llama.block_count", "30"); }), m, &["llama.block_count", "string"]),
+        case(
+            "unknown architecture",
+            smol(|g| {
+                g.set_str("general.architecture", "bogus");
+            }),
+            m,
+            &["general.architecture", "bogus"],
+        ),
+        case(
+            "architecture missing",
+            smol(|g| {
+                g.remove("general.architecture");
+            }),
+            m,
+            &["general.architecture", "missing"],
+        ),
+        case(
+            "architecture not a string",
+            smol(|g| {
+                g.set_u32("general.architecture", 7);
+            }),
+            m,
+            &["general.architecture"],
+        ),
+        case(
+            "block_count missing",
+            smol(|g| {
+                g.rename("llama.block_count", "llama.block_kount");
+            }),
+            m,
+            &["llama.block_count", "missing"],
+        ),
+        case(
+            "block_count 1e9",
+            smol(|g| {
+                g.set_u32("llama.block_count", 1_000_000_000);
+            }),
+            m,
+            &["llama.block_count"],
+        ),
+        case(
+            "block_count 0",
+            smol(|g| {
+                g.set_u32("llama.block_count", 0);
+            }),
+            m,
+            &["llama.block_count"],
+        ),
+        case(
+            "block_count 31 (tensors for 30)",
+            smol(|g| {
+                g.set_u32("llama.block_count", 31);
+            }),
+            m,
+            &["blk.30"],
+        ),
+        case(
+            "block_count 29 (tensors for 30)",
+            smol(|g| {
+                g.set_u32("llama.block_count", 29);
+            }),
+            m,
+            &["blk.29", "not used"],
+        ),
+        case(
+            "block_count a string",
+            smol(|g| {
+                g.set_str("llama.block_count", "30");
+            }),
+            m,
+            &["llama.block_count", "string"],
+        ),
         case("block_count u64 2^40", smol(|g| set_u64(g, "llama.block_count", 1 << 40)), m, &["llama.block_count"]),
-        case("context_length 0", smol(|g| { g.set_u32("llama.context_length", 0); }), m, &["llama.context_length"]),
-        case("embedding_length 0", smol(|g| { g.set_u32("llama.embedding_length", 0); }), m, &["llama.embedding_length"]),
-        case("embedding_length 2^31", smol(|g| { g.set_u32("llama.embedding_length", 1 << 31); }), m, &["llama.embedding_length"]),
-        case("embedding_length 577", smol(|g| { g.set_u32("llama.embedding_length", 577); }), m, &["llama.attention.head_count"]),
-        case("head_count 0", smol(|g| { g.set_u32("llama.attention.head_count", 0); }), m, &["llama.attention.head_count"]),
+        case(
+            "context_length 0",
+            smol(|g| {
+                g.set_u32("llama.context_length", 0);
+            }),
+            m,
+            &["llama.context_length"],
+        ),
+        case(
+            "embedding_length 0",
+            smol(|g| {
+                g.set_u32("llama.embedding_length", 0);
+            }),
+            m,
+            &["llama.embedding_length"],
+        ),
+        case(
+            "embedding_length 2^31",
+            smol(|g| {
+                g.set_u32("llama.embedding_length", 1 << 31);
+            }),
+            m,
+            &["llama.embedding_length"],
+        ),
+        case(
+            "embedding_length 577",
+            smol(|g| {
+                g.set_u32("llama.embedding_length", 577);
+            }),
+            m,
+            &["llama.attention.head_count"],
+        ),
+        case(
+            "head_count 0",
+            smol(|g| {
+                g.set_u32("llama.attention.head_count", 0);
+            }),
+            m,
+            &["llama.attention.head_count"],
+        ),
         case(
             "embedding_length not divisible by head_count",
             smol(|g| {
@@ -365,28 +486,124 @@ fn corrupt_model() {
             m,
             &["llama.attention.head_count", "576"],
         ),
-        case("head_count_kv 0", smol(|g| { g.set_u32("llama.attention.head_count_kv", 0); }), m, &["llama.attention.head_count_kv"]),
-        case("head_count_kv 2 (does not divide 9)", smol(|g| { g.set_u32("llama.attention.head_count_kv", 2); }), m, &["llama.attention.head_count_kv"]),
-        case("head_count_kv > head_count", smol(|g| { g.set_u32("llama.attention.head_count_kv", 18); }), m, &["llama.attention.head_count_kv"]),
-        case("feed_forward_length 0", smol(|g| { g.set_u32("llama.feed_forward_length", 0); }), m, &["llama.feed_forward_length"]),
-        case("feed_forward_length u32::MAX", smol(|g| { g.set_u32("llama.feed_forward_length", u32::MAX); }), m, &["llama.feed_forward_length"]),
-        case("rope.dimension_count odd", smol(|g| { g.set_u32("llama.rope.dimension_count", 63); }), m, &["llama.rope.dimension_count"]),
-        case("rope.freq_base negative", smol(|g| { g.set("llama.rope.freq_base", vt::F32, (-1.0f32).to_le_bytes().to_vec()); }), m, &["llama.rope.freq_base"]),
-        case("rms epsilon NaN", smol(|g| { g.set("llama.attention.layer_norm_rms_epsilon", vt::F32, f32::NAN.to_le_bytes().to_vec()); }), m, &["layer_norm_rms_epsilon"]),
-        case("rms epsilon missing", smol(|g| { g.remove("llama.attention.layer_norm_rms_epsilon"); }), m, &["layer_norm_rms_epsilon", "missing"]),
-        case("vocab_size 2^30", smol(|g| { g.set_u32("llama.vocab_size", 1 << 30); }), m, &["llama.vocab_size"]),
-        case("vocab_size 49151", smol(|g| { g.set_u32("llama.vocab_size", 49151); }), m, &["tokenizer.ggml.tokens", "49151"]),
-        case("expert_count 1e6", smol(|g| { g.set_u32("llama.expert_count", 1_000_000); }), m, &["llama.expert_count"]),
-        case("rope scaling type unknown", smol(|g| { g.set_str("llama.rope.scaling.type", "warp"); }), m, &["llama.rope.scaling.type"]),
-        // tensors against the model
         case(
-            "token_embd shape transposed",
-            smol(|g| g.tensors[0].dims.reverse()),
+            "head_count_kv 0",
+            smol(|g| {
+                g.set_u32("llama.attention.head_count_kv", 0);
+            }),
             m,
-            &["token_embd.weight", "shape"],
+            &["llama.attention.head_count_kv"],
         ),
-        case("missing tensor", smol(|g| g.tensor("blk.0.attn_q.weight").name = b"blk.0.attn_x.weight".to_vec()), m, &["blk.0.attn_q.weight", "missing"]),
-        case("unexpected tensor", smol(|g| g.tensor("blk.3.attn_q.weight").name = b"blk.99.attn_q.weight".to_vec()), m, &["blk.3.attn_q.weight"]),
+        case(
+            "head_count_kv 2 (does not divide 9)",
+            smol(|g| {
+                g.set_u32("llama.attention.head_count_kv", 2);
+            }),
+            m,
+            &["llama.attention.head_count_kv"],
+        ),
+        case(
+            "head_count_kv > head_count",
+            smol(|g| {
+                g.set_u32("llama.attention.head_count_kv", 18);
+            }),
+            m,
+            &["llama.attention.head_count_kv"],
+        ),
+        case(
+            "feed_forward_length 0",
+            smol(|g| {
+                g.set_u32("llama.feed_forward_length", 0);
+            }),
+            m,
+            &["llama.feed_forward_length"],
+        ),
+        case(
+            "feed_forward_length u32::MAX",
+            smol(|g| {
+                g.set_u32("llama.feed_forward_length", u32::MAX);
+            }),
+            m,
+            &["llama.feed_forward_length"],
+        ),
+        case(
+            "rope.dimension_count odd",
+            smol(|g| {
+                g.set_u32("llama.rope.dimension_count", 63);
+            }),
+            m,
+            &["llama.rope.dimension_count"],
+        ),
+        case(
+            "rope.freq_base negative",
+            smol(|g| {
+                g.set("llama.rope.freq_base", vt::F32, (-1.0f32).to_le_bytes().to_vec());
+            }),
+            m,
+            &["llama.rope.freq_base"],
+        ),
+        case(
+            "rms epsilon NaN",
+            smol(|g| {
+                g.set("llama.attention.layer_norm_rms_epsilon", vt::F32, f32::NAN.to_le_bytes().to_vec());
+            }),
+            m,
+            &["layer_norm_rms_epsilon"],
+        ),
+        case(
+            "rms epsilon missing",
+            smol(|g| {
+                g.remove("llama.attention.layer_norm_rms_epsilon");
+            }),
+            m,
+            &["layer_norm_rms_epsilon", "missing"],
+        ),
+        case(
+            "vocab_size 2^30",
+            smol(|g| {
+                g.set_u32("llama.vocab_size", 1 << 30);
+            }),
+            m,
+            &["llama.vocab_size"],
+        ),
+        case(
+            "vocab_size 49151",
+            smol(|g| {
+                g.set_u32("llama.vocab_size", 49151);
+            }),
+            m,
+            &["tokenizer.ggml.tokens", "49151"],
+        ),
+        case(
+            "expert_count 1e6",
+            smol(|g| {
+                g.set_u32("llama.expert_count", 1_000_000);
+            }),
+            m,
+            &["llama.expert_count"],
+        ),
+        case(
+            "rope scaling type unknown",
+            smol(|g| {
+                g.set_str("llama.rope.scaling.type", "warp");
+            }),
+            m,
+            &["llama.rope.scaling.type"],
+        ),
+        // tensors against the model
+        case("token_embd shape transposed", smol(|g| g.tensors[0].dims.reverse()), m, &["token_embd.weight", "shape"]),
+        case(
+            "missing tensor",
+            smol(|g| g.tensor("blk.0.attn_q.weight").name = b"blk.0.attn_x.weight".to_vec()),
+            m,
+            &["blk.0.attn_q.weight", "missing"],
+        ),
+        case(
+            "unexpected tensor",
+            smol(|g| g.tensor("blk.3.attn_q.weight").name = b"blk.99.attn_q.weight".to_vec()),
+            m,
+            &["blk.3.attn_q.weight"],
+        ),
     ];
     // tensor types the model's operations cannot use (relaid out so the container is valid)
     for (name, tensor, ty, needles) in [
@@ -424,22 +641,54 @@ fn corrupt_gemma3() {
     };
     let m = Cmds::Model;
     let cases = vec![
-        case("sliding_window u32::MAX", gem(&|g| { g.set_u32("gemma3.attention.sliding_window", u32::MAX); }), m, &["gemma3.attention.sliding_window"]),
+        case(
+            "sliding_window u32::MAX",
+            gem(&|g| {
+                g.set_u32("gemma3.attention.sliding_window", u32::MAX);
+            }),
+            m,
+            &["gemma3.attention.sliding_window"],
+        ),
         case(
             "sliding_window_pattern too short",
-            gem(&|g| { g.set("gemma3.attention.sliding_window_pattern", vt::ARRAY, support::array_payload(vt::BOOL, 3, &[1, 1, 0])); }),
+            gem(&|g| {
+                g.set("gemma3.attention.sliding_window_pattern", vt::ARRAY, support::array_payload(vt::BOOL, 3, &[1, 1, 0]));
+            }),
             m,
             &["gemma3.attention.sliding_window_pattern"],
         ),
         case(
             "rope.freq_base_swa negative",
-            gem(&|g| { g.set("gemma3.rope.freq_base_swa", vt::F32, (-10000.0f32).to_le_bytes().to_vec()); }),
+            gem(&|g| {
+                g.set("gemma3.rope.freq_base_swa", vt::F32, (-10000.0f32).to_le_bytes().to_vec());
+            }),
             m,
             &["gemma3.rope.freq_base_swa"],
         ),
-        case("key_length 0", gem(&|g| { g.set_u32("gemma3.attention.key_length", 0); }), m, &["gemma3.attention.key_length"]),
-        case("key_length 2^17", gem(&|g| { g.set_u32("gemma3.attention.key_length", 1 << 17); }), m, &["blk.0.attn_q.weight", "shape"]),
-        case("value_length u32::MAX", gem(&|g| { g.set_u32("gemma3.attention.value_length", u32::MAX); }), m, &["gemma3.attention.value_length"]),
+        case(
+            "key_length 0",
+            gem(&|g| {
+                g.set_u32("gemma3.attention.key_length", 0);
+            }),
+            m,
+            &["gemma3.attention.key_length"],
+        ),
+        case(
+            "key_length 2^17",
+            gem(&|g| {
+                g.set_u32("gemma3.attention.key_length", 1 << 17);
+            }),
+            m,
+            &["blk.0.attn_q.weight", "shape"],
+        ),
+        case(
+            "value_length u32::MAX",
+            gem(&|g| {
+                g.set_u32("gemma3.attention.value_length", u32::MAX);
+            }),
+            m,
+            &["gemma3.attention.value_length"],
+        ),
     ];
     run_cases(&dir, cases);
 }
@@ -457,14 +706,44 @@ fn corrupt_vocabulary() {
     let n = tokens.len();
     let a = Cmds::All;
     let cases = vec![
-        case("bos id = n_vocab", smol(|g| { g.set_u32("tokenizer.ggml.bos_token_id", n as u32); }), a, &["tokenizer.ggml.bos_token_id", "49152"]),
-        case("eos id u32::MAX", smol(|g| { g.set_u32("tokenizer.ggml.eos_token_id", u32::MAX); }), a, &["tokenizer.ggml.eos_token_id"]),
-        case("bos id -5", smol(|g| { g.set("tokenizer.ggml.bos_token_id", vt::I32, (-5i32).to_le_bytes().to_vec()); }), a, &["tokenizer.ggml.bos_token_id"]),
+        case(
+            "bos id = n_vocab",
+            smol(|g| {
+                g.set_u32("tokenizer.ggml.bos_token_id", n as u32);
+            }),
+            a,
+            &["tokenizer.ggml.bos_token_id", "49152"],
+        ),
+        case(
+            "eos id u32::MAX",
+            smol(|g| {
+                g.set_u32("tokenizer.ggml.eos_token_id", u32::MAX);
+            }),
+            a,
+            &["tokenizer.ggml.eos_token_id"],
+        ),
+        case(
+            "bos id -5",
+            smol(|g| {
+                g.set("tokenizer.ggml.bos_token_id", vt::I32, (-5i32).to_le_bytes().to_vec());
+            }),
+            a,
+            &["tokenizer.ggml.bos_token_id"],
+        ),
         case("pad id u64 2^40", smol(|g| set_u64(g, "tokenizer.ggml.padding_token_id", 1 << 40)), a, &["tokenizer.ggml.padding_token_id"]),
-        case("eot id a string", smol(|g| { g.set_str("tokenizer.ggml.eot_token_id", "2"); }), a, &["tokenizer.ggml.eot_token_id"]),
+        case(
+            "eot id a string",
+            smol(|g| {
+                g.set_str("tokenizer.ggml.eot_token_id", "2");
+            }),
+            a,
+            &["tokenizer.ggml.eot_token_id"],
+        ),
         case(
             "tokens shorter than token_type",
-            smol(|g| { g.set("tokenizer.ggml.tokens", vt::ARRAY, str_array(&tokens[..n - 1])); }),
+            smol(|g| {
+                g.set("tokenizer.ggml.tokens", vt::ARRAY, str_array(&tokens[..n - 1]));
+            }),
             a,
             &["tokenizer.ggml.token_type", "49151"],
         ),
@@ -477,7 +756,14 @@ fn corrupt_vocabulary() {
             Cmds::Model,
             &["tokenizer.ggml.tokens", "49151"],
         ),
-        case("token_type shorter", smol(|g| { g.set("tokenizer.ggml.token_type", vt::ARRAY, i32_array(&types[..n - 1])); }), a, &["tokenizer.ggml.token_type"]),
+        case(
+            "token_type shorter",
+            smol(|g| {
+                g.set("tokenizer.ggml.token_type", vt::ARRAY, i32_array(&types[..n - 1]));
+            }),
+            a,
+            &["tokenizer.ggml.token_type"],
+        ),
         case(
             "token_type unknown value",
             smol(|g| {
@@ -488,8 +774,22 @@ fn corrupt_vocabulary() {
             a,
             &["tokenizer.ggml.token_type", "99"],
         ),
-        case("token_type not integers", smol(|g| { g.set("tokenizer.ggml.token_type", vt::ARRAY, f32_array(&vec![1.0; n])); }), a, &["tokenizer.ggml.token_type"]),
-        case("scores length mismatch", smol(|g| { g.set("tokenizer.ggml.scores", vt::ARRAY, f32_array(&vec![0.0; n + 1])); }), a, &["tokenizer.ggml.scores"]),
+        case(
+            "token_type not integers",
+            smol(|g| {
+                g.set("tokenizer.ggml.token_type", vt::ARRAY, f32_array(&vec![1.0; n]));
+            }),
+            a,
+            &["tokenizer.ggml.token_type"],
+        ),
+        case(
+            "scores length mismatch",
+            smol(|g| {
+                g.set("tokenizer.ggml.scores", vt::ARRAY, f32_array(&vec![0.0; n + 1]));
+            }),
+            a,
+            &["tokenizer.ggml.scores"],
+        ),
         case(
             "score NaN",
             smol(|g| {
@@ -520,9 +820,30 @@ fn corrupt_vocabulary() {
             a,
             &["500", "501"],
         ),
-        case("tokens empty", smol(|g| { g.set("tokenizer.ggml.tokens", vt::ARRAY, str_array(&[])); }), a, &["tokenizer.ggml."]),
-        case("tokens missing", smol(|g| { g.remove("tokenizer.ggml.tokens"); }), a, &["tokenizer.ggml.tokens"]),
-        case("tokens not strings", smol(|g| { g.set("tokenizer.ggml.tokens", vt::ARRAY, i32_array(&vec![0; n])); }), a, &["tokenizer.ggml.tokens"]),
+        case(
+            "tokens empty",
+            smol(|g| {
+                g.set("tokenizer.ggml.tokens", vt::ARRAY, str_array(&[]));
+            }),
+            a,
+            &["tokenizer.ggml."],
+        ),
+        case(
+            "tokens missing",
+            smol(|g| {
+                g.remove("tokenizer.ggml.tokens");
+            }),
+            a,
+            &["tokenizer.ggml.tokens"],
+        ),
+        case(
+            "tokens not strings",
+            smol(|g| {
+                g.set("tokenizer.ggml.tokens", vt::ARRAY, i32_array(&vec![0; n]));
+            }),
+            a,
+            &["tokenizer.ggml.tokens"],
+        ),
         case(
             "merge without a space",
             smol(|g| {
@@ -533,10 +854,38 @@ fn corrupt_vocabulary() {
             a,
             &["tokenizer.ggml.merges", "merge 10"],
         ),
-        case("merges missing (gpt2)", smol(|g| { g.remove("tokenizer.ggml.merges"); }), a, &["tokenizer.ggml.merges"]),
-        case("tokenizer model unknown", smol(|g| { g.set_str("tokenizer.ggml.model", "wordpiece9"); }), a, &["wordpiece9"]),
-        case("tokenizer model missing", smol(|g| { g.remove("tokenizer.ggml.model"); }), a, &["tokenizer.ggml.model"]),
-        case("pre-tokenizer unknown", smol(|g| { g.set_str("tokenizer.ggml.pre", "no-such-pre"); }), a, &["no-such-pre"]),
+        case(
+            "merges missing (gpt2)",
+            smol(|g| {
+                g.remove("tokenizer.ggml.merges");
+            }),
+            a,
+            &["tokenizer.ggml.merges"],
+        ),
+        case(
+            "tokenizer model unknown",
+            smol(|g| {
+                g.set_str("tokenizer.ggml.model", "wordpiece9");
+            }),
+            a,
+            &["wordpiece9"],
+        ),
+        case(
+            "tokenizer model missing",
+            smol(|g| {
+                g.remove("tokenizer.ggml.model");
+            }),
+            a,
+            &["tokenizer.ggml.model"],
+        ),
+        case(
+            "pre-tokenizer unknown",
+            smol(|g| {
+                g.set_str("tokenizer.ggml.pre", "no-such-pre");
+            }),
+            a,
+            &["no-such-pre"],
+        ),
     ];
     run_cases(&dir, cases);
 }
@@ -581,10 +930,7 @@ fn absurd_context_sizes() {
     let _s = serial();
     let mut failures = Vec::new();
     for c in ["4294967295", "4294967041", "100000000"] {
-        for args in [
-            vec!["info", "-m", "smollm2", "-c", c],
-            vec!["run", "-m", "smollm2", "--raw", "-n", "1", "-t", "1", "-c", c, "hi"],
-        ] {
+        for args in [vec!["info", "-m", "smollm2", "-c", c], vec!["run", "-m", "smollm2", "--raw", "-n", "1", "-t", "1", "-c", c, "hi"]] {
             let o = ferrite(&args, KILL_AFTER);
             eprintln!("{args:?}: {:?} {} ms {}", o.code, o.wall.as_millis(), o.stderr.trim_end());
             if let Err(e) = check(&o, &["ctx-size"]) {

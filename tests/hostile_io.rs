@@ -94,13 +94,7 @@ fn run(args: &[&str], input: Input, stdout_file: Option<&str>) -> Out {
 
 /// Checks a refusal: exit `code`, nothing on stdout, one stderr line `ferrite: ...` containing
 /// every needle, within `limit`.
-fn refused(
-    what: &str,
-    o: &Out,
-    code: i32,
-    needles: &[&str],
-    limit: Duration,
-) -> Result<(), String> {
+fn refused(what: &str, o: &Out, code: i32, needles: &[&str], limit: Duration) -> Result<(), String> {
     let err = o.stderr.strip_suffix('\n').unwrap_or(&o.stderr);
     let mut bad = Vec::new();
     if o.code != Some(code) {
@@ -115,45 +109,25 @@ fn refused(
         }
     }
     if !o.stdout.is_empty() {
-        bad.push(format!(
-            "stdout is not empty: {:?}",
-            o.stdout.chars().take(100).collect::<String>()
-        ));
+        bad.push(format!("stdout is not empty: {:?}", o.stdout.chars().take(100).collect::<String>()));
     }
     if o.wall >= limit {
         bad.push(format!("took {:?} (limit {limit:?})", o.wall));
     }
-    eprintln!(
-        "{what:>50} | {:?} | {:>5} ms | {err}",
-        o.code,
-        o.wall.as_millis()
-    );
+    eprintln!("{what:>50} | {:?} | {:>5} ms | {err}", o.code, o.wall.as_millis());
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{what}: {}\n    stderr: {:?}",
-            bad.join("; "),
-            o.stderr
-        ))
+        Err(format!("{what}: {}\n    stderr: {:?}", bad.join("; "), o.stderr))
     }
 }
 
 fn assert_all(failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{} violation(s):\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{} violation(s):\n  {}", failures.len(), failures.join("\n  "));
 }
 
 fn mkfifo(p: &Path) {
-    assert!(Command::new("mkfifo")
-        .arg(p)
-        .status()
-        .expect("mkfifo")
-        .success());
+    assert!(Command::new("mkfifo").arg(p).status().expect("mkfifo").success());
 }
 
 fn is_root() -> bool {
@@ -166,11 +140,7 @@ fn is_root() -> bool {
 fn make_unwritable(p: &Path) -> Box<dyn FnOnce()> {
     let ps = p.to_string_lossy().into_owned();
     if is_root() {
-        let ok = Command::new("chattr")
-            .args(["+i", &ps])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = Command::new("chattr").args(["+i", &ps]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "chattr +i {ps} failed: the tests run as root and need a filesystem with the immutable flag (ext4, xfs, btrfs)");
         Box::new(move || {
             let _ = Command::new("chattr").args(["-i", &ps]).status();
@@ -188,25 +158,8 @@ fn make_unwritable(p: &Path) -> Box<dyn FnOnce()> {
 
 /// A real session file (one short greedy turn) at `p`.
 fn make_session(model: &str, p: &Path, ctx: &str) {
-    let o = run(
-        &[
-            "run",
-            "-m",
-            model,
-            "--temp",
-            "0",
-            "-c",
-            ctx,
-            "-n",
-            "2",
-            "-q",
-            "--session",
-            &p.to_string_lossy(),
-            "Hi",
-        ],
-        Input::Null,
-        None,
-    );
+    let o =
+        run(&["run", "-m", model, "--temp", "0", "-c", ctx, "-n", "2", "-q", "--session", &p.to_string_lossy(), "Hi"], Input::Null, None);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
 }
 
@@ -228,38 +181,17 @@ fn special_files_are_refused_at_once() {
     let sub = dir.path("subdir");
     std::fs::create_dir(&sub).unwrap();
     let paths = [
-        (
-            "/dev/zero".to_string(),
-            "not a regular file (a character device)",
-        ),
-        (
-            "/dev/full".to_string(),
-            "not a regular file (a character device)",
-        ),
-        (
-            fifo.to_string_lossy().into_owned(),
-            "not a regular file (a FIFO)",
-        ),
+        ("/dev/zero".to_string(), "not a regular file (a character device)"),
+        ("/dev/full".to_string(), "not a regular file (a character device)"),
+        (fifo.to_string_lossy().into_owned(), "not a regular file (a FIFO)"),
         (sub.to_string_lossy().into_owned(), "is a directory"),
     ];
     let mut failures = Vec::new();
     for (p, msg) in &paths {
         let cases: [(&str, Vec<&str>, &str); 3] = [
-            (
-                "run -f",
-                vec!["run", "-m", &model, "-n", "1", "-f", p],
-                "prompt file",
-            ),
-            (
-                "run --session",
-                vec!["run", "-m", &model, "-n", "1", "--session", p, "hi"],
-                "session file",
-            ),
-            (
-                "chat --session",
-                vec!["chat", "-m", &model, "--session", p],
-                "session file",
-            ),
+            ("run -f", vec!["run", "-m", &model, "-n", "1", "-f", p], "prompt file"),
+            ("run --session", vec!["run", "-m", &model, "-n", "1", "--session", p, "hi"], "session file"),
+            ("chat --session", vec!["chat", "-m", &model, "--session", p], "session file"),
         ];
         for (what, args, kind) in cases {
             let o = run(&args, Input::Null, None);
@@ -286,10 +218,7 @@ fn oversized_inputs_are_refused_from_their_size() {
     let bf = big_file.to_string_lossy().into_owned();
     let arg = big[..100_000].to_string();
     let huge = dir.path("huge.session");
-    std::fs::File::create(&huge)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
+    std::fs::File::create(&huge).unwrap().set_len(3 << 30).unwrap();
     let hs = huge.to_string_lossy().into_owned();
     let cap = "at most 65536 bytes";
     let mut failures = Vec::new();
@@ -298,78 +227,23 @@ fn oversized_inputs_are_refused_from_their_size() {
             failures.push(e);
         }
     };
-    check(
-        "-f FILE (5 MB)",
-        run(&["run", "-m", &model, "-f", &bf], Input::Null, None),
-        &[&bf, "4.8 MiB", cap, "raise -c"],
-        QUICK,
-    );
-    check(
-        "-f - (5 MB piped)",
-        run(
-            &["run", "-m", &model, "-f", "-"],
-            Input::Bytes(big.as_bytes()),
-            None,
-        ),
-        &["standard input", cap],
-        QUICK,
-    );
+    check("-f FILE (5 MB)", run(&["run", "-m", &model, "-f", &bf], Input::Null, None), &[&bf, "4.8 MiB", cap, "raise -c"], QUICK);
+    check("-f - (5 MB piped)", run(&["run", "-m", &model, "-f", "-"], Input::Bytes(big.as_bytes()), None), &["standard input", cap], QUICK);
     check(
         "PROMPT + 5 MB document piped",
-        run(
-            &["run", "-m", &model, "Summarize:"],
-            Input::Bytes(big.as_bytes()),
-            None,
-        ),
+        run(&["run", "-m", &model, "Summarize:"], Input::Bytes(big.as_bytes()), None),
         &["standard input", cap],
         QUICK,
     );
-    check(
-        "5 MB piped, no PROMPT",
-        run(&["run", "-m", &model], Input::Bytes(big.as_bytes()), None),
-        &["standard input", cap],
-        QUICK,
-    );
-    check(
-        "-f - < /dev/zero",
-        run(
-            &["run", "-m", &model, "-f", "-"],
-            Input::File("/dev/zero"),
-            None,
-        ),
-        &["standard input", cap],
-        QUICK,
-    );
-    check(
-        "PROMPT < /dev/zero",
-        run(&["run", "-m", &model, "hi"], Input::File("/dev/zero"), None),
-        &["standard input", cap],
-        QUICK,
-    );
-    check(
-        "PROMPT of 100 KB",
-        run(&["run", "-m", &model, &arg], Input::Null, None),
-        &["PROMPT is 100000 bytes", cap],
-        QUICK,
-    );
+    check("5 MB piped, no PROMPT", run(&["run", "-m", &model], Input::Bytes(big.as_bytes()), None), &["standard input", cap], QUICK);
+    check("-f - < /dev/zero", run(&["run", "-m", &model, "-f", "-"], Input::File("/dev/zero"), None), &["standard input", cap], QUICK);
+    check("PROMPT < /dev/zero", run(&["run", "-m", &model, "hi"], Input::File("/dev/zero"), None), &["standard input", cap], QUICK);
+    check("PROMPT of 100 KB", run(&["run", "-m", &model, &arg], Input::Null, None), &["PROMPT is 100000 bytes", cap], QUICK);
     // the cap follows -c
-    check(
-        "-c 8192: 5 MB",
-        run(
-            &["run", "-m", &model, "-c", "8192", "-f", &bf],
-            Input::Null,
-            None,
-        ),
-        &["at most 131072 bytes"],
-        QUICK,
-    );
+    check("-c 8192: 5 MB", run(&["run", "-m", &model, "-c", "8192", "-f", &bf], Input::Null, None), &["at most 131072 bytes"], QUICK);
     check(
         "--session of 3 GiB",
-        run(
-            &["run", "-m", &model, "-c", "512", "--session", &hs, "hi"],
-            Input::Null,
-            None,
-        ),
+        run(&["run", "-m", &model, "-c", "512", "--session", &hs, "hi"], Input::Null, None),
         &[&hs, "3072.0 MiB", "session file"],
         AFTER_LOAD,
     );
@@ -385,47 +259,24 @@ fn repl_load_refuses_special_and_oversized_files() {
     let fifo = dir.path("fifo");
     mkfifo(&fifo);
     std::fs::create_dir(dir.path("subdir")).unwrap();
-    std::fs::File::create(dir.path("huge.session"))
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
-    let t = Tmux::start(
-        "io-load",
-        &dir.0,
-        &["chat", "-m", &model, "--temp", "0", "-c", "512", "-n", "4"],
-    );
+    std::fs::File::create(dir.path("huge.session")).unwrap().set_len(3 << 30).unwrap();
+    let t = Tmux::start("io-load", &dir.0, &["chat", "-m", &model, "--temp", "0", "-c", "512", "-n", "4"]);
     t.wait_prompt(1, 60);
     t.line("Hi");
     t.wait_prompt(2, 60);
     let cases = [
-        (
-            "/dev/zero",
-            "/dev/zero: not a regular file (a character device), cannot be a session file",
-        ),
-        (
-            "/dev/full",
-            "/dev/full: not a regular file (a character device), cannot be a session file",
-        ),
-        (
-            "fifo",
-            "fifo: not a regular file (a FIFO), cannot be a session file",
-        ),
+        ("/dev/zero", "/dev/zero: not a regular file (a character device), cannot be a session file"),
+        ("/dev/full", "/dev/full: not a regular file (a character device), cannot be a session file"),
+        ("fifo", "fifo: not a regular file (a FIFO), cannot be a session file"),
         ("subdir", "subdir: is a directory, cannot be a session file"),
-        (
-            "huge.session",
-            "huge.session: 3072.0 MiB is larger than a session file can be here",
-        ),
+        ("huge.session", "huge.session: 3072.0 MiB is larger than a session file can be here"),
     ];
     for (i, (file, msg)) in cases.iter().enumerate() {
         let t0 = Instant::now();
         t.line(&format!("/load {file}"));
         t.wait_for(msg, 5);
         t.wait_prompt(3 + i, 5);
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "/load {file} took {:?}",
-            t0.elapsed()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "/load {file} took {:?}", t0.elapsed());
     }
     t.line("/show");
     t.wait_for("(2 messages)", 10);
@@ -444,31 +295,14 @@ fn answer_to_a_full_disk_is_exit_1() {
     let ss = s.to_string_lossy().into_owned();
     let mut failures = Vec::new();
     for json in [false, true] {
-        let mut a = vec![
-            "run",
-            "-m",
-            &model,
-            "--temp",
-            "0",
-            "-c",
-            "512",
-            "-n",
-            "4",
-            "-q",
-            "--session",
-            &ss,
-        ];
+        let mut a = vec!["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "4", "-q", "--session", &ss];
         if json {
             a.push("--json");
         }
         a.push("Hi");
         let o = run(&a, Input::Null, Some("/dev/full"));
         if let Err(e) = refused(
-            if json {
-                "--json > /dev/full"
-            } else {
-                "text > /dev/full"
-            },
+            if json { "--json > /dev/full" } else { "text > /dev/full" },
             &o,
             1,
             &["writing the answer to stdout failed: No space left on device"],
@@ -492,74 +326,33 @@ fn unwritable_sessions_are_refused_before_generating() {
     let mut failures = Vec::new();
     let mut check = |what: &str, path: &Path, needles: &[&str]| {
         let ps = path.to_string_lossy().into_owned();
-        let o = run(
-            &[
-                "run",
-                "-m",
-                &model,
-                "--temp",
-                "0",
-                "-c",
-                "512",
-                "-n",
-                "4",
-                "--session",
-                &ps,
-                "Hi",
-            ],
-            Input::Null,
-            None,
-        );
+        let o = run(&["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "4", "--session", &ps, "Hi"], Input::Null, None);
         if let Err(e) = refused(what, &o, 2, needles, QUICK) {
             failures.push(e);
         }
     };
-    check(
-        "missing directory",
-        &dir.path("nowhere/s.session"),
-        &["cannot save the session", "directory", "does not exist"],
-    );
+    check("missing directory", &dir.path("nowhere/s.session"), &["cannot save the session", "directory", "does not exist"]);
 
     let ro = dir.path("ro");
     std::fs::create_dir(&ro).unwrap();
     let undo = make_unwritable(&ro);
-    check(
-        "unwritable directory",
-        &ro.join("s.session"),
-        &["cannot save the session", "is not writable"],
-    );
+    check("unwritable directory", &ro.join("s.session"), &["cannot save the session", "is not writable"]);
     undo();
-    assert_eq!(
-        std::fs::read_dir(&ro).unwrap().count(),
-        0,
-        "nothing was left in the directory"
-    );
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0, "nothing was left in the directory");
 
     let s = dir.path("s.session");
     make_session(&model, &s, "512");
     let before = snapshot(&s);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o444)).unwrap();
-    check(
-        "read-only file (mode 444)",
-        &s,
-        &["read-only; not replacing it"],
-    );
+    check("read-only file (mode 444)", &s, &["read-only; not replacing it"]);
     std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o644)).unwrap();
-    assert_eq!(
-        snapshot(&s),
-        before,
-        "the read-only session file is untouched"
-    );
+    assert_eq!(snapshot(&s), before, "the read-only session file is untouched");
 
     let undo = make_unwritable(&s);
     check("file refused by the system", &s, &["cannot be written"]);
     undo();
-    assert_eq!(
-        snapshot(&s),
-        before,
-        "the unwritable session file is untouched"
-    );
+    assert_eq!(snapshot(&s), before, "the unwritable session file is untouched");
     assert_all(failures);
 }
 
@@ -573,41 +366,14 @@ fn a_second_process_on_one_session_waits_then_fails() {
     let s = dir.path("s.session");
     let ss = s.to_string_lossy().into_owned();
     make_session(&model, &s, "512");
-    let args = [
-        "run",
-        "-m",
-        &model,
-        "--temp",
-        "0",
-        "-c",
-        "512",
-        "-n",
-        "2",
-        "-q",
-        "--session",
-        &ss,
-        "Again",
-    ];
+    let args = ["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "2", "-q", "--session", &ss, "Again"];
 
     // held by "another process" (this test, on the documented companion lock file)
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.path(".s.session.lock"))
-        .unwrap();
+    let lock = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.path(".s.session.lock")).unwrap();
     lock.lock().unwrap();
     let before = snapshot(&s);
     let o = run(&args, Input::Null, None);
-    refused(
-        "session held for good",
-        &o,
-        1,
-        &[&ss, "in use by another ferrite process", "waited 5 s"],
-        Duration::from_secs(9),
-    )
-    .unwrap();
+    refused("session held for good", &o, 1, &[&ss, "in use by another ferrite process", "waited 5 s"], Duration::from_secs(9)).unwrap();
     assert!(o.wall >= Duration::from_secs(5), "it waited: {:?}", o.wall);
     assert_eq!(snapshot(&s), before);
 
@@ -624,29 +390,15 @@ fn a_second_process_on_one_session_waits_then_fails() {
     // two at once: each either adds its turn or fails saying so
     let a = std::thread::spawn({
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        move || {
-            run(
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                Input::Null,
-                None,
-            )
-        }
+        move || run(&args.iter().map(String::as_str).collect::<Vec<_>>(), Input::Null, None)
     });
     let b = run(&args, Input::Null, None);
     let a = a.join().unwrap();
     let ok = [&a, &b].iter().filter(|o| o.code == Some(0)).count();
     for o in [&a, &b] {
-        assert!(
-            o.code == Some(0)
-                || (o.code == Some(1) && o.stderr.contains("in use by another ferrite process")),
-            "{o:?}"
-        );
+        assert!(o.code == Some(0) || (o.code == Some(1) && o.stderr.contains("in use by another ferrite process")), "{o:?}");
     }
-    assert_eq!(
-        messages_in(&s),
-        4 + 2 * ok,
-        "every process that succeeded kept its turn"
-    );
+    assert_eq!(messages_in(&s), 4 + 2 * ok, "every process that succeeded kept its turn");
 }
 
 /// A session saved with one `-c` and cache type continues under others: the conversation is
@@ -660,17 +412,7 @@ fn sessions_survive_a_changed_context_or_cache_type() {
     let ss = s.to_string_lossy().into_owned();
     make_session(&model, &s, "512");
     let turn = |extra: &[&str], prompt: &str| {
-        let mut a = vec![
-            "run",
-            "-m",
-            &model,
-            "--temp",
-            "0",
-            "-n",
-            "4",
-            "--session",
-            &ss,
-        ];
+        let mut a = vec!["run", "-m", &model, "--temp", "0", "-n", "4", "--session", &ss];
         a.extend_from_slice(extra);
         a.push(prompt);
         let o = run(&a, Input::Null, None);
@@ -678,47 +420,25 @@ fn sessions_survive_a_changed_context_or_cache_type() {
         o
     };
     let json = |o: &Out| -> serde_json::Value { serde_json::from_str(o.stdout.trim()).unwrap() };
-    let computed = |v: &serde_json::Value| {
-        (
-            v["timings"]["prompt_tokens_computed"].as_u64().unwrap(),
-            v["prompt_tokens"].as_u64().unwrap(),
-        )
-    };
+    let computed = |v: &serde_json::Value| (v["timings"]["prompt_tokens_computed"].as_u64().unwrap(), v["prompt_tokens"].as_u64().unwrap());
 
     // another -c: the notice (not in --json, which keeps stderr quiet), then everything computed
     let o = turn(&["-c", "1024"], "What is 2+2?");
-    assert!(
-        o.stderr.contains("different context size (-c)") && o.stderr.contains("computed again"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains("different context size (-c)") && o.stderr.contains("computed again"), "{}", o.stderr);
     let o = turn(&["-c", "768", "--json"], "And 3+3?");
     let (c, p) = computed(&json(&o));
     assert_eq!(c, p, "the whole conversation is prefilled again");
     // another cache type
-    let o = turn(
-        &["-c", "768", "-ctk", "q8_0", "-ctv", "q8_0", "--json"],
-        "And 4+4?",
-    );
+    let o = turn(&["-c", "768", "-ctk", "q8_0", "-ctv", "q8_0", "--json"], "And 4+4?");
     let (c, p) = computed(&json(&o));
     assert_eq!(c, p);
     // the same settings again: the saved cache is used
-    let o = turn(
-        &["-c", "768", "-ctk", "q8_0", "-ctv", "q8_0", "--json"],
-        "And 5+5?",
-    );
+    let o = turn(&["-c", "768", "-ctk", "q8_0", "-ctv", "q8_0", "--json"], "And 5+5?");
     let (c, p) = computed(&json(&o));
     assert!(c < p / 2, "the cache is reused: {c} of {p} computed");
     assert_eq!(messages_in(&s), 10, "no turn was lost");
-    let names: Vec<String> = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let mut names = names;
     names.sort();
-    assert_eq!(
-        names,
-        [".s.session.lock", "s.session"],
-        "no temporary or probe file is left"
-    );
+    assert_eq!(names, [".s.session.lock", "s.session"], "no temporary or probe file is left");
 }

@@ -15,7 +15,11 @@ fn check(model: &str, arch: &str, n_layer: u64, n_embd: u64, n_head: u64, n_head
     let v = info(model);
     assert_eq!(v["architecture"], arch, "{model}");
     let got: Vec<u64> = ["n_layer", "n_embd", "n_head", "n_head_kv", "n_vocab", "tensors"].iter().map(|k| v[k].as_u64().unwrap()).collect();
-    assert_eq!(got, [n_layer, n_embd, n_head, n_head_kv, n_vocab, tensors], "{model}: n_layer, n_embd, n_head, n_head_kv, n_vocab, tensors");
+    assert_eq!(
+        got,
+        [n_layer, n_embd, n_head, n_head_kv, n_vocab, tensors],
+        "{model}: n_layer, n_embd, n_head, n_head_kv, n_vocab, tensors"
+    );
 }
 
 #[test]

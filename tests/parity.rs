@@ -68,7 +68,8 @@ fn expected(key: &str) -> Vec<(String, Value)> {
         return flatten(&golden[key]);
     };
     // Live: the prompts of the golden, through llama.cpp's greedy_ref on this machine.
-    let prompts = golden.unwrap_or_else(|| serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/greedy/avx2.json")).unwrap()).unwrap());
+    let prompts = golden
+        .unwrap_or_else(|| serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/greedy/avx2.json")).unwrap()).unwrap());
     let (_, env) = setting(key);
     let mut out = Vec::new();
     for (m, case) in flatten(&prompts[key]) {
@@ -149,7 +150,14 @@ fn greedy_parity(key: &str) {
         let got = ferrite_run(&model_file(m), case["prompt"].as_str().unwrap(), case["n_predict"].as_u64().unwrap_or(48) as usize, flags);
         failures.extend(check(m, case, &got));
     }
-    assert!(failures.is_empty(), "{key}: {} of {} cases differ from llama.cpp ({}):\n{}", failures.len(), cases.len(), cpu_class(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{key}: {} of {} cases differ from llama.cpp ({}):\n{}",
+        failures.len(),
+        cases.len(),
+        cpu_class(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -173,7 +181,8 @@ fn greedy_q8_0_cache_matches_llamacpp() {
 fn goldens_hold_the_reference_prompts() {
     let reference = llamacpp_reference();
     for class in ["avx2", "avx512"] {
-        let golden: Value = serde_json::from_str(&std::fs::read_to_string(root().join(format!("tests/golden/greedy/{class}.json"))).unwrap()).unwrap();
+        let golden: Value =
+            serde_json::from_str(&std::fs::read_to_string(root().join(format!("tests/golden/greedy/{class}.json"))).unwrap()).unwrap();
         for key in ["greedy", "greedy_flash_attn_off", "greedy_cache_q8_0"] {
             let cases = flatten(&golden[key]);
             for (m, c) in flatten(&reference[key]) {
@@ -191,10 +200,7 @@ fn goldens_hold_the_reference_prompts() {
 fn perplexity(key: &str) -> f64 {
     let text = reference("GPL-3.txt");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
-    cmd.args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"])
-        .arg(&text)
-        .arg("-m")
-        .arg(model_file(key));
+    cmd.args(["perplexity", "-c", "512", "-t", "2", "--json", "-f"]).arg(&text).arg("-m").arg(model_file(key));
     let o = heavy::output(&mut cmd, &format!("ferrite perplexity {key}"), heavy::LIMIT);
     assert!(o.status.success(), "ferrite perplexity failed: {}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -205,33 +211,19 @@ fn perplexity(key: &str) -> f64 {
 /// the reference's (recorded on AVX-512; CPU classes differ far less than the tolerance).
 fn llamacpp_perplexity(key: &str) -> f64 {
     let Some(bin) = llamacpp_bin() else {
-        return llamacpp_reference()["perplexity"][key][0]["ppl"]
-            .as_f64()
-            .unwrap();
+        return llamacpp_reference()["perplexity"][key][0]["ppl"].as_f64().unwrap();
     };
     let mut cmd = Command::new(bin.join("llama-perplexity"));
-    cmd.args(["-c", "512", "-t", "2", "-f"])
-        .arg(reference("GPL-3.txt"))
-        .arg("-m")
-        .arg(model_file(key))
-        .env("LD_LIBRARY_PATH", &bin);
+    cmd.args(["-c", "512", "-t", "2", "-f"]).arg(reference("GPL-3.txt")).arg("-m").arg(model_file(key)).env("LD_LIBRARY_PATH", &bin);
     let what = format!("llama-perplexity {key}");
     let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{what} failed: {err}");
     // "Final estimate: PPL = 18.3914 +/- 0.41" (on stderr, with llama.cpp's log)
     let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
-    let line = all
-        .lines()
-        .find(|l| l.contains("Final estimate: PPL = "))
-        .unwrap_or_else(|| panic!("{what}: no final estimate in:\n{all}"));
-    let value = line
-        .split("PPL = ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next());
-    value
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: {line:?}"))
+    let line = all.lines().find(|l| l.contains("Final estimate: PPL = ")).unwrap_or_else(|| panic!("{what}: no final estimate in:\n{all}"));
+    let value = line.split("PPL = ").nth(1).and_then(|r| r.split_whitespace().next());
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{what}: {line:?}"))
 }
 
 fn perplexity_parity(key: &str) {

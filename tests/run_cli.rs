@@ -254,7 +254,10 @@ fn mapped_and_copied_weights_answer_alike() {
     assert!(p.exists(), "{} is missing: run models/fetch.sh gemma3 (or scripts/test.sh)", p.display());
     let model = p.to_string_lossy().into_owned();
     let answer = |how: &str| {
-        let mut v = json(&ferrite(&run_args(&model, &["-c", "512", "-n", "12", "--seed", "1", "--json", "--top-logits", "5", how, "The capital of France is"]), None));
+        let mut v = json(&ferrite(
+            &run_args(&model, &["-c", "512", "-n", "12", "--seed", "1", "--json", "--top-logits", "5", how, "The capital of France is"]),
+            None,
+        ));
         v.as_object_mut().unwrap().remove("timings");
         v
     };

@@ -32,9 +32,7 @@ const SETTINGS: [(&str, &str); 2] = [("greedy", "on"), ("greedy_flash_attn_off",
 
 fn models_dir(seed: u64) -> PathBuf {
     match seed {
-        1234 => std::env::var_os("FERRITE_TINY_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target/tiny-models")),
+        1234 => std::env::var_os("FERRITE_TINY_MODELS").map(PathBuf::from).unwrap_or_else(|| root().join("target/tiny-models")),
         _ => root().join(format!("target/tiny-models-seed{seed}")),
     }
 }
@@ -49,48 +47,18 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    let o = Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
 
 fn run(model: &Path, prompt: &str, n: u64, fa: &str) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
-    cmd.args([
-        "run",
-        "--raw",
-        "--temp",
-        "0",
-        "-n",
-        &n.to_string(),
-        "-c",
-        "1024",
-        "-t",
-        "2",
-        "--json",
-        "--top-logits",
-        "5",
-    ])
-    .args(["--flash-attn", fa, "-m"])
-    .arg(model)
-    .arg(prompt);
-    let o = heavy::output(
-        &mut cmd,
-        &format!("ferrite run {} {prompt:?}", model.display()),
-        heavy::LIMIT,
-    );
-    assert!(
-        o.status.success(),
-        "ferrite failed on {} {prompt:?}: {}",
-        model.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    cmd.args(["run", "--raw", "--temp", "0", "-n", &n.to_string(), "-c", "1024", "-t", "2", "--json", "--top-logits", "5"])
+        .args(["--flash-attn", fa, "-m"])
+        .arg(model)
+        .arg(prompt);
+    let o = heavy::output(&mut cmd, &format!("ferrite run {} {prompt:?}", model.display()), heavy::LIMIT);
+    assert!(o.status.success(), "ferrite failed on {} {prompt:?}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -100,32 +68,18 @@ fn live(bin: &Path, model: &Path, prompt: &str, n: u64, fa: &str) -> Value {
     if fa == "off" {
         cmd.env("REF_FLASH_ATTN", "off");
     }
-    let what = format!(
-        "greedy_ref {} {prompt:?} (flash attention {fa})",
-        model.display()
-    );
+    let what = format!("greedy_ref {} {prompt:?} (flash attention {fa})", model.display());
     let o = heavy::output(&mut cmd, &what, heavy::LIMIT);
-    assert!(
-        o.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));
     paths::greedy_ref_answer(&o.stdout, &what)
 }
 
 fn top5(v: &Value) -> Vec<(u64, f64)> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
-        .collect()
+    v.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect()
 }
 
 fn close(a: &[(u64, f64)], b: &[(u64, f64)], tol: f64) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= tol)
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= tol)
 }
 
 /// Runs every model and prompt of one seed against llama.cpp: live when it is built here, else
@@ -149,21 +103,12 @@ fn check_seed(seed: u64) {
     };
     let book = read_json(&book_path);
     let models = book["models"].as_object().unwrap();
-    assert!(
-        models.len() >= 9,
-        "{}: {} models",
-        book_path.display(),
-        models.len()
-    );
+    assert!(models.len() >= 9, "{}: {} models", book_path.display(), models.len());
     let mut failures = Vec::new();
     let mut count = 0;
     for (name, m) in models {
         let file = dir.join(m["file"].as_str().unwrap());
-        assert!(
-            file.is_file(),
-            "{} is missing: scripts/test.sh makes the tiny models (scripts/tiny-models.py)",
-            file.display()
-        );
+        assert!(file.is_file(), "{} is missing: scripts/test.sh makes the tiny models (scripts/tiny-models.py)", file.display());
         if bin.is_none() {
             // a golden holds llama.cpp's answers for exactly these bytes
             assert_eq!(
@@ -184,13 +129,10 @@ fn check_seed(seed: u64) {
                     None => case.clone(),
                 };
                 let got = run(&file, prompt, n, fa);
-                let (want_top, have_top) =
-                    (top5(&want["first_top5"]), top5(&got["first_top_logits"]));
+                let (want_top, have_top) = (top5(&want["first_top5"]), top5(&got["first_top_logits"]));
                 if name == "llama-q8-0" && fa == "off" {
                     if !close(&have_top, &want_top, SELF_DISAGREEING_LOGIT_TOLERANCE) {
-                        failures.push(format!(
-                            "{name} fa={fa} {prompt:?}: top-5 {have_top:?} vs {want_top:?}"
-                        ));
+                        failures.push(format!("{name} fa={fa} {prompt:?}: top-5 {have_top:?} vs {want_top:?}"));
                     }
                     continue;
                 }
@@ -198,19 +140,19 @@ fn check_seed(seed: u64) {
                 let mut have = got["tokens"].as_array().unwrap().clone();
                 have.extend(got.get("stop_token").cloned());
                 if Value::Array(have) != want["generated_ids"] {
-                    failures.push(format!(
-                        "{name} fa={fa} {prompt:?}: ids {} vs llama.cpp {}",
-                        got["tokens"], want["generated_ids"]
-                    ));
+                    failures.push(format!("{name} fa={fa} {prompt:?}: ids {} vs llama.cpp {}", got["tokens"], want["generated_ids"]));
                 } else if !close(&have_top, &want_top, LOGIT_TOLERANCE) {
-                    failures.push(format!(
-                        "{name} fa={fa} {prompt:?}: top-5 {have_top:?} vs {want_top:?}"
-                    ));
+                    failures.push(format!("{name} fa={fa} {prompt:?}: top-5 {have_top:?} vs {want_top:?}"));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "seed {seed}: {} of {count} tiny cases differ from llama.cpp ({source}, CPU class {class}):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} of {count} tiny cases differ from llama.cpp ({source}, CPU class {class}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     eprintln!("seed {seed}: {count} tiny cases match llama.cpp ({source}, CPU class {class})");
 }
 
@@ -238,11 +180,7 @@ fn tiny_goldens_of_every_class_hold_the_same_cases() {
     let mut classes = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let class = entry.unwrap().file_name().into_string().unwrap();
-        assert!(
-            ["avx2", "avx512"].contains(&class.as_str()),
-            "{}: unknown CPU class {class}",
-            dir.display()
-        );
+        assert!(["avx2", "avx512"].contains(&class.as_str()), "{}: unknown CPU class {class}", dir.display());
         classes += 1;
         for seed in [1234, 7, 99] {
             let (a, b) = (golden_path("avx512", seed), golden_path(&class, seed));
@@ -251,46 +189,23 @@ fn tiny_goldens_of_every_class_hold_the_same_cases() {
             }
             let (a, b) = (read_json(&a), read_json(&b));
             assert_eq!(a["prompts"], b["prompts"], "{class} seed {seed}: prompts");
-            let (ma, mb) = (
-                a["models"].as_object().unwrap(),
-                b["models"].as_object().unwrap(),
-            );
-            assert_eq!(
-                ma.keys().collect::<Vec<_>>(),
-                mb.keys().collect::<Vec<_>>(),
-                "{class} seed {seed}: models"
-            );
+            let (ma, mb) = (a["models"].as_object().unwrap(), b["models"].as_object().unwrap());
+            assert_eq!(ma.keys().collect::<Vec<_>>(), mb.keys().collect::<Vec<_>>(), "{class} seed {seed}: models");
             for (name, m) in ma {
-                assert_eq!(
-                    m["sha256"], mb[name]["sha256"],
-                    "{class} seed {seed} {name}: model bytes"
-                );
+                assert_eq!(m["sha256"], mb[name]["sha256"], "{class} seed {seed} {name}: model bytes");
                 for (key, _) in SETTINGS {
                     let cases = |m: &Value| {
                         m[key]
                             .as_array()
                             .unwrap()
                             .iter()
-                            .map(|c| {
-                                (
-                                    c["prompt"].clone(),
-                                    c["n_predict"].clone(),
-                                    c["prompt_ids"].clone(),
-                                )
-                            })
+                            .map(|c| (c["prompt"].clone(), c["n_predict"].clone(), c["prompt_ids"].clone()))
                             .collect::<Vec<_>>()
                     };
-                    assert_eq!(
-                        cases(m),
-                        cases(&mb[name]),
-                        "{class} seed {seed} {name} {key}: cases"
-                    );
+                    assert_eq!(cases(m), cases(&mb[name]), "{class} seed {seed} {name} {key}: cases");
                 }
             }
         }
     }
-    assert!(
-        golden_path("avx512", 1234).is_file() && classes >= 1,
-        "the avx512 goldens are the tiny tests' case book"
-    );
+    assert!(golden_path("avx512", 1234).is_file() && classes >= 1, "the avx512 goldens are the tiny tests' case book");
 }

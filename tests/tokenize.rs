@@ -74,10 +74,8 @@ fn check_case(tok: &Tokenizer, text: &str, want: &[u32], want_plain: &[u32]) -> 
 fn reference_strings(name: &str) {
     let tok = tokenizer(name);
     let cases = reference()["tokenize"][ref_key(name)].as_array().unwrap();
-    let bad: Vec<String> = cases
-        .iter()
-        .filter_map(|c| check_case(tok, c["text"].as_str().unwrap(), &ids(&c["ids"]), &ids(&c["ids_no_special"])))
-        .collect();
+    let bad: Vec<String> =
+        cases.iter().filter_map(|c| check_case(tok, c["text"].as_str().unwrap(), &ids(&c["ids"]), &ids(&c["ids_no_special"]))).collect();
     assert!(bad.is_empty(), "{} of {} reference strings differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
     eprintln!("{name}: {} reference strings match in both modes", cases.len());
 }
@@ -101,10 +99,8 @@ fn golden_cases(name: &str) {
     let g = golden(name);
     let cases = g["cases"].as_array().unwrap();
     assert!(cases.len() >= 50);
-    let bad: Vec<String> = cases
-        .iter()
-        .filter_map(|c| check_case(tok, c["text"].as_str().unwrap(), &ids(&c["ids"]), &ids(&c["ids_no_special"])))
-        .collect();
+    let bad: Vec<String> =
+        cases.iter().filter_map(|c| check_case(tok, c["text"].as_str().unwrap(), &ids(&c["ids"]), &ids(&c["ids_no_special"]))).collect();
     assert!(bad.is_empty(), "{} of {} golden cases differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
     eprintln!("{name}: {} golden cases match in both modes", cases.len());
 }
@@ -187,11 +183,9 @@ fn extract_meta(doc: &Value) -> VocabMeta {
         .collect();
     assert!(kept.values().all(|t| !t.as_str().unwrap().contains('\u{e000}')));
     let types = doc["types"].as_object().unwrap();
-    let token_types =
-        (0..n).map(|i| types.get(&i.to_string()).map_or(TokenType::Normal, |t| token_type(t.as_i64().unwrap()))).collect();
-    let scores = doc["scores"].as_object().map(|s| {
-        (0..n).map(|i| s.get(&i.to_string()).map_or(0.0, |x| x.as_f64().unwrap() as f32)).collect()
-    });
+    let token_types = (0..n).map(|i| types.get(&i.to_string()).map_or(TokenType::Normal, |t| token_type(t.as_i64().unwrap()))).collect();
+    let scores =
+        doc["scores"].as_object().map(|s| (0..n).map(|i| s.get(&i.to_string()).map_or(0.0, |x| x.as_f64().unwrap() as f32)).collect());
     let meta = &doc["meta"];
     let id = |k: &str| meta[format!("tokenizer.ggml.{k}")].as_u64().map(|v| v as u32);
     let flag = |k: &str| meta[format!("tokenizer.ggml.{k}")].as_bool();
@@ -231,11 +225,7 @@ fn vocab_cases(dir: &Path, name: &str) -> Vec<(String, Vec<u32>)> {
     }
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(texts.len(), lines.len(), "{name}: .inp and .out disagree on the number of cases");
-    texts
-        .iter()
-        .zip(lines)
-        .map(|(t, l)| (t.to_string(), l.split_whitespace().map(|x| x.parse().unwrap()).collect()))
-        .collect()
+    texts.iter().zip(lines).map(|(t, l)| (t.to_string(), l.split_whitespace().map(|x| x.parse().unwrap()).collect())).collect()
 }
 
 #[test]

@@ -106,8 +106,7 @@ impl Device {
             if f.is_null() {
                 return out;
             }
-            let f: unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t =
-                std::mem::transmute(f);
+            let f: unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
             let mut p = f(self.0);
             while !p.is_null() && !(*p).is_null() {
                 out.push(BufferType(*p));
@@ -441,7 +440,10 @@ impl Backend {
         if plan.work_size > 0 {
             if work.as_ref().is_none_or(|w| w.len() < plan.work_size) {
                 *work = None; // the old buffer goes before the new one is mapped
-                *work = Some(memmap2::MmapMut::map_anon(plan.work_size).map_err(|e| crate::Error(format!("allocating the compute work buffer: {e}")))?);
+                *work = Some(
+                    memmap2::MmapMut::map_anon(plan.work_size)
+                        .map_err(|e| crate::Error(format!("allocating the compute work buffer: {e}")))?,
+                );
             }
             plan.work_data = work.as_mut().expect("mapped above").as_mut_ptr();
         }

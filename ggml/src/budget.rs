@@ -98,11 +98,7 @@ pub fn with_budget<T>(bytes: usize, message: &'static str, f: impl FnOnce() -> T
             MESSAGE.with(|m| m.set(self.2));
         }
     }
-    let _reset = Reset(
-        BUDGET.with(|b| b.get()),
-        LIVE.with(|l| l.get()),
-        MESSAGE.with(|m| m.get()),
-    );
+    let _reset = Reset(BUDGET.with(|b| b.get()), LIVE.with(|l| l.get()), MESSAGE.with(|m| m.get()));
     MESSAGE.with(|m| m.set(message));
     LIVE.with(|l| l.set(0));
     BUDGET.with(|b| b.set(bytes.max(1)));

@@ -53,8 +53,7 @@ impl Context {
         crate::init();
         // SAFETY: pure size computations.
         let mem = unsafe {
-            n_tensors * sys::ggml_tensor_overhead()
-                + if graph_size > 0 { sys::ggml_graph_overhead_custom(graph_size, false) } else { 0 }
+            n_tensors * sys::ggml_tensor_overhead() + if graph_size > 0 { sys::ggml_graph_overhead_custom(graph_size, false) } else { 0 }
         };
         let params = sys::ggml_init_params { mem_size: mem, mem_buffer: std::ptr::null_mut(), no_alloc: true };
         // SAFETY: ggml_init allocates its own arena (mem_buffer is null); it returns null on failure.
@@ -523,8 +522,19 @@ impl Context {
         // SAFETY: shapes checked above.
         self.wrap(unsafe {
             sys::ggml_rope_ext(
-                self.raw(), pa, pb, pc, n_dims, mode.raw(), n_ctx_orig, freq_base, freq_scale, ext_factor,
-                attn_factor, beta_fast, beta_slow,
+                self.raw(),
+                pa,
+                pb,
+                pc,
+                n_dims,
+                mode.raw(),
+                n_ctx_orig,
+                freq_base,
+                freq_scale,
+                ext_factor,
+                attn_factor,
+                beta_fast,
+                beta_slow,
             )
         })
     }

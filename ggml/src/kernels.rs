@@ -173,10 +173,8 @@ mod x86 {
     unsafe fn bits(p: *const u8) -> __m256i {
         // SAFETY: the caller's 4 readable bytes.
         let qh = unsafe { std::ptr::read_unaligned(p as *const i32) };
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(qh),
-            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
-        );
+        let spread =
+            _mm256_shuffle_epi8(_mm256_set1_epi32(qh), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
         _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1))
     }
 
@@ -207,7 +205,11 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     fn dot(init: __m256i, u: __m256i, s: __m256i, with_init: bool) -> __m256i {
         let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-        if with_init { _mm256_add_epi32(init, sums) } else { sums }
+        if with_init {
+            _mm256_add_epi32(init, sums)
+        } else {
+            sums
+        }
     }
 
     /// block_q4_1: f16 d, f16 m, 16 bytes of nibbles; value = d·q + m.

@@ -54,11 +54,7 @@ static INIT: Once = Once::new();
 
 // SAFETY: only ggml calls this (registered in `init`), with a level and a NUL-terminated string
 // or null; it is not reentrant-sensitive and never unwinds (eprint! to stderr).
-unsafe extern "C" fn log_callback(
-    level: sys::ggml_log_level,
-    text: *const std::os::raw::c_char,
-    _user: *mut std::os::raw::c_void,
-) {
+unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::os::raw::c_void) {
     let want = LOG_LEVEL.load(Ordering::Relaxed) as u32;
     // ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont.
     let rank = match level {
@@ -148,9 +144,7 @@ pub fn fp32_to_fp16_row(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len(), "fp32_to_fp16_row: length mismatch");
     init();
     // SAFETY: both slices hold `src.len()` elements; ggml_fp16_t is a u16.
-    unsafe {
-        sys::ggml_fp32_to_fp16_row(src.as_ptr(), dst.as_mut_ptr() as *mut sys::ggml_fp16_t, src.len() as i64)
-    }
+    unsafe { sys::ggml_fp32_to_fp16_row(src.as_ptr(), dst.as_mut_ptr() as *mut sys::ggml_fp16_t, src.len() as i64) }
 }
 
 /// Quantizes `n_rows` rows of `n_per_row` f32 values into `ty`, returning the bytes (ggml's own
@@ -176,15 +170,7 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
         if sys::ggml_quantize_requires_imatrix(ty.0) {
             return err(format!("quantize: {} needs an importance matrix", ty.name()));
         }
-        sys::ggml_quantize_chunk(
-            ty.0,
-            src.as_ptr(),
-            out.as_mut_ptr() as *mut _,
-            0,
-            n_rows as i64,
-            n_per_row as i64,
-            std::ptr::null(),
-        );
+        sys::ggml_quantize_chunk(ty.0, src.as_ptr(), out.as_mut_ptr() as *mut _, 0, n_rows as i64, n_per_row as i64, std::ptr::null());
     }
     Ok(out)
 }

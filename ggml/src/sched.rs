@@ -107,9 +107,8 @@ impl Sched {
         }
         let mut raw: Vec<sys::ggml_backend_t> = backends.iter().map(|b| b.0.ptr).collect();
         // SAFETY: `raw` holds live backends (kept alive by SchedInner); null bufts = defaults.
-        let p = unsafe {
-            sys::ggml_backend_sched_new(raw.as_mut_ptr(), std::ptr::null_mut(), raw.len() as i32, graph_size, false, op_offload)
-        };
+        let p =
+            unsafe { sys::ggml_backend_sched_new(raw.as_mut_ptr(), std::ptr::null_mut(), raw.len() as i32, graph_size, false, op_offload) };
         if p.is_null() {
             return err("failed to create the backend scheduler");
         }

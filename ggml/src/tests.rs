@@ -69,10 +69,9 @@ fn mul_mat_f32() {
     let (k, m, n) = (64, 12, 5);
     let mut r = Rng(1);
     let (w, x) = (r.vec(k * m), r.vec(k * n));
-    let got = run(
-        &[(Type::F32, vec![k as i64, m as i64], f32_bytes(&w)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))],
-        |c, t| c.mul_mat(&t[0], &t[1]),
-    );
+    let got = run(&[(Type::F32, vec![k as i64, m as i64], f32_bytes(&w)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))], |c, t| {
+        c.mul_mat(&t[0], &t[1])
+    });
     let want = naive_matmul(&w, &x, k, m, n);
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= TOL_F32, "{g} vs {w}");
@@ -86,10 +85,9 @@ fn mul_mat_q8_0() {
     let (w, x) = (r.vec(k * m), r.vec(k * n));
     let wq = quantize(Type::Q8_0, &w, k).unwrap();
     let wd = dequantize(Type::Q8_0, &wq, k).unwrap();
-    let got = run(
-        &[(Type::Q8_0, vec![k as i64, m as i64], wq), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))],
-        |c, t| c.mul_mat(&t[0], &t[1]),
-    );
+    let got = run(&[(Type::Q8_0, vec![k as i64, m as i64], wq), (Type::F32, vec![k as i64, n as i64], f32_bytes(&x))], |c, t| {
+        c.mul_mat(&t[0], &t[1])
+    });
     let want = naive_matmul(&wd, &x, k, m, n);
     let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
     for (g, w) in got.iter().zip(&want) {
@@ -136,10 +134,10 @@ fn rope_normal_and_neox() {
     let x = Rng(4).vec(d * h * n);
     let pos = [0, 5, 17];
     for mode in [RopeMode::Normal, RopeMode::Neox] {
-        let got = run(
-            &[(Type::F32, vec![d as i64, h as i64, n as i64], f32_bytes(&x)), (Type::I32, vec![n as i64], i32_bytes(&pos))],
-            |c, t| c.rope_ext(&t[0], &t[1], None, d as i32, mode, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0),
-        );
+        let got =
+            run(&[(Type::F32, vec![d as i64, h as i64, n as i64], f32_bytes(&x)), (Type::I32, vec![n as i64], i32_bytes(&pos))], |c, t| {
+                c.rope_ext(&t[0], &t[1], None, d as i32, mode, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+            });
         let want = rope_ref(&x, d, h, &pos, 10000.0, mode == RopeMode::Neox);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= TOL_TRANSCENDENTAL, "{mode:?}: {g} vs {w}");
@@ -158,10 +156,10 @@ fn soft_max_ext_with_mask() {
         }
     }
     let scale = 0.7;
-    let got = run(
-        &[(Type::F32, vec![k as i64, n as i64], f32_bytes(&x)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&mask))],
-        |c, t| c.soft_max_ext(&t[0], Some(&t[1]), scale, 0.0),
-    );
+    let got =
+        run(&[(Type::F32, vec![k as i64, n as i64], f32_bytes(&x)), (Type::F32, vec![k as i64, n as i64], f32_bytes(&mask))], |c, t| {
+            c.soft_max_ext(&t[0], Some(&t[1]), scale, 0.0)
+        });
     for j in 0..n {
         let z: Vec<f32> = (0..k).map(|i| x[j * k + i] * scale + mask[j * k + i]).collect();
         let mx = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

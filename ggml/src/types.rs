@@ -97,9 +97,7 @@ impl Type {
 
     /// Parses the names used on ferrite's command line (`f16`, `q8_0`, …), case-insensitively.
     pub fn from_name(name: &str) -> Option<Type> {
-        (0..sys::GGML_TYPE_COUNT)
-            .filter_map(Type::from_id)
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        (0..sys::GGML_TYPE_COUNT).filter_map(Type::from_id).find(|t| t.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -144,7 +142,7 @@ impl RopeMode {
     pub(crate) fn raw(self) -> i32 {
         match self {
             RopeMode::Normal => 0,
-            RopeMode::Neox => 2 // GGML_ROPE_TYPE_NEOX (a #define, not in the bindings),
+            RopeMode::Neox => 2, // GGML_ROPE_TYPE_NEOX (a #define, not in the bindings),
         }
     }
 }

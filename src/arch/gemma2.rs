@@ -29,11 +29,8 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
         }
     }
     // ref: google/gemma_pytorch gemma/config.py — 27B (46 layers) scales by width per head
-    hp.f_attention_scale = if hp.n_layer == 46 {
-        1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt()
-    } else {
-        1.0 / (hp.n_embd_head_k as f32).sqrt()
-    };
+    hp.f_attention_scale =
+        if hp.n_layer == 46 { 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt() } else { 1.0 / (hp.n_embd_head_k as f32).sqrt() };
     Ok(())
 }
 

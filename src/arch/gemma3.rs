@@ -27,11 +27,8 @@ pub fn load_hparams(f: &GgufFile, hp: &mut HParams) -> Result<()> {
     hp.f_final_logit_softcapping = f.get_f32(&hp.key("final_logit_softcapping"))?.unwrap_or(0.0);
     // Gemma 3 27B scales by the model width per head, the others by the key length.
     // ref: google/gemma_pytorch gemma/config.py (query_pre_attn_scalar)
-    hp.f_attention_scale = if hp.n_layer == 62 {
-        1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt()
-    } else {
-        1.0 / (hp.n_embd_head_k as f32).sqrt()
-    };
+    hp.f_attention_scale =
+        if hp.n_layer == 62 { 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt() } else { 1.0 / (hp.n_embd_head_k as f32).sqrt() };
     Ok(())
 }
 

@@ -5,19 +5,8 @@
 //! vocabulary asks (`tokenizer.ggml.add_bos_token`).
 
 /// Names accepted by `--chat-template` (besides a file path), in the order help lists them.
-pub const BUILTIN_NAMES: &[&str] = &[
-    "chatml",
-    "llama2",
-    "llama2-sys",
-    "llama3",
-    "mistral",
-    "mistral-v7",
-    "mistral-v7-tekken",
-    "gemma",
-    "phi3",
-    "phi4",
-    "zephyr",
-];
+pub const BUILTIN_NAMES: &[&str] =
+    &["chatml", "llama2", "llama2-sys", "llama3", "mistral", "mistral-v7", "mistral-v7-tekken", "gemma", "phi3", "phi4", "zephyr"];
 
 /// llama-chat.cpp, LLM_CHAT_TEMPLATE_CHATML:
 /// `<|im_start|>{role}\n{content}<|im_end|>\n` per message, then `<|im_start|>assistant\n`.
@@ -36,8 +25,7 @@ const CHATML: &str = r#"
 /// `{content} [/INST]`, an assistant message `{content}</s>` after which the next message
 /// reopens with `[INST] `. No generation prompt.
 fn llama2(sys: bool) -> String {
-    let system =
-        if sys { r#"'<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n'"# } else { r#"message['content'] + '\n'"# };
+    let system = if sys { r#"'<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n'"# } else { r#"message['content'] + '\n'"# };
     format!(
         r#"
 {{%- set ns = namespace(inside_turn=true) -%}}

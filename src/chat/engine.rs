@@ -70,8 +70,7 @@ impl Engine {
         let engine = Engine { source: strip_generation_tags(source), fixed_now };
         on_render_thread(|_| {
             let env = environment(engine.fixed_now, FUEL);
-            guard(|| env.template_from_named_str("chat_template", &engine.source).map(|_| ()))
-                .map_err(|e| template_error(&e, None))
+            guard(|| env.template_from_named_str("chat_template", &engine.source).map(|_| ())).map_err(|e| template_error(&e, None))
         })?;
         Ok(engine)
     }
@@ -134,8 +133,7 @@ fn on_render_thread<T: Send>(f: impl FnOnce(u64) -> Result<T> + Send) -> Result<
 
 /// Runs MiniJinja, turning a panic inside it (a bug there, never expected) into an error.
 fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(Error::new(ErrorKind::InvalidOperation, "the template engine panicked")))
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::new(ErrorKind::InvalidOperation, "the template engine panicked")))
 }
 
 fn environment<'s>(fixed_now: Option<i64>, fuel: u64) -> Environment<'s> {
@@ -167,9 +165,8 @@ fn environment<'s>(fixed_now: Option<i64>, fuel: u64) -> Environment<'s> {
         Err(Error::new(ErrorKind::InvalidOperation, "raise_exception").with_source(Raised(text)))
     });
     env.add_function("strftime_now", move |fmt: &str| -> String {
-        let now = fixed_now.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-        });
+        let now = fixed_now
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64));
         python::strftime(now, fmt)
     });
     env
@@ -191,9 +188,7 @@ fn template_error(e: &Error, fuel: Option<u64>) -> anyhow::Error {
             bad_input!("chat template ran too long (more than {} steps){line}", fuel.unwrap_or(FUEL))
         }
         ErrorKind::TemplateNotFound | ErrorKind::BadInclude => {
-            bad_input!(
-                "chat template loads another template{detail}{line}; include, import and extends are not allowed"
-            )
+            bad_input!("chat template loads another template{detail}{line}; include, import and extends are not allowed")
         }
         ErrorKind::SyntaxError => bad_input!("chat template syntax error{detail}{line}"),
         kind => bad_input!("chat template error: {kind}{detail}{line}"),

@@ -26,9 +26,7 @@ mod python;
 mod segment;
 
 pub use builtin::BUILTIN_NAMES;
-pub use engine::{
-    FUEL, FUEL_PER_MESSAGE, MAX_FUEL, MAX_TEMPLATE_BYTES, MIN_OUTPUT_CAP, OUTPUT_FACTOR, RECURSION_LIMIT, RENDER_STACK,
-};
+pub use engine::{FUEL, FUEL_PER_MESSAGE, MAX_FUEL, MAX_TEMPLATE_BYTES, MIN_OUTPUT_CAP, OUTPUT_FACTOR, RECURSION_LIMIT, RENDER_STACK};
 pub use segment::Segment;
 
 use crate::{bad_input, bail_input};
@@ -135,15 +133,11 @@ impl ChatTemplate {
             bail_input!("chat template file {shown} is not a regular file");
         }
         if meta.len() > MAX_TEMPLATE_BYTES as u64 {
-            bail_input!(
-                "chat template file {shown} is {} bytes, more than the {MAX_TEMPLATE_BYTES} allowed",
-                meta.len()
-            );
+            bail_input!("chat template file {shown} is {} bytes, more than the {MAX_TEMPLATE_BYTES} allowed", meta.len());
         }
         let bytes = std::fs::read(path).map_err(|e| bad_input!("cannot read chat template file {shown}: {e}"))?;
         let text = String::from_utf8(bytes).map_err(|_| bad_input!("chat template file {shown} is not UTF-8"))?;
-        ChatTemplate::compile(&text, TemplateSource::File(path.to_path_buf()))
-            .with_context(|| format!("chat template file {shown}"))
+        ChatTemplate::compile(&text, TemplateSource::File(path.to_path_buf())).with_context(|| format!("chat template file {shown}"))
     }
 
     /// The template that applies: `flag` (a built-in name or a file) over the GGUF's template;
@@ -186,23 +180,11 @@ impl ChatTemplate {
         self
     }
 
-    fn render_with(
-        &self,
-        messages: &[Message],
-        contents: &[String],
-        add_generation_prompt: bool,
-        bos: &str,
-        eos: &str,
-    ) -> Result<String> {
+    fn render_with(&self, messages: &[Message], contents: &[String], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String> {
         let list: Vec<Value> = messages
             .iter()
             .zip(contents)
-            .map(|(m, c)| {
-                Value::from_object(MessageValue {
-                    role: Value::from(m.role.as_str()),
-                    content: Value::from(c.as_str()),
-                })
-            })
+            .map(|(m, c)| Value::from_object(MessageValue { role: Value::from(m.role.as_str()), content: Value::from(c.as_str()) }))
             .collect();
         let ctx = minijinja::context! {
             messages => Value::from(list),
@@ -226,37 +208,23 @@ impl ChatTemplate {
     /// injection barrier; the rule and its limits are documented in `chat/segment.rs`).
     /// Joined, the segments are exactly `render`'s output; adjacent segments differ in kind.
     /// BadInput when the template handles message text in a way the split cannot follow.
-    pub fn render_segments(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-        bos: &str,
-        eos: &str,
-    ) -> Result<Vec<Segment>> {
+    pub fn render_segments(&self, messages: &[Message], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<Vec<Segment>> {
         let real = self.render(messages, add_generation_prompt, bos, eos)?;
         let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
         if contents.iter().all(|c| c.is_empty()) {
             return segment::all_markup(real);
         }
-        let opaque: Vec<String> = contents
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if c.is_empty() { String::new() } else { segment::opaque_marker(i) })
-            .collect();
+        let opaque: Vec<String> =
+            contents.iter().enumerate().map(|(i, c)| if c.is_empty() { String::new() } else { segment::opaque_marker(i) }).collect();
         if let Ok(marked) = self.render_with(messages, &opaque, add_generation_prompt, bos, eos) {
             if let Some(s) = segment::split_opaque(&marked, &real, &contents) {
                 return Ok(s);
             }
         }
-        let clean = !contents.iter().any(|c| segment::has_sentinel(c))
-            && !segment::has_sentinel(bos)
-            && !segment::has_sentinel(eos);
+        let clean = !contents.iter().any(|c| segment::has_sentinel(c)) && !segment::has_sentinel(bos) && !segment::has_sentinel(eos);
         if clean {
-            let wrapped: Vec<String> = contents
-                .iter()
-                .enumerate()
-                .map(|(i, c)| if c.is_empty() { String::new() } else { segment::bracketed(i, c) })
-                .collect();
+            let wrapped: Vec<String> =
+                contents.iter().enumerate().map(|(i, c)| if c.is_empty() { String::new() } else { segment::bracketed(i, c) }).collect();
             if let Ok(marked) = self.render_with(messages, &wrapped, add_generation_prompt, bos, eos) {
                 if let Some(s) = segment::split_bracketed(&marked, &real, &contents) {
                     return Ok(s);
@@ -319,10 +287,7 @@ pub struct Selection {
 pub fn select(flag: Option<&str>, gguf_template: Option<&str>) -> Result<Selection> {
     if let Some(flag) = flag {
         if flag == "none" {
-            return Ok(Selection {
-                template: None,
-                reason: "none (--chat-template none): prompts go to the model raw".to_string(),
-            });
+            return Ok(Selection { template: None, reason: "none (--chat-template none): prompts go to the model raw".to_string() });
         }
         if BUILTIN_NAMES.contains(&flag) {
             let t = ChatTemplate::builtin(flag)?;
@@ -331,10 +296,7 @@ pub fn select(flag: Option<&str>, gguf_template: Option<&str>) -> Result<Selecti
         }
         let path = Path::new(flag);
         if !path.exists() {
-            bail_input!(
-                "--chat-template {flag}: not a built-in template ({}, none) nor an existing file",
-                BUILTIN_NAMES.join(", ")
-            );
+            bail_input!("--chat-template {flag}: not a built-in template ({}, none) nor an existing file", BUILTIN_NAMES.join(", "));
         }
         let t = ChatTemplate::from_file(path)?;
         let reason = format!("file {flag} (--chat-template)");

@@ -19,19 +19,14 @@ const MAX_ITEMS: usize = 1 << 20;
 
 fn too_many(v: &Value) -> Result<(), Error> {
     match v.len() {
-        Some(n) if n > MAX_ITEMS => {
-            Err(Error::new(ErrorKind::InvalidOperation, format!("value too large to print ({n} items)")))
-        }
+        Some(n) if n > MAX_ITEMS => Err(Error::new(ErrorKind::InvalidOperation, format!("value too large to print ({n} items)"))),
         _ => Ok(()),
     }
 }
 
 fn too_large(out: &str) -> Result<(), Error> {
     if out.len() > MAX_TEXT {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("value too large to print (over {MAX_TEXT} bytes)"),
-        ));
+        return Err(Error::new(ErrorKind::InvalidOperation, format!("value too large to print (over {MAX_TEXT} bytes)")));
     }
     Ok(())
 }
@@ -306,12 +301,7 @@ fn json_value(v: &Value, o: &JsonOpts, depth: usize, out: &mut String) -> Result
                         json_value(&key, o, depth + 1, &mut s)?;
                         s
                     }
-                    k => {
-                        return Err(Error::new(
-                            ErrorKind::InvalidOperation,
-                            format!("tojson: keys must be str, not {k}"),
-                        ))
-                    }
+                    k => return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: keys must be str, not {k}"))),
                 };
                 pairs.push((k, val));
             }
@@ -399,11 +389,7 @@ pub fn join(v: &Value, d: Option<Value>, attribute: Option<Value>, kwargs: Kwarg
     };
     kwargs.assert_all_used()?;
     let d = d
-        .map(|d| {
-            d.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "join: separator must be a string"))
-        })
+        .map(|d| d.as_str().map(str::to_string).ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "join: separator must be a string")))
         .transpose()?;
     let d = d.as_deref();
     if v.is_undefined() || v.is_none() {
@@ -504,9 +490,7 @@ fn py_rsplit(s: &str, sep: Option<&str>, maxsplit: Option<i64>) -> Result<Value,
                     let mut out: Vec<String> = Vec::new();
                     let mut rest = s.trim_end();
                     for _ in 0..m {
-                        let cut = rest
-                            .rfind(char::is_whitespace)
-                            .map(|i| i + rest[i..].chars().next().map_or(1, char::len_utf8));
+                        let cut = rest.rfind(char::is_whitespace).map(|i| i + rest[i..].chars().next().map_or(1, char::len_utf8));
                         let Some(cut) = cut else { break };
                         out.push(rest[cut..].to_string());
                         rest = rest[..cut].trim_end();
@@ -527,20 +511,8 @@ fn py_rsplit(s: &str, sep: Option<&str>, maxsplit: Option<i64>) -> Result<Value,
 /// local time zone; ferrite has no time-zone database and uses UTC.
 pub fn strftime(unix: i64, fmt: &str) -> String {
     const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
@@ -586,11 +558,9 @@ pub fn strftime(unix: i64, fmt: &str) -> String {
             Some('D') => out.push_str(&format!("{m:02}/{d:02}/{:02}", y.rem_euclid(100))),
             Some('T') => out.push_str(&format!("{hh:02}:{mm:02}:{ss:02}")),
             Some('R') => out.push_str(&format!("{hh:02}:{mm:02}")),
-            Some('c') => out.push_str(&format!(
-                "{} {} {d:2} {hh:02}:{mm:02}:{ss:02} {y}",
-                &DAYS[weekday][..3],
-                &MONTHS[m as usize - 1][..3]
-            )),
+            Some('c') => {
+                out.push_str(&format!("{} {} {d:2} {hh:02}:{mm:02}:{ss:02} {y}", &DAYS[weekday][..3], &MONTHS[m as usize - 1][..3]))
+            }
             Some('x') => out.push_str(&format!("{m:02}/{d:02}/{:02}", y.rem_euclid(100))),
             Some('X') => out.push_str(&format!("{hh:02}:{mm:02}:{ss:02}")),
             Some('z') | Some('Z') => {}

@@ -66,10 +66,7 @@ impl Segment {
 }
 
 fn digits(i: usize) -> String {
-    i.to_string()
-        .chars()
-        .map(|d| char::from_u32(DIGIT_ZERO + d.to_digit(10).unwrap_or(0)).unwrap_or(OPAQUE_OPEN))
-        .collect()
+    i.to_string().chars().map(|d| char::from_u32(DIGIT_ZERO + d.to_digit(10).unwrap_or(0)).unwrap_or(OPAQUE_OPEN)).collect()
 }
 
 pub fn opaque_marker(i: usize) -> String {
@@ -367,12 +364,7 @@ pub fn split_bracketed(m: &str, r: &str, contents: &[&str]) -> Option<Vec<Segmen
 
 /// Length in bytes of the longest common prefix of `a` and `b`, on character boundaries.
 fn common_prefix(a: &str, b: &str) -> usize {
-    a.char_indices()
-        .zip(b.chars())
-        .take_while(|((_, x), y)| x == y)
-        .map(|((i, x), _)| i + x.len_utf8())
-        .last()
-        .unwrap_or(0)
+    a.char_indices().zip(b.chars()).take_while(|((_, x), y)| x == y).map(|((i, x), _)| i + x.len_utf8()).last().unwrap_or(0)
 }
 
 /// Length in bytes of the longest common suffix of `a` and `b`, on character boundaries.
@@ -405,16 +397,7 @@ mod tests {
     fn markers_round_trip() {
         let m = format!("a{}b{}c", opaque_marker(0), opaque_marker(12));
         let p = parse_marked(&m, 13).unwrap();
-        assert_eq!(
-            p,
-            vec![
-                Piece::Text("a".into()),
-                Piece::Slot(0),
-                Piece::Text("b".into()),
-                Piece::Slot(12),
-                Piece::Text("c".into())
-            ]
-        );
+        assert_eq!(p, vec![Piece::Text("a".into()), Piece::Slot(0), Piece::Text("b".into()), Piece::Slot(12), Piece::Text("c".into())]);
         assert!(parse_marked(&m, 12).is_none());
         let cut: String = m.chars().take(3).collect();
         assert!(parse_marked(&cut, 13).is_none());
@@ -426,10 +409,7 @@ mod tests {
         let m = format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", opaque_marker(0));
         let r = format!("<|im_start|>user\n{evil}<|im_end|>\n<|im_start|>assistant\n");
         let s = split_opaque(&m, &r, &[evil]).unwrap();
-        assert_eq!(
-            s,
-            segs(&[("<|im_start|>user\n", false), (evil, true), ("<|im_end|>\n<|im_start|>assistant\n", false)])
-        );
+        assert_eq!(s, segs(&[("<|im_start|>user\n", false), (evil, true), ("<|im_end|>\n<|im_start|>assistant\n", false)]));
     }
 
     #[test]
@@ -465,10 +445,7 @@ mod tests {
         // The newline before "answer" also ends the content, so it is claimed too (harmless).
         assert_eq!(s, segs(&[("<a>", false), ("\nanswer", true), ("<e>", false)]));
         let m = format!("<a>{}<e>", bracketed(0, "x"));
-        assert_eq!(
-            split_bracketed(&m, "<a>x<e>", &["x"]).unwrap(),
-            segs(&[("<a>", false), ("x", true), ("<e>", false)])
-        );
+        assert_eq!(split_bracketed(&m, "<a>x<e>", &["x"]).unwrap(), segs(&[("<a>", false), ("x", true), ("<e>", false)]));
         assert!(split_bracketed(&m, "<a>y<e>", &["x"]).is_none());
     }
 }

@@ -49,15 +49,15 @@ pub fn main(a: Args) -> Result<()> {
 
     let size: u64 = model.file.tensors().iter().map(|t| t.nbytes).sum();
     let n_params: u64 = model.file.tensors().iter().map(|t| t.nelements() as u64).sum();
-    let file_type = model.file.tensors().iter().filter(|t| t.n_dims >= 2).map(|t| t.ty).max_by_key(|ty| {
-        model.file.tensors().iter().filter(|t| t.ty == *ty).count()
-    });
-    let mtype = format!(
-        "{} {} {}",
-        model.arch.name(),
-        human_params(n_params),
-        file_type.map(|t| t.name().to_uppercase()).unwrap_or_default()
-    );
+    let file_type = model
+        .file
+        .tensors()
+        .iter()
+        .filter(|t| t.n_dims >= 2)
+        .map(|t| t.ty)
+        .max_by_key(|ty| model.file.tensors().iter().filter(|t| t.ty == *ty).count());
+    let mtype =
+        format!("{} {} {}", model.arch.name(), human_params(n_params), file_type.map(|t| t.name().to_uppercase()).unwrap_or_default());
     if a.json {
         let rows: Vec<_> = results
             .iter()
@@ -88,7 +88,9 @@ pub fn main(a: Args) -> Result<()> {
         return super::output::println(&serde_json::to_string_pretty(&rows)?);
     }
     let mut s = String::from("| model | size | params | backend | threads | test | t/s |\n");
-    s.push_str("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |\n");
+    s.push_str(
+        "| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |\n",
+    );
     for r in &results {
         s.push_str(&format!(
             "| {} | {:.2} MiB | {:.2} M | CPU | {} | {} | {:.2} ± {:.2} |\n",

@@ -77,12 +77,16 @@ impl Completer for ReplHelper {
         let head = &line[..pos];
         if let Some(rest) = head.strip_prefix("/set ") {
             if !rest.contains(' ') {
-                let c = SET_NAMES.iter().filter(|n| n.starts_with(rest)).map(|n| Pair { display: n.to_string(), replacement: format!("{n} ") });
+                let c =
+                    SET_NAMES.iter().filter(|n| n.starts_with(rest)).map(|n| Pair { display: n.to_string(), replacement: format!("{n} ") });
                 return Ok((5, c.collect()));
             }
         }
         if head.starts_with('/') && !head.contains(' ') {
-            let c = COMMANDS.iter().filter(|(c, _)| c.starts_with(head)).map(|(c, _)| Pair { display: c.to_string(), replacement: c.to_string() });
+            let c = COMMANDS
+                .iter()
+                .filter(|(c, _)| c.starts_with(head))
+                .map(|(c, _)| Pair { display: c.to_string(), replacement: c.to_string() });
             return Ok((0, c.collect()));
         }
         Ok((pos, Vec::new()))
@@ -356,7 +360,14 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
         "/system" => {
             sess.system = if arg == "--remove" { None } else { Some(arg.to_string()) };
             sess.clear();
-            eprintln!("{}", dim(if arg == "--remove" { "system prompt removed; conversation cleared" } else { "system prompt set; conversation cleared" }));
+            eprintln!(
+                "{}",
+                dim(if arg == "--remove" {
+                    "system prompt removed; conversation cleared"
+                } else {
+                    "system prompt set; conversation cleared"
+                })
+            );
         }
         "/set" => {
             set(sess, arg)?;
@@ -467,13 +478,27 @@ fn show(sess: &Session, loaded: &Loaded) -> String {
     let m = &loaded.model;
     let c = sess.sampler.config();
     let mut s = String::new();
-    s.push_str(&format!("model     {} ({}, {} layers, {:.0}M params)\n", m.file.path().display(), m.arch.name(), m.hparams.n_layer,
-        m.file.tensors().iter().map(|t| t.nelements() as f64).sum::<f64>() / 1e6));
+    s.push_str(&format!(
+        "model     {} ({}, {} layers, {:.0}M params)\n",
+        m.file.path().display(),
+        m.arch.name(),
+        m.hparams.n_layer,
+        m.file.tensors().iter().map(|t| t.nelements() as f64).sum::<f64>() / 1e6
+    ));
     s.push_str(&format!("template  {}\n", sess.template.as_ref().map(|t| t.name()).unwrap_or_else(|| "none (raw)".into())));
     s.push_str(&format!("system    {}\n", sess.system.as_deref().unwrap_or("(none)")));
     s.push_str(&format!(
         "sampling  temp {} top-k {} top-p {} min-p {} typical {} repeat-penalty {} (last {}) presence {} frequency {} seed {}\n",
-        c.temp, c.top_k, c.top_p, c.min_p, c.typical_p, c.repeat_penalty, c.repeat_last_n, c.presence_penalty, c.frequency_penalty, sess.sampler.seed()
+        c.temp,
+        c.top_k,
+        c.top_p,
+        c.min_p,
+        c.typical_p,
+        c.repeat_penalty,
+        c.repeat_last_n,
+        c.presence_penalty,
+        c.frequency_penalty,
+        sess.sampler.seed()
     ));
     s.push_str(&format!("n-predict {}\n", sess.opts.n_predict));
     // the conversation as it stands (after /undo the cache still holds the removed exchange

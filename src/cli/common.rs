@@ -176,17 +176,22 @@ pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded>
         b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         ClearOnDrop(b)
     });
-    let (model, tok) = Model::load_alongside(&path, opts, &mut |done, total| {
-        if let Some(ClearOnDrop(b)) = &bar {
-            // draw only a load that has bytes to show and has already taken a while; a mapped
-            // model (no copies) loads in milliseconds and shows nothing
-            if total > 0 && done < total && b.is_hidden() && t.elapsed() > SHOW_PROGRESS_AFTER {
-                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let (model, tok) = Model::load_alongside(
+        &path,
+        opts,
+        &mut |done, total| {
+            if let Some(ClearOnDrop(b)) = &bar {
+                // draw only a load that has bytes to show and has already taken a while; a mapped
+                // model (no copies) loads in milliseconds and shows nothing
+                if total > 0 && done < total && b.is_hidden() && t.elapsed() > SHOW_PROGRESS_AFTER {
+                    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                b.set_length(total);
+                b.set_position(done);
             }
-            b.set_length(total);
-            b.set_position(done);
-        }
-    }, Tokenizer::from_gguf)?;
+        },
+        Tokenizer::from_gguf,
+    )?;
     drop(bar);
     let tok = tok?;
     Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })

@@ -39,25 +39,15 @@ pub fn size(n: u64) -> String {
 /// `cap` bytes (`what` names it in messages, `hint` says how to raise the cap). Symlinks are
 /// followed, as an open would.
 pub fn check_regular(path: &Path, cap: u64, what: &str, hint: &str) -> Result<std::fs::Metadata> {
-    let md = std::fs::metadata(path)
-        .map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
+    let md = std::fs::metadata(path).map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
     if md.is_dir() {
         ferrite::bail_input!("{}: is a directory, cannot be a {what}", path.display());
     }
     if !md.is_file() {
-        ferrite::bail_input!(
-            "{}: not a regular file ({}), cannot be a {what}",
-            path.display(),
-            ferrite::gguf::file_kind(&md)
-        );
+        ferrite::bail_input!("{}: not a regular file ({}), cannot be a {what}", path.display(), ferrite::gguf::file_kind(&md));
     }
     if md.len() > cap {
-        ferrite::bail_input!(
-            "{}: {} is larger than a {what} can be here (at most {}: {hint})",
-            path.display(),
-            size(md.len()),
-            size(cap)
-        );
+        ferrite::bail_input!("{}: {} is larger than a {what} can be here (at most {}: {hint})", path.display(), size(md.len()), size(cap));
     }
     Ok(md)
 }
@@ -66,18 +56,11 @@ pub fn check_regular(path: &Path, cap: u64, what: &str, hint: &str) -> Result<st
 /// too, in case the file grows between the check and the read.
 pub fn read_capped(path: &Path, cap: u64, what: &str, hint: &str) -> Result<Vec<u8>> {
     check_regular(path, cap, what, hint)?;
-    let f = std::fs::File::open(path)
-        .map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
+    let f = std::fs::File::open(path).map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
     let mut buf = Vec::new();
-    f.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
+    f.take(cap + 1).read_to_end(&mut buf).map_err(|e| ferrite::bad_input!("{}: {}", path.display(), io_message(&e)))?;
     if buf.len() as u64 > cap {
-        ferrite::bail_input!(
-            "{}: grew past {} while being read, larger than a {what} can be here ({hint})",
-            path.display(),
-            size(cap)
-        );
+        ferrite::bail_input!("{}: grew past {} while being read, larger than a {what} can be here ({hint})", path.display(), size(cap));
     }
     Ok(buf)
 }
@@ -86,16 +69,9 @@ pub fn read_capped(path: &Path, cap: u64, what: &str, hint: &str) -> Result<Vec<
 /// may be `/dev/zero` or an endless pipe, so its size cannot be known first).
 pub fn read_stdin_capped(cap: u64, hint: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow::Error::new(e).context("reading standard input"))?;
+    std::io::stdin().lock().take(cap + 1).read_to_end(&mut buf).map_err(|e| anyhow::Error::new(e).context("reading standard input"))?;
     if buf.len() as u64 > cap {
-        ferrite::bail_input!(
-            "standard input is larger than a prompt can be here (at most {}: {hint})",
-            size(cap)
-        );
+        ferrite::bail_input!("standard input is larger than a prompt can be here (at most {}: {hint})", size(cap));
     }
     Ok(buf)
 }
@@ -104,10 +80,7 @@ pub fn read_stdin_capped(cap: u64, hint: &str) -> Result<Vec<u8>> {
 pub fn utf8(bytes: Vec<u8>, name: &str) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
-        ferrite::bad_input!(
-            "{name} is not valid UTF-8: invalid byte 0x{:02x} at byte offset {at}",
-            e.as_bytes()[at]
-        )
+        ferrite::bad_input!("{name} is not valid UTF-8: invalid byte 0x{:02x} at byte offset {at}", e.as_bytes()[at])
     })
 }
 
@@ -135,11 +108,7 @@ mod tests {
     #[test]
     fn special_files_are_refused_from_their_metadata() {
         let e = check_regular(Path::new("/dev/zero"), 100, "prompt file", "").unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("not a regular file (a character device), cannot be a prompt file"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("not a regular file (a character device), cannot be a prompt file"), "{e}");
         let e = check_regular(Path::new("/"), 100, "prompt file", "").unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
         let e = check_regular(Path::new("/no/such/file"), 100, "prompt file", "").unwrap_err();

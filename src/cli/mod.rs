@@ -175,8 +175,10 @@ fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
         });
         if let Some(letters) = letters {
             if !rest_positional && !prev_takes_value && !letters.chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)) {
-                ferrite::bail_input!("unknown flag '{s}' (try `ferrite --help`; llama.cpp's multi-letter short flags known here: {})",
-                    LLAMA_SHORT_FLAGS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "));
+                ferrite::bail_input!(
+                    "unknown flag '{s}' (try `ferrite --help`; llama.cpp's multi-letter short flags known here: {})",
+                    LLAMA_SHORT_FLAGS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" ")
+                );
             }
         }
         if a == "--" {
@@ -190,9 +192,29 @@ fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
 /// Flags that take no value (so the argument after one is not its value).
 fn is_switch(flag: &str) -> bool {
     const SWITCHES: &[&str] = &[
-        "--raw", "--json", "--mmap", "--no-mmap", "--show-prompt", "--special", "--quiet", "--verbose", "--conversation",
-        "--interactive", "--color", "--ids", "--no-bos", "--no-parse-special", "--count", "--help", "--version", "-q", "-v",
-        "-i", "-h", "-V", "--",
+        "--raw",
+        "--json",
+        "--mmap",
+        "--no-mmap",
+        "--show-prompt",
+        "--special",
+        "--quiet",
+        "--verbose",
+        "--conversation",
+        "--interactive",
+        "--color",
+        "--ids",
+        "--no-bos",
+        "--no-parse-special",
+        "--count",
+        "--help",
+        "--version",
+        "-q",
+        "-v",
+        "-i",
+        "-h",
+        "-V",
+        "--",
     ];
     SWITCHES.contains(&flag) || (flag.len() > 2 && !flag.starts_with("--") && flag[1..].chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)))
 }
@@ -224,12 +246,10 @@ pub fn main() -> i32 {
         Some(Cmd::Chat(a)) => chat::main(*a),
         Some(Cmd::Perplexity(a)) => perplexity::main(a),
         // plain `ferrite` on a terminal: the REPL on the default model
-        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-            match Cli::try_parse_from(["ferrite", "chat"]) {
-                Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),
-                _ => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
-            }
-        }
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
+            Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),
+            _ => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
+        },
         None => Err(ferrite::bad_input!("no subcommand given; try `ferrite --help`")),
     };
     match result {

@@ -98,7 +98,11 @@ fn prompt_text(a: &Args) -> Result<Option<String>> {
     let arg = match (&a.prompt, &a.file) {
         (Some(p), _) => {
             if p.len() as u64 > cap {
-                ferrite::bail_input!("PROMPT is {}, larger than a prompt can be here (at most {}: {hint})", files::size(p.len() as u64), files::size(cap));
+                ferrite::bail_input!(
+                    "PROMPT is {}, larger than a prompt can be here (at most {}: {hint})",
+                    files::size(p.len() as u64),
+                    files::size(cap)
+                );
             }
             Some(utf8_arg(p.clone())?)
         }
@@ -147,7 +151,8 @@ pub fn main(mut a: Args) -> Result<()> {
         ggml::set_log_level(3);
     }
     let loaded = common::load(&a.model, &a.ctx, a.gen.quiet || a.json)?;
-    let (template, reason) = if a.raw { (None, String::new()) } else { common::template(&loaded.model.file, a.gen.chat_template.as_deref())? };
+    let (template, reason) =
+        if a.raw { (None, String::new()) } else { common::template(&loaded.model.file, a.gen.chat_template.as_deref())? };
     if template.is_none() && !a.raw && !a.gen.quiet {
         eprintln!("ferrite: {reason}; running the prompt raw");
     }

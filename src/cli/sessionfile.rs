@@ -19,13 +19,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 pub fn model_id(l: &Loaded) -> ModelId {
     let hp = &l.model.hparams;
-    ModelId::of(
-        &l.model.file,
-        l.model.arch.name(),
-        hp.n_layer,
-        hp.n_embd,
-        hp.n_vocab,
-    )
+    ModelId::of(&l.model.file, l.model.arch.name(), hp.n_layer, hp.n_embd, hp.n_vocab)
 }
 
 pub fn settings(sess: &Session) -> Settings {
@@ -54,17 +48,14 @@ pub fn settings(sess: &Session) -> Settings {
 pub fn size_cap(sess: &Session) -> u64 {
     let hp = &sess.dec.model.hparams;
     let n_ctx = (sess.n_ctx() as u64).max(hp.n_ctx_train as u64);
-    let kv_per_token =
-        hp.n_layer as u64 * (hp.n_embd_k_gqa() as u64 + hp.n_embd_v_gqa() as u64) * 4 + 16;
+    let kv_per_token = hp.n_layer as u64 * (hp.n_embd_k_gqa() as u64 + hp.n_embd_v_gqa() as u64) * 4 + 16;
     let transcript_per_token = 11 + 2 * files::PROMPT_BYTES_PER_TOKEN;
     n_ctx * (kv_per_token + transcript_per_token) + (1 << 20)
 }
 
 /// The directory a session file lives in ("." for a bare name).
 fn dir_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Checks a session path before anything is loaded: an existing path must be a regular file
@@ -86,11 +77,7 @@ pub fn preflight(path: &Path, write: bool) -> Result<()> {
                     );
                 }
                 if let Err(e) = OpenOptions::new().append(true).open(path) {
-                    ferrite::bail_input!(
-                        "{}: the session file cannot be written: {}",
-                        path.display(),
-                        files::io_message(&e)
-                    );
+                    ferrite::bail_input!("{}: the session file cannot be written: {}", path.display(), files::io_message(&e));
                 }
             }
         }
@@ -106,43 +93,21 @@ pub fn preflight(path: &Path, write: bool) -> Result<()> {
 /// Whether a new file can be created next to `path` (where the atomic save writes its temporary).
 fn writable_dir(path: &Path) -> Result<()> {
     let dir = dir_of(path);
-    let cannot =
-        |why: String| ferrite::bad_input!("cannot save the session to {}: {why}", path.display());
+    let cannot = |why: String| ferrite::bad_input!("cannot save the session to {}: {why}", path.display());
     match std::fs::metadata(dir) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => return Err(cannot(format!("{} is not a directory", dir.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(cannot(format!(
-                "directory {} does not exist",
-                dir.display()
-            )))
-        }
-        Err(e) => {
-            return Err(cannot(format!(
-                "{}: {}",
-                dir.display(),
-                files::io_message(&e)
-            )))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(cannot(format!("directory {} does not exist", dir.display()))),
+        Err(e) => return Err(cannot(format!("{}: {}", dir.display(), files::io_message(&e)))),
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| cannot("not a file name".into()))?;
-    let probe = dir.join(format!(
-        ".{}.probe{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().ok_or_else(|| cannot("not a file name".into()))?;
+    let probe = dir.join(format!(".{}.probe{}", name.to_string_lossy(), std::process::id()));
     match OpenOptions::new().write(true).create_new(true).open(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(cannot(format!(
-            "directory {} is not writable ({})",
-            dir.display(),
-            files::io_message(&e)
-        ))),
+        Err(e) => Err(cannot(format!("directory {} is not writable ({})", dir.display(), files::io_message(&e)))),
     }
 }
 
@@ -159,12 +124,8 @@ pub struct Lock {
 /// file share one lock).
 pub fn lock_path(path: &Path) -> Result<PathBuf> {
     let dir = dir_of(path);
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| ferrite::bad_input!("{}: {}", dir.display(), files::io_message(&e)))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| ferrite::bad_input!("{}: not a file name", path.display()))?;
+    let dir = dir.canonicalize().map_err(|e| ferrite::bad_input!("{}: {}", dir.display(), files::io_message(&e)))?;
+    let name = path.file_name().ok_or_else(|| ferrite::bad_input!("{}: not a file name", path.display()))?;
     Ok(dir.join(format!(".{}.lock", name.to_string_lossy())))
 }
 
@@ -172,29 +133,13 @@ pub fn lock_path(path: &Path) -> Result<PathBuf> {
 /// runtime error (exit 1) naming the file. Ctrl-C while waiting is an interruption.
 pub fn lock(path: &Path, wait: Duration) -> Result<Lock> {
     let lock_path = lock_path(path)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| {
-            ferrite::bad_input!(
-                "cannot lock the session file {}: {}: {}",
-                path.display(),
-                lock_path.display(),
-                files::io_message(&e)
-            )
-        })?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(|e| {
+        ferrite::bad_input!("cannot lock the session file {}: {}: {}", path.display(), lock_path.display(), files::io_message(&e))
+    })?;
     let t0 = Instant::now();
     loop {
         match file.try_lock() {
-            Ok(()) => {
-                return Ok(Lock {
-                    _file: file,
-                    lock_path,
-                })
-            }
+            Ok(()) => return Ok(Lock { _file: file, lock_path }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 if super::common::interrupted() {
                     return Err(anyhow::Error::new(ferrite::error::Interrupted));
@@ -209,11 +154,7 @@ pub fn lock(path: &Path, wait: Duration) -> Result<Lock> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                anyhow::bail!(
-                    "cannot lock the session file {}: {}",
-                    path.display(),
-                    files::io_message(&e)
-                )
+                anyhow::bail!("cannot lock the session file {}: {}", path.display(), files::io_message(&e))
             }
         }
     }
@@ -232,10 +173,9 @@ pub fn read(path: &Path, sess: &Session) -> Result<SessionData> {
 pub fn restore(data: &SessionData, sess: &mut Session, l: &Loaded) -> Result<Option<String>> {
     Ok(match data.restore(sess, &model_id(l))? {
         Restored::Cache => None,
-        Restored::Recompute(why) => Some(format!(
-            "{why}; the conversation ({} messages) is computed again from its text on the next turn",
-            sess.messages.len()
-        )),
+        Restored::Recompute(why) => {
+            Some(format!("{why}; the conversation ({} messages) is computed again from its text on the next turn", sess.messages.len()))
+        }
     })
 }
 
@@ -262,19 +202,9 @@ pub fn load_into(path: &Path, sess: &mut Session, l: &Loaded, quiet: bool) -> Re
 pub fn save(path: &Path, sess: &Session, held: Option<&Lock>) -> Result<()> {
     preflight(path, true)?;
     let mine = held.is_some_and(|h| lock_path(path).is_ok_and(|p| p == h.lock_path));
-    let _lock = if mine {
-        None
-    } else {
-        Some(lock(path, LOCK_WAIT)?)
-    };
+    let _lock = if mine { None } else { Some(lock(path, LOCK_WAIT)?) };
     let l_model = &sess.dec.model;
     let hp = &l_model.hparams;
-    let id = ModelId::of(
-        &l_model.file,
-        l_model.arch.name(),
-        hp.n_layer,
-        hp.n_embd,
-        hp.n_vocab,
-    );
+    let id = ModelId::of(&l_model.file, l_model.arch.name(), hp.n_layer, hp.n_embd, hp.n_vocab);
     SessionData::capture(sess, id, settings(sess))?.write(path)
 }

@@ -387,9 +387,7 @@ impl GgufFile {
         let alignment = match kv_index.get("general.alignment").map(|&i| &kv[i].1) {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() && *a <= MAX_ALIGNMENT => *a,
-            Some(Value::U32(a)) => {
-                return Err(fail("general.alignment", format!("{a} is not a power of two in 1..={MAX_ALIGNMENT}")))
-            }
+            Some(Value::U32(a)) => return Err(fail("general.alignment", format!("{a} is not a power of two in 1..={MAX_ALIGNMENT}"))),
             Some(v) => return Err(fail("general.alignment", format!("must be u32, is {}", v.value_type().name()))),
         };
 
@@ -437,8 +435,7 @@ impl GgufFile {
 
         // The data section starts at the next multiple of the alignment.
         let header_end = r.pos() as u64;
-        let data_offset = align_up(header_end, alignment as u64)
-            .ok_or_else(|| fail("data section", "offset overflows".into()))?;
+        let data_offset = align_up(header_end, alignment as u64).ok_or_else(|| fail("data section", "offset overflows".into()))?;
         let file_len = data.len() as u64;
         // Tensors follow each other in directory order, each padded to the alignment, as ggml's
         // writer lays them out; anything else (gaps, overlaps, reordering) is refused.
@@ -470,17 +467,7 @@ impl GgufFile {
                 .ok_or_else(|| fail("data section", "offset overflows".into()))?;
         }
 
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            bytes,
-            version,
-            kv,
-            kv_index,
-            tensors,
-            tensor_index,
-            alignment,
-            data_offset,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), bytes, version, kv, kv_index, tensors, tensor_index, alignment, data_offset })
     }
 
     pub fn path(&self) -> &Path {

@@ -84,7 +84,12 @@ fn err_of(b: Vec<u8>) -> String {
 #[test]
 fn reads_metadata_and_tensors() {
     let f = parse(
-        Writer::new().str("general.architecture", "llama").u32("llama.block_count", 2).tensor_f32("a", &[4, 2]).tensor_f32("b", &[3]).build(),
+        Writer::new()
+            .str("general.architecture", "llama")
+            .u32("llama.block_count", 2)
+            .tensor_f32("a", &[4, 2])
+            .tensor_f32("b", &[3])
+            .build(),
     )
     .unwrap();
     assert_eq!(f.architecture().unwrap(), "llama");

@@ -161,10 +161,7 @@ impl<'f> TensorLoader<'f> {
         let mut want = [1i64; 4];
         want[..shape.len()].copy_from_slice(shape);
         if info.ne != want {
-            return Err(self.file.error(
-                &format!("tensor '{name}'"),
-                format!("has shape {:?}, expected {:?}", info.shape(), shape),
-            ));
+            return Err(self.file.error(&format!("tensor '{name}'"), format!("has shape {:?}, expected {:?}", info.shape(), shape)));
         }
         if self.used[idx] && !dup {
             return Err(self.file.error(&format!("tensor '{name}'"), "declared twice"));
@@ -174,7 +171,9 @@ impl<'f> TensorLoader<'f> {
             return Err(self.file.error(&format!("tensor '{name}'"), format!("must be f32, is {}", info.ty)));
         }
         if matches!(usage, Usage::GetRows | Usage::MatMul | Usage::MatMulId) && !info.ty.cpu_weight_capable() {
-            return Err(self.file.error(&format!("tensor '{name}'"), format!("type {} cannot hold weights (ggml has no matrix kernels for it)", info.ty)));
+            return Err(self
+                .file
+                .error(&format!("tensor '{name}'"), format!("type {} cannot hold weights (ggml has no matrix kernels for it)", info.ty)));
         }
         let buft = self.select_buft(info.ty, &info.ne, usage)?;
         let ctx = self.ctx_for(buft)?;
@@ -269,7 +268,20 @@ impl<'f> TensorLoader<'f> {
                 Usage::Rope => {
                     let a = scratch.new_tensor(Type::F32, &[self.hp.n_embd_head_v as i64, self.hp.n_head as i64, 512]);
                     let pos = scratch.new_tensor(Type::I32, &[512]);
-                    scratch.rope_ext(&a, &pos, Some(&w), (2 * ne[0]).min(a.ne()[0]) as i32, ggml::RopeMode::Normal, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+                    scratch.rope_ext(
+                        &a,
+                        &pos,
+                        Some(&w),
+                        (2 * ne[0]).min(a.ne()[0]) as i32,
+                        ggml::RopeMode::Normal,
+                        0,
+                        10000.0,
+                        1.0,
+                        0.0,
+                        1.0,
+                        0.0,
+                        0.0,
+                    )
                 }
             };
             if device.supports_op_with(&op, &w, buft)? {
@@ -498,7 +510,11 @@ impl TensorLoader<'_> {
         if (biases != 0 && biases != 3) || self.hp.n_embd_head_k != self.hp.n_embd_head_v {
             return Ok(None);
         }
-        self.fused(&b("attn_qkv.weight"), &[b("attn_q.weight"), b("attn_k.weight"), b("attn_v.weight")], &[[n_embd, n_q], [n_embd, n_k], [n_embd, n_v]])
+        self.fused(
+            &b("attn_qkv.weight"),
+            &[b("attn_q.weight"), b("attn_k.weight"), b("attn_v.weight")],
+            &[[n_embd, n_q], [n_embd, n_k], [n_embd, n_v]],
+        )
     }
 
     /// FFN norm and a gated FFN of width `n_ff` (with optional biases), or, in a model with

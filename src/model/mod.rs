@@ -48,11 +48,7 @@ impl Arch {
             Some(&a) => Ok(a),
             None => {
                 let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
-                bail_input!(
-                    "{}: general.architecture: '{name}' is not supported (supported: {})",
-                    f.path().display(),
-                    names.join(", ")
-                )
+                bail_input!("{}: general.architecture: '{name}' is not supported (supported: {})", f.path().display(), names.join(", "))
             }
         }
     }

@@ -136,11 +136,7 @@ impl Candidates {
     /// Refills the list with every token of `logits`, reusing the buffer.
     pub fn fill(&mut self, logits: &[f32]) {
         self.data.clear();
-        self.data.extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
-            id: i as u32,
-            logit: sanitize(l),
-            p: 0.0,
-        }));
+        self.data.extend(logits.iter().enumerate().map(|(i, &l)| Candidate { id: i as u32, logit: sanitize(l), p: 0.0 }));
         self.sorted = false;
     }
 
@@ -377,12 +373,8 @@ pub fn typical(c: &mut Candidates, p: f32, min_keep: usize) {
     let entropy: f32 = c.data.iter().filter(|x| x.p > 0.0).map(|x| -x.p * x.p.ln()).sum();
     c.keys.clear();
     // Ascending score, ties by position (the sorted order), as one integer key.
-    c.keys.extend(
-        c.data
-            .iter()
-            .enumerate()
-            .map(|(i, x)| ((u64::from(total_bits((-x.p.ln() - entropy).abs())) << 32) | i as u64, i as u32)),
-    );
+    c.keys
+        .extend(c.data.iter().enumerate().map(|(i, x)| ((u64::from(total_bits((-x.p.ln() - entropy).abs())) << 32) | i as u64, i as u32)));
     c.keys.sort_unstable_by_key(|k| k.0);
     let mut cum = 0.0f32;
     let mut last = c.keys.len();

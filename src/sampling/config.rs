@@ -24,9 +24,7 @@ impl LogitBias {
         if digits == 0 {
             bail_input!("invalid logit bias '{s}': {SYNTAX}");
         }
-        let token: u32 = t[..digits]
-            .parse()
-            .map_err(|_| bad_input!("invalid logit bias '{s}': token id {} is too large", &t[..digits]))?;
+        let token: u32 = t[..digits].parse().map_err(|_| bad_input!("invalid logit bias '{s}': token id {} is too large", &t[..digits]))?;
         let rest = &t[digits..];
         let negative = match rest.as_bytes().first() {
             Some(b'+') => false,

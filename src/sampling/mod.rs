@@ -105,13 +105,8 @@ impl Sampler {
             bail_input!("logit bias {b}: token {} is outside the vocabulary (0..{n_vocab})", b.token);
         }
         let seed = config.seed.unwrap_or_else(rng::random_seed);
-        let penalties = Penalties::new(
-            n_vocab,
-            config.repeat_last_n,
-            config.repeat_penalty,
-            config.frequency_penalty,
-            config.presence_penalty,
-        );
+        let penalties =
+            Penalties::new(n_vocab, config.repeat_last_n, config.repeat_penalty, config.frequency_penalty, config.presence_penalty);
         let mut cands = Candidates::new();
         let k = config.top_k as usize;
         let n_cands = if config.is_greedy() {

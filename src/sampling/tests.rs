@@ -46,12 +46,8 @@ fn table_temperature() {
 
 #[test]
 fn table_top_k() {
-    let rows: &[(&[f32], &[f32], i32)] = &[
-        (&P4, &[1.0], 1),
-        (&P4, &[0.44444, 0.33333, 0.22222], 3),
-        (&P4, &[0.4, 0.3, 0.2, 0.1], 4),
-        (&P4, &[0.1, 0.2, 0.3, 0.4], 0),
-    ];
+    let rows: &[(&[f32], &[f32], i32)] =
+        &[(&P4, &[1.0], 1), (&P4, &[0.44444, 0.33333, 0.22222], 3), (&P4, &[0.4, 0.3, 0.2, 0.1], 4), (&P4, &[0.1, 0.2, 0.3, 0.4], 0)];
     for &(probs, expected, k) in rows {
         let mut c = Candidates::from_probs(probs);
         ops::top_k(&mut c, k);
@@ -100,8 +96,7 @@ fn table_min_p() {
 #[test]
 fn table_typical() {
     // As in llama.cpp, no draw follows: p are the softmax values typical-p computed.
-    let rows: &[(&[f32], &[f32], f32)] =
-        &[(&[0.97, 0.01, 0.01, 0.01], &[0.97], 0.5), (&[0.4, 0.2, 0.2, 0.2], &[0.2, 0.2, 0.2], 0.5)];
+    let rows: &[(&[f32], &[f32], f32)] = &[(&[0.97, 0.01, 0.01, 0.01], &[0.97], 0.5), (&[0.4, 0.2, 0.2, 0.2], &[0.2, 0.2, 0.2], 0.5)];
     for &(probs, expected, p) in rows {
         let mut c = Candidates::from_probs(probs);
         ops::typical(&mut c, p, 0);
@@ -354,18 +349,14 @@ fn top_p_partial_sort_on_large_lists() {
 
 #[test]
 fn logit_bias_on_shuffled_and_direct_lists() {
-    let biases =
-        [LogitBias { token: 1, bias: 0.5 }, LogitBias { token: 3, bias: -1.0 }, LogitBias { token: 1, bias: 0.25 }];
+    let biases = [LogitBias { token: 1, bias: 0.5 }, LogitBias { token: 3, bias: -1.0 }, LogitBias { token: 1, bias: 0.25 }];
     let mut c = Candidates::from_logits(&[0.0, 0.0, 0.0, 0.0]);
     ops::logit_bias(&mut c, &biases);
     assert_eq!(c.data.iter().map(|x| x.logit).collect::<Vec<_>>(), vec![0.0, 0.75, 0.0, -1.0]);
     let mut s = Candidates::from_logits(&[0.0, 0.0, 0.0, 0.0]);
     s.data.reverse();
     ops::logit_bias(&mut s, &biases);
-    assert_eq!(
-        s.data.iter().map(|x| (x.id, x.logit)).collect::<Vec<_>>(),
-        vec![(3, -1.0), (2, 0.0), (1, 0.75), (0, 0.0)]
-    );
+    assert_eq!(s.data.iter().map(|x| (x.id, x.logit)).collect::<Vec<_>>(), vec![(3, -1.0), (2, 0.0), (1, 0.75), (0, 0.0)]);
 }
 
 #[test]
@@ -435,10 +426,7 @@ fn chain_tables() {
     let a = SamplerConfig { top_k: 3, top_p: 0.8, temp: 0.5, ..cfg(1) };
     let b = SamplerConfig { repeat_penalty: 1.5, ..a.clone() };
     type Row = (SamplerConfig, &'static [u32], &'static [u32], &'static [f32]);
-    let rows: &[Row] = &[
-        (a, &[], &[3, 2, 1], &[0.551724, 0.310345, 0.137931]),
-        (b, &[3], &[2, 3, 1], &[0.463918, 0.329897, 0.206186]),
-    ];
+    let rows: &[Row] = &[(a, &[], &[3, 2, 1], &[0.551724, 0.310345, 0.137931]), (b, &[3], &[2, 3, 1], &[0.463918, 0.329897, 0.206186])];
     for (config, history, ids, probs) in rows {
         let mut s = Sampler::new(config.clone(), 4).unwrap();
         s.set_history(history);
@@ -467,12 +455,10 @@ fn chain_with_every_step() {
         s.accept(t);
     }
     s.sample(&logits);
-    let ids: &[u32] =
-        &[92, 83, 74, 65, 56, 47, 38, 93, 91, 84, 75, 82, 66, 57, 2, 73, 48, 39, 64, 30, 21, 55, 12, 46, 37];
+    let ids: &[u32] = &[92, 83, 74, 65, 56, 47, 38, 93, 91, 84, 75, 82, 66, 57, 2, 73, 48, 39, 64, 30, 21, 55, 12, 46, 37];
     let probs: &[f32] = &[
-        0.107175, 0.094169, 0.082642, 0.072437, 0.063416, 0.055452, 0.048429, 0.039975, 0.038285, 0.036800, 0.033845,
-        0.032119, 0.031098, 0.028546, 0.027838, 0.026922, 0.026178, 0.023982, 0.022545, 0.021949, 0.020068, 0.018863,
-        0.018329, 0.015769, 0.013171,
+        0.107175, 0.094169, 0.082642, 0.072437, 0.063416, 0.055452, 0.048429, 0.039975, 0.038285, 0.036800, 0.033845, 0.032119, 0.031098,
+        0.028546, 0.027838, 0.026922, 0.026178, 0.023982, 0.022545, 0.021949, 0.020068, 0.018863, 0.018329, 0.015769, 0.013171,
     ];
     assert_eq!(s.candidates().ids(), ids);
     assert_probs(s.candidates(), probs, "full chain");
@@ -516,9 +502,8 @@ fn copied_and_in_place_logits_agree() {
     // Penalties on but an empty window take the copy path without changing a logit: the tokens
     // must be those of the in-place path, NaNs included.
     let mut rng = Xoshiro256::from_seed(8);
-    let rows: Vec<Vec<f32>> = (0..40)
-        .map(|_| (0..3000).map(|i| if i % 97 == 5 { f32::NAN } else { (rng.next_f64() * 12.0) as f32 }).collect())
-        .collect();
+    let rows: Vec<Vec<f32>> =
+        (0..40).map(|_| (0..3000).map(|i| if i % 97 == 5 { f32::NAN } else { (rng.next_f64() * 12.0) as f32 }).collect()).collect();
     for base in [cfg(3), SamplerConfig { top_k: 0, ..cfg(3) }, SamplerConfig::greedy()] {
         let mut plain = Sampler::new(base.clone(), 3000).unwrap();
         let mut copied = Sampler::new(SamplerConfig { repeat_penalty: 1.3, ..base }, 3000).unwrap();
@@ -567,14 +552,8 @@ fn greedy_after_bias_and_penalties() {
 fn banned_token_is_never_drawn() {
     let mut logits = vec![0.0f32; 50];
     logits[7] = 10.0;
-    let config = SamplerConfig {
-        temp: 1.5,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        logit_bias: vec![LogitBias::parse("7-inf").unwrap()],
-        ..cfg(9)
-    };
+    let config =
+        SamplerConfig { temp: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, logit_bias: vec![LogitBias::parse("7-inf").unwrap()], ..cfg(9) };
     let mut s = Sampler::new(config, 50).unwrap();
     let mut seen = [false; 50];
     for _ in 0..10_000 {
@@ -714,13 +693,7 @@ fn validate_accepts_edges() {
         SamplerConfig { temp: -0.5, ..d.clone() },
         SamplerConfig { top_k: 0, top_p: 1.0, min_p: 0.0, typical_p: 1.0, ..d.clone() },
         SamplerConfig { min_p: 1.0, typical_p: 0.01, top_p: 0.01, ..d.clone() },
-        SamplerConfig {
-            repeat_last_n: -1,
-            repeat_penalty: 0.5,
-            presence_penalty: -1.0,
-            frequency_penalty: 2.0,
-            ..d.clone()
-        },
+        SamplerConfig { repeat_last_n: -1, repeat_penalty: 0.5, presence_penalty: -1.0, frequency_penalty: 2.0, ..d.clone() },
         SamplerConfig { logit_bias: vec![LogitBias { token: 3, bias: f32::NEG_INFINITY }], ..d.clone() },
     ];
     for c in ok {

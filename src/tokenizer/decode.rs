@@ -159,10 +159,7 @@ impl Pass {
                 && match self.which {
                     1 => matches!(x, b'?' | b'!' | b'.' | b','),
                     2 => x == b'\'' && next(1) == Some(b' '),
-                    _ => {
-                        x == b'\''
-                            && matches!((next(1), next(2)), (Some(b's' | b'm'), _) | (Some(b'r' | b'v'), Some(b'e')))
-                    }
+                    _ => x == b'\'' && matches!((next(1), next(2)), (Some(b's' | b'm'), _) | (Some(b'r' | b'v'), Some(b'e'))),
                 };
             if drop_prev {
                 self.held = None;

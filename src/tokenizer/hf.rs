@@ -37,12 +37,7 @@ pub(crate) struct Dropped {
 }
 
 /// The byte-level BPE tokenizer of a gpt2 vocabulary.
-pub(crate) fn byte_level_bpe(
-    tokens: &[String],
-    index: &TextIndex,
-    merges: &[String],
-    pre: &PreSpec,
-) -> Result<(Tokenizer, Dropped)> {
+pub(crate) fn byte_level_bpe(tokens: &[String], index: &TextIndex, merges: &[String], pre: &PreSpec) -> Result<(Tokenizer, Dropped)> {
     let mut seen = std::collections::HashSet::with_capacity(merges.len());
     let mut pairs = Vec::with_capacity(merges.len());
     let mut dropped = Dropped::default();
@@ -64,11 +59,8 @@ pub(crate) fn byte_level_bpe(
         }
         pairs.push((a.to_string(), b.to_string()));
     }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab_of(tokens), pairs)
-        .ignore_merges(pre.ignore_merges)
-        .build()
-        .map_err(|e| hf_err("BPE", e))?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab_of(tokens), pairs).ignore_merges(pre.ignore_merges).build().map_err(|e| hf_err("BPE", e))?;
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for re in pre.regexes {
         let split = Split::new(SplitPattern::Regex(for_oniguruma(re)), SplitDelimiterBehavior::Isolated, false)

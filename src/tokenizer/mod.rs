@@ -11,10 +11,10 @@
 
 mod decode;
 mod hf;
-mod spm;
 mod pre;
 mod rules;
 mod special;
+mod spm;
 #[cfg(test)]
 mod tests;
 

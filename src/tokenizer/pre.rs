@@ -95,7 +95,8 @@ const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const SEED_CODER: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+";
-const BAILINGMOE: &str = r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+const BAILINGMOE: &str =
+    r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 const BLOOM: &str = r" ?[^(\s|.,!?\x{2026}\x{3002}\x{FF0C}\x{3001}\x{964}\x{6D4}\x{60C})]+";
 // Regexes with literal non-ASCII characters are spelled with \x{..} escapes: the exact codepoints
 // matter (a Unicode-normalising editor would change some) and they are copied from llama.cpp.
@@ -144,8 +145,9 @@ const fn no_bos(mut s: PreSpec) -> PreSpec {
 pub(crate) fn lookup(name: &str) -> Option<PreSpec> {
     Some(match name {
         "default" => spec("default", DEFAULT),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => with_bos(ignore_merges(spec("llama3", &[LLAMA3]))),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
+            with_bos(ignore_merges(spec("llama3", &[LLAMA3])))
+        }
         "dbrx" => spec("dbrx", &[LLAMA3]),
         "smaug-bpe" => spec("smaug", &[LLAMA3]),
         "deepseek-llm" => keep_spaces(spec("deepseek-llm", DEEPSEEK_LLM)),
@@ -160,8 +162,9 @@ pub(crate) fn lookup(name: &str) -> Option<PreSpec> {
         "exaone" => spec("exaone", STARCODER),
         "minerva-7b" => spec("minerva", STARCODER),
         "mellum2" => spec("mellum2", STARCODER),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
-        | "exaone4" => spec("gpt2", &[GPT2]),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "exaone4" => {
+            spec("gpt2", &[GPT2])
+        }
         "olmo" => spec("olmo", &[GPT2]),
         "jais" => spec("jais", &[GPT2]),
         "trillion" => keep_spaces(spec("trillion", &[GPT2])),
@@ -190,13 +193,71 @@ pub(crate) fn lookup(name: &str) -> Option<PreSpec> {
 
 /// The names [`lookup`] accepts, for error messages.
 pub(crate) const KNOWN: &[&str] = &[
-    "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano",
-    "dbrx", "smaug-bpe", "deepseek-llm", "deepseek-coder", "falcon", "mpt", "starcoder", "refact", "command-r", "smollm",
-    "codeshell", "exaone", "minerva-7b", "mellum2", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es",
-    "jina-v2-de", "a.x-4.0", "mellum", "exaone4", "olmo", "jais", "trillion", "granite-docling", "qwen2",
-    "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2", "qwen35",
-    "poro-chat", "bloom", "gpt3-finnish", "viking", "chatglm-bpe", "glm4", "glm5", "tekken", "gpt-4o", "llama4",
-    "kanana2", "talkie", "minimax-m2", "seed-coder", "bailingmoe", "bailingmoe2", "llada-moe",
+    "default",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "dbrx",
+    "smaug-bpe",
+    "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
+    "mpt",
+    "starcoder",
+    "refact",
+    "command-r",
+    "smollm",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "exaone4",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "megrez",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+    "grok-2",
+    "qwen35",
+    "poro-chat",
+    "bloom",
+    "gpt3-finnish",
+    "viking",
+    "chatglm-bpe",
+    "glm4",
+    "glm5",
+    "tekken",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
+    "minimax-m2",
+    "seed-coder",
+    "bailingmoe",
+    "bailingmoe2",
+    "llada-moe",
 ];
 
 /// A character class equal to llama.cpp's view of a Unicode category (`\p{L}` → letters that

@@ -41,9 +41,8 @@ fn is_c_space(b: u8) -> bool {
 
 impl Specials {
     pub(crate) fn new(texts: &[String], attrs: &[u16]) -> Specials {
-        let mut order: Vec<u32> = (0..texts.len() as u32)
-            .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
-            .collect();
+        let mut order: Vec<u32> =
+            (0..texts.len() as u32).filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i as usize].len()));
         let mut nodes = vec![Node { next: Vec::new(), token: None }];
         for (k, &id) in order.iter().enumerate() {

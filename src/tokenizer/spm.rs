@@ -142,9 +142,9 @@ impl Spm {
                 // only single characters can be unmerged non-tokens: spell their bytes
                 None => {
                     for &byte in piece.as_bytes() {
-                        let id = self.byte_tokens[byte as usize].or(self.unk).ok_or_else(|| {
-                            anyhow::anyhow!("the vocabulary has no token for byte 0x{byte:02X} and no unknown token")
-                        })?;
+                        let id = self.byte_tokens[byte as usize]
+                            .or(self.unk)
+                            .ok_or_else(|| anyhow::anyhow!("the vocabulary has no token for byte 0x{byte:02X} and no unknown token"))?;
                         out.push(id);
                     }
                 }

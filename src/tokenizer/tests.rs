@@ -69,7 +69,12 @@ fn categories_agree_with_llamacpp() {
                 wrong.push(format!("U+{:04X}", c as u32));
             }
         }
-        assert!(wrong.is_empty(), "\\p{{{class}}} differs from llama.cpp on {} codepoints: {:?}", wrong.len(), &wrong[..wrong.len().min(20)]);
+        assert!(
+            wrong.is_empty(),
+            "\\p{{{class}}} differs from llama.cpp on {} codepoints: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(20)]
+        );
     }
     // the exclusion list is sorted and disjoint
     assert!(LLAMA_UNASSIGNED.windows(2).all(|w| w[0].1 < w[1].0));
@@ -130,8 +135,10 @@ fn clean_oracle(v: &[u8]) -> Vec<u8> {
 
 #[test]
 fn clean_spaces_matches_the_three_passes() {
-    assert_eq!(clean_spaces(b"Hello , world ! It 's ok . I 'm here ' and ' there they 're we 've I 'll"),
-        b"Hello, world! It's ok. I'm here'and'there they're we've I 'll".to_vec());
+    assert_eq!(
+        clean_spaces(b"Hello , world ! It 's ok . I 'm here ' and ' there they 're we 've I 'll"),
+        b"Hello, world! It's ok. I'm here'and'there they're we've I 'll".to_vec()
+    );
     // random strings over the bytes the passes look at
     let alphabet = b" '?!.,smrevtdlx";
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -148,8 +155,7 @@ fn clean_spaces_matches_the_three_passes() {
 /// A tiny gpt2 vocabulary: all 256 byte-level characters plus a few merges and special tokens.
 fn tiny_gpt2(pre: &str, extra: &[(&str, TokenType)], merges: &[&str]) -> VocabMeta {
     let table = decode::byte_level_decoder();
-    let mut alphabet: Vec<(u32, u8)> =
-        table.iter().enumerate().filter_map(|(cp, b)| b.map(|b| (cp as u32, b))).collect();
+    let mut alphabet: Vec<(u32, u8)> = table.iter().enumerate().filter_map(|(cp, b)| b.map(|b| (cp as u32, b))).collect();
     alphabet.sort_by_key(|&(_, b)| b);
     let mut tokens: Vec<String> = alphabet.iter().map(|&(cp, _)| char::from_u32(cp).unwrap().to_string()).collect();
     let mut types = vec![TokenType::Normal; tokens.len()];
@@ -181,11 +187,7 @@ fn id_of(tok: &Tokenizer, text: &str) -> u32 {
 #[test]
 fn special_tokens_go_longest_first() {
     // leftmost-longest would take "<a" at 0; llama.cpp takes the longer "a|b>" first
-    let meta = tiny_gpt2(
-        "gpt-2",
-        &[("<a", TokenType::Control), ("a|b>", TokenType::Control), ("<u>", TokenType::UserDefined)],
-        &[],
-    );
+    let meta = tiny_gpt2("gpt-2", &[("<a", TokenType::Control), ("a|b>", TokenType::Control), ("<u>", TokenType::UserDefined)], &[]);
     let tok = Tokenizer::from_vocab(&meta, &Options::default()).unwrap();
     let (lt, a, ab, u) = (id_of(&tok, "<"), id_of(&tok, "<a"), id_of(&tok, "a|b>"), id_of(&tok, "<u>"));
     assert_eq!(tok.encode("<a|b>", false, true).unwrap(), vec![lt, ab]);

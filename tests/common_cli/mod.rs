@@ -66,7 +66,8 @@ impl Tmux {
         assert!(ok, "tmux is required for the REPL tests: apt-get install -y tmux (scripts/deps.sh installs it)");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let socket = format!("ferrite-{name}-{}-{n}", std::process::id());
-        let cmd: Vec<String> = std::iter::once(FERRITE.to_string()).chain(args.iter().map(|a| a.to_string())).map(|a| sh_quote(&a)).collect();
+        let cmd: Vec<String> =
+            std::iter::once(FERRITE.to_string()).chain(args.iter().map(|a| a.to_string())).map(|a| sh_quote(&a)).collect();
         let hist = dir.join("history");
         let script = format!(
             // the wrapper shell shares ferrite's process group, so it gets the Ctrl-Cs too: a

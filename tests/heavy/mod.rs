@@ -32,12 +32,8 @@ pub fn output_from(cmd: &mut Command, stdin: Stdio, what: &str, limit: Duration)
     // a test that panicked while holding the lock leaves nothing half-done behind it
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
-    let mut child = cmd
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let mut child =
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     // drain the pipes on threads so a chatty child cannot block on a full pipe
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();

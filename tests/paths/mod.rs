@@ -70,20 +70,13 @@ pub fn how_to_get_llamacpp() -> String {
 /// logits (settings through `REF_*` variables, which the caller adds).
 pub fn greedy_ref(bin: &Path, model: &Path, prompt: &str, n_predict: u64) -> Command {
     let mut cmd = Command::new(bin.join("greedy_ref"));
-    cmd.arg(model)
-        .arg(prompt)
-        .arg(n_predict.to_string())
-        .env("LD_LIBRARY_PATH", bin);
+    cmd.arg(model).arg(prompt).arg(n_predict.to_string()).env("LD_LIBRARY_PATH", bin);
     cmd
 }
 
 /// The JSON object greedy_ref prints as its last line.
 pub fn greedy_ref_answer(stdout: &[u8], what: &str) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
-    let last = text
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("{what}: greedy_ref printed nothing"));
-    serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{what}: greedy_ref printed {last:?}: {e}"))
+    let last = text.lines().last().unwrap_or_else(|| panic!("{what}: greedy_ref printed nothing"));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{what}: greedy_ref printed {last:?}: {e}"))
 }
