@@ -218,7 +218,7 @@ fn piped_document_through_run_and_chat_matches_llamacpp() {
 }
 
 /// llama-perplexity's final estimate on the GPL-3 text.
-fn llama_perplexity(model: &Path, text: &Path, n_ctx: &str) -> f64 {
+fn reference_perplexity(model: &Path, text: &Path, n_ctx: &str) -> f64 {
     let bin = llamacpp_bin();
     let mut cmd = Command::new(bin.join("llama-perplexity"));
     cmd.arg("-m").arg(model).arg("-f").arg(text).args(["-c", n_ctx, "-t", "2"]).env("LD_LIBRARY_PATH", &bin);
@@ -241,7 +241,7 @@ fn perplexity_matches(name: &str, n_ctx: &str) {
     );
     assert!(o.status.success(), "ferrite perplexity {name} -c {n_ctx}: {}", String::from_utf8_lossy(&o.stderr));
     let have = serde_json::from_slice::<Value>(&o.stdout).unwrap()["ppl"].as_f64().unwrap();
-    let want = llama_perplexity(&m, &text, n_ctx);
+    let want = reference_perplexity(&m, &text, n_ctx);
     std::fs::remove_file(&text).ok();
     eprintln!("{name} -c {n_ctx}: perplexity ferrite {have:.4}, llama-perplexity {want:.4}");
     // llama-perplexity prints four decimals: equal to them
