@@ -26,19 +26,11 @@ include!(concat!(env!("OUT_DIR"), "/required_cpu.rs"));
 /// Whether this CPU reports the CPUID bit.
 #[cfg(target_arch = "x86_64")]
 fn cpu_has(leaf: u32, subleaf: u32, reg: u8, bit: u8) -> bool {
-    use std::arch::x86_64::{__cpuid, __cpuid_count};
     // leaves above the CPU's maximum return garbage: ask for the range's maximum first
-    if __cpuid(leaf & 0x8000_0000).eax < leaf {
+    if ggml::cpuid(leaf & 0x8000_0000, 0)[0] < leaf {
         return false;
     }
-    let r = __cpuid_count(leaf, subleaf);
-    let v = match reg {
-        0 => r.eax,
-        1 => r.ebx,
-        2 => r.ecx,
-        _ => r.edx,
-    };
-    (v >> bit) & 1 == 1
+    (ggml::cpuid(leaf, subleaf)[reg.min(3) as usize] >> bit) & 1 == 1
 }
 
 #[cfg(not(target_arch = "x86_64"))]

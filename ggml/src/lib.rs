@@ -209,3 +209,16 @@ pub fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
     // SAFETY: read-only mapping of a regular file; see the function documentation.
     unsafe { memmap2::Mmap::map(file) }
 }
+
+/// The CPUID instruction: `[eax, ebx, ecx, edx]` of `leaf`/`subleaf` (x86-64 only; every x86-64
+/// CPU has CPUID). Leaves above the CPU's maximum return unspecified values: ask for
+/// `leaf & 0x8000_0000` first.
+#[cfg(target_arch = "x86_64")]
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    // SAFETY: CPUID exists on every x86-64 CPU and only reads identification registers. (The
+    // intrinsic became a safe function in newer toolchains, hence the allow; the workspace's
+    // minimum Rust still has it unsafe.)
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid_count(leaf, subleaf) };
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
