@@ -112,7 +112,7 @@ pub struct GenArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, value_name = "N", allow_negative_numbers = true)]
     pub n_predict: i32,
     /// Stop when this string appears (repeatable)
-    #[arg(long = "stop", value_name = "STR", value_parser = non_empty_stop)]
+    #[arg(long = "stop", value_name = "STR", value_parser = non_empty_stop, allow_hyphen_values = true)]
     pub stop: Vec<String>,
     /// A system prompt for the conversation (-sys, as llama.cpp)
     #[arg(long, visible_alias = "system-prompt", value_name = "TEXT")]

@@ -150,13 +150,14 @@ const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
     ("-co", "--color"),
 ];
 
-/// Short flags that take no value, which clap lets users bundle (`-qv`).
-const BUNDLED_SHORT_FLAGS: &str = "qvi";
-
 /// The command line with llama.cpp's multi-letter short flags in their long forms, or the
 /// one-line error for a multi-letter short flag ferrite does not know: clap would otherwise read
 /// `-ngl` as `-n gl` and name a flag the user never typed.
-fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
+fn normalized_args(cmd: &clap::Command) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let switches = switches(cmd);
+    let is_switch = |f: &str| switches.iter().any(|s| s == f);
+    // clap lets value-less short flags be bundled (`-qv`)
+    let bundled = |letters: &str| letters.chars().all(|c| is_switch(&format!("-{c}")));
     let mut out: Vec<std::ffi::OsString> = Vec::new();
     let mut rest_positional = false;
     for a in std::env::args_os() {
@@ -171,10 +172,11 @@ fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
         // a value of the previous flag (`--stop -END`) is not a flag
         let prev_takes_value = out.last().is_some_and(|p| {
             let p = p.to_string_lossy();
-            p.starts_with('-') && !p.contains('=') && !is_switch(&p)
+            let bundle = p.len() > 2 && !p.starts_with("--") && bundled(&p[1..]);
+            p.starts_with('-') && !p.contains('=') && !is_switch(&p) && !bundle
         });
         if let Some(letters) = letters {
-            if !rest_positional && !prev_takes_value && !letters.chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)) {
+            if !rest_positional && !prev_takes_value && !bundled(letters) {
                 ferrite::bail_input!(
                     "unknown flag '{s}' (try `ferrite --help`; llama.cpp's multi-letter short flags known here: {})",
                     LLAMA_SHORT_FLAGS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" ")
@@ -189,40 +191,25 @@ fn normalized_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
     Ok(out)
 }
 
-/// Flags that take no value (so the argument after one is not its value).
-fn is_switch(flag: &str) -> bool {
-    const SWITCHES: &[&str] = &[
-        "--raw",
-        "--json",
-        "--mmap",
-        "--no-mmap",
-        "--show-prompt",
-        "--special",
-        "--quiet",
-        "--verbose",
-        "--conversation",
-        "--interactive",
-        "--color",
-        "--ids",
-        "--no-bos",
-        "--no-parse-special",
-        "--count",
-        "--help",
-        "--version",
-        "-q",
-        "-v",
-        "-i",
-        "-h",
-        "-V",
-        "--",
-    ];
-    SWITCHES.contains(&flag) || (flag.len() > 2 && !flag.starts_with("--") && flag[1..].chars().all(|c| BUNDLED_SHORT_FLAGS.contains(c)))
+/// Every flag that takes no value (`--raw`, `-q`, …), read from clap's definitions of all
+/// subcommands, so that the argument after one is known not to be its value.
+fn switches(cmd: &clap::Command) -> Vec<String> {
+    let mut out = vec!["--".to_string(), "--help".into(), "-h".into(), "--version".into(), "-V".into()];
+    let mut stack = vec![cmd];
+    while let Some(c) = stack.pop() {
+        for a in c.get_arguments().filter(|a| !a.get_action().takes_values()) {
+            out.extend(a.get_long_and_visible_aliases().into_iter().flatten().map(|l| format!("--{l}")));
+            out.extend(a.get_short_and_visible_aliases().into_iter().flatten().map(|c| format!("-{c}")));
+        }
+        stack.extend(c.get_subcommands());
+    }
+    out
 }
 
 pub fn main() -> i32 {
     let long_version: &'static str = Box::leak(ferrite::build_info::long_version().into_boxed_str());
     let cmd = <Cli as clap::CommandFactory>::command().long_version(long_version);
-    let args = match normalized_args() {
+    let args = match normalized_args(&cmd) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("ferrite: {}", one_line(&e));
