@@ -33,16 +33,14 @@ fn main() -> anyhow::Result<()> {
     top5.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
     top5.truncate(5);
     let mut out = Vec::new();
-    let mut pos = prompt.len() as i32;
-    for _ in 0..n_predict {
+    for pos in prompt.len()..prompt.len() + n_predict {
         let best = (0..n_vocab).fold(0, |b, v| if logits[v] > logits[b] { v } else { b }) as u32;
         out.push(best);
         if std::env::var("EOG").map(|e| e.split(',').any(|x| x == best.to_string())).unwrap_or(false) {
             break;
         }
         logits.clear();
-        dec.decode(&[best], pos, &[0], &mut logits)?;
-        pos += 1;
+        dec.decode(&[best], pos as i32, &[0], &mut logits)?;
     }
     let ids = |v: &[u32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
     let t5: Vec<String> = top5.iter().map(|(i, l)| format!("[{i},{l:.5}]")).collect();

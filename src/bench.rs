@@ -181,6 +181,96 @@ pub fn run_test(
     Ok(BenchResult { n_prompt, n_gen, samples_ns })
 }
 
+/// One test of llama-batched-bench's method: `n_parallel` sequences each prefill `n_prompt`
+/// random tokens in one batch, then generate `n_gen` tokens together (one per sequence a step).
+#[derive(Clone, Debug)]
+pub struct ParallelResult {
+    pub n_prompt: u32,
+    pub n_gen: u32,
+    pub n_parallel: u32,
+    /// Seconds of prompt processing and of generation, per repetition.
+    pub t_pp: Vec<f64>,
+    pub t_tg: Vec<f64>,
+}
+
+impl ParallelResult {
+    /// Aggregate prompt tokens/s (all sequences), mean over repetitions.
+    pub fn speed_pp(&self) -> f64 {
+        mean(&self.t_pp.iter().map(|t| (self.n_parallel * self.n_prompt) as f64 / t).collect::<Vec<_>>())
+    }
+
+    /// Aggregate generated tokens/s (all sequences), mean over repetitions.
+    pub fn speed_tg(&self) -> f64 {
+        mean(&self.t_tg.iter().map(|t| (self.n_parallel * self.n_gen) as f64 / t).collect::<Vec<_>>())
+    }
+
+    pub fn t_pp(&self) -> f64 {
+        mean(&self.t_pp)
+    }
+
+    pub fn t_tg(&self) -> f64 {
+        mean(&self.t_tg)
+    }
+
+    /// Every token over the whole time.
+    pub fn speed(&self) -> f64 {
+        let n = (self.n_parallel * (self.n_prompt + self.n_gen)) as f64;
+        mean(&self.t_pp.iter().zip(&self.t_tg).map(|(a, b)| n / (a + b)).collect::<Vec<_>>())
+    }
+}
+
+/// Runs llama-batched-bench's test for `n_parallel` sequences (`reps` timed repetitions after a
+/// warm-up of 16 tokens, as it does): a context of one stream per sequence, each of the tokens it
+/// needs; the prompts in one batch (split into micro-batches by the decoder), then `n_gen` steps
+/// of one token per sequence. Token ids come from `rng` (glibc's `rand()`, as llama's tools).
+pub fn run_parallel(
+    model: &Rc<Model>,
+    opts: &ContextOptions,
+    n_prompt: u32,
+    n_gen: u32,
+    n_parallel: u32,
+    reps: u32,
+    rng: &mut BenchRng,
+) -> Result<ParallelResult> {
+    use crate::decoder::Batch;
+    let mut o = opts.clone();
+    o.n_ctx = (n_prompt + n_gen).max(1);
+    o.n_seq = n_parallel;
+    let mut dec = Decoder::new(model.clone(), &o)?;
+    let n_vocab = model.hparams.n_vocab;
+    let mut logits = Vec::new();
+    let mut batch = Batch::default();
+    for i in 0..16.min(dec.n_ctx() as i32) {
+        batch.add(rng.next(n_vocab), i, 0, false);
+    }
+    dec.decode_batch(&batch, &mut logits)?;
+    let mut res = ParallelResult { n_prompt, n_gen, n_parallel, t_pp: Vec::new(), t_tg: Vec::new() };
+    for _ in 0..reps {
+        dec.kv.clear();
+        batch.clear();
+        for j in 0..n_parallel {
+            for i in 0..n_prompt {
+                batch.add(rng.next(n_vocab), i as i32, j, i + 1 == n_prompt);
+            }
+        }
+        logits.clear();
+        let t = Instant::now();
+        dec.decode_batch(&batch, &mut logits)?;
+        res.t_pp.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..n_gen {
+            batch.clear();
+            for j in 0..n_parallel {
+                batch.add(rng.next(n_vocab), (n_prompt + i) as i32, j, true);
+            }
+            logits.clear();
+            dec.decode_batch(&batch, &mut logits)?;
+        }
+        res.t_tg.push(t.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
 #[cfg(test)]
 mod tests {
     use super::BenchRng;

@@ -2,7 +2,7 @@
 //! builds and computes each graph on the backend scheduler, and returns the requested logits.
 //! (llama.cpp's `llama_context::decode`.)
 
-use crate::graph::{BuiltGraph, CParams, GraphBuilder, Input, UBatch};
+use crate::graph::{BuiltGraph, CParams, GraphBuilder, Group, Input, UBatch};
 use crate::kv_cache::{hadamard, KvCache};
 use crate::model::Model;
 use anyhow::{bail, Context as _, Result};
@@ -37,6 +37,8 @@ pub struct ContextOptions {
     /// layers then never reuse cells. Off by default, as in llama.cpp's tools (`common_params`);
     /// llama.cpp's library default (`llama_context_default_params`) is on.
     pub swa_full: bool,
+    /// Sequences decoded together (`-np`); each has its own stream of `n_ctx` cells.
+    pub n_seq: u32,
 }
 
 impl Default for ContextOptions {
@@ -51,6 +53,7 @@ impl Default for ContextOptions {
             type_v: Type::F16,
             own_kernels: true,
             swa_full: false,
+            n_seq: 1,
         }
     }
 }
@@ -94,6 +97,9 @@ pub fn resolve_threads(requested: Option<usize>) -> (usize, Option<String>) {
     }
 }
 
+/// The most sequences one context decodes together.
+pub const MAX_SEQ: u32 = 256;
+
 /// The default context: the model's training context, capped at 4096 tokens.
 pub const DEFAULT_CTX_CAP: u32 = 4096;
 
@@ -111,12 +117,56 @@ pub fn check_ctx_size(n_ctx: u32) -> Result<()> {
 
 /// What determines a graph's topology: a graph built for one micro-batch is reused for the
 /// next one with the same key (only the inputs change), as llama.cpp does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct GraphKey {
     n_tokens: u32,
     n_outputs: u32,
-    n_kv_full: u32,
-    n_kv_swa: u32,
+    /// Per group: the group and the cells its attention visits (full, sliding-window).
+    groups: Vec<(Group, u32, u32)>,
+}
+
+/// Tokens to decode, each with its position, sequence and whether its logits are wanted
+/// (llama.cpp's `llama_batch`).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    pub pos: Vec<i32>,
+    pub seq: Vec<u32>,
+    pub output: Vec<bool>,
+}
+
+impl Batch {
+    pub fn add(&mut self, token: u32, pos: i32, seq: u32, output: bool) {
+        self.tokens.push(token);
+        self.pos.push(pos);
+        self.seq.push(seq);
+        self.output.push(output);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        *self = Batch::default();
+    }
+
+    /// Number of tokens whose logits are wanted.
+    pub fn n_outputs(&self) -> usize {
+        self.output.iter().filter(|&&o| o).count()
+    }
+}
+
+/// A run of one sequence's consecutive tokens in a batch: batch indices `start..end`.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    seq: u32,
+    start: usize,
+    end: usize,
 }
 
 /// A model plus its KV cache and compute state.
@@ -162,10 +212,18 @@ impl Decoder {
             }
         }
         let cparams = CParams { own_kernels: opts.own_kernels, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
-        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.swa_full, opts.type_k, opts.type_v, !flash).context("allocating the KV cache")?;
+        if opts.n_seq == 0 || opts.n_seq > MAX_SEQ {
+            crate::bail_input!("--parallel: {} is out of range 1..={MAX_SEQ}", opts.n_seq);
+        }
+        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.swa_full, opts.type_k, opts.type_v, !flash, opts.n_seq)
+            .context("allocating the KV cache")?;
         let backend = Device::cpu()?.init_backend()?;
         backend.set_n_threads(opts.n_threads);
-        let sched = Sched::new(std::slice::from_ref(&backend), crate::graph::graph_size(model.n_tensors()), false)?;
+        let sched = Sched::new(
+            std::slice::from_ref(&backend),
+            crate::graph::graph_size(model.n_tensors(), opts.n_seq as usize, hp.n_layer as usize),
+            false,
+        )?;
         Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None })
     }
 
@@ -192,50 +250,155 @@ impl Decoder {
         self.last.as_ref().map(|(_, b)| b.graph.node_names()).unwrap_or_default()
     }
 
+    /// Calls `f` with every node as it is computed (None: stop); for debugging and node-by-node
+    /// comparisons.
+    pub fn set_eval_callback(&mut self, f: Option<ggml::EvalFn>) {
+        self.sched.set_eval_callback(f);
+    }
+
     /// Compute buffer bytes held by the scheduler.
     pub fn compute_bytes(&self) -> usize {
         self.sched.buffer_size(&self.backend)
     }
 
-    /// Runs `tokens` at positions `pos0..`; appends the logits of the tokens whose indices are in
-    /// `outputs` (ascending) to `logits`, n_vocab values each.
+    /// Runs `tokens` of sequence 0 at positions `pos0..`; appends the logits of the tokens whose
+    /// indices are in `outputs` (ascending) to `logits`, n_vocab values each.
     pub fn decode(&mut self, tokens: &[u32], pos0: i32, outputs: &[u32], logits: &mut Vec<f32>) -> Result<()> {
         if tokens.is_empty() {
             return Ok(());
         }
+        let mut batch = Batch::default();
+        let mut outs = outputs.iter().peekable();
+        for (i, &t) in tokens.iter().enumerate() {
+            let out = outs.next_if(|&&o| o as usize == i).is_some();
+            batch.add(t, pos0 + i as i32, 0, out);
+        }
+        self.decode_batch(&batch, logits)
+    }
+
+    /// Runs a batch of tokens of one or more sequences; appends the logits of the tokens marked
+    /// as outputs to `logits` in batch order, n_vocab values each.
+    ///
+    /// Each sequence's run of consecutive tokens is cut into micro-batches of `n_ubatch` exactly
+    /// as if it ran alone, and a micro-batch holds at most one piece per sequence (pieces of
+    /// several sequences share a micro-batch up to `n_ubatch` tokens): with the per-sequence
+    /// streams and the per-group routines of the graph, every sequence's values are then those it
+    /// gets alone. On an error the failing micro-batch's positions are forgotten (llama.cpp does
+    /// the same); earlier micro-batches stay in the cache. A sequence without room is a
+    /// [`crate::error::KvCacheFull`] error.
+    pub fn decode_batch(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<()> {
+        let n = batch.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if batch.pos.len() != n || batch.seq.len() != n || batch.output.len() != n {
+            bail!("batch fields have different lengths");
+        }
         let n_vocab = self.model.hparams.n_vocab;
-        if let Some(&bad) = tokens.iter().find(|&&t| t >= n_vocab) {
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t >= n_vocab) {
             crate::bail_input!("token id {bad} is outside the vocabulary ({n_vocab} tokens)");
         }
-        let end = pos0 as i64 + tokens.len() as i64;
-        if pos0 < 0 || end > self.cparams.n_ctx as i64 {
-            bail!("positions {pos0}..{end} exceed the context of {} tokens", self.cparams.n_ctx);
+        let n_seq = self.kv.n_seq();
+        if let Some(&bad) = batch.seq.iter().find(|&&s| s >= n_seq) {
+            bail!("sequence id {bad} is out of range (the context holds {n_seq})");
         }
+        if let Some(&p) = batch.pos.iter().find(|&&p| p < 0) {
+            bail!("negative position {p}");
+        }
+        // a sequence past its context has no room: the typed error its caller acts on
+        if let Some(i) = batch.pos.iter().position(|&p| p >= self.cparams.n_ctx as i32) {
+            return Err(anyhow::Error::new(crate::error::KvCacheFull { seq: batch.seq[i], cells: self.cparams.n_ctx }));
+        }
+        // runs of one sequence with consecutive positions, cut into micro-batch pieces
         let n_ubatch = self.cparams.n_ubatch as usize;
-        for (c, chunk) in tokens.chunks(n_ubatch).enumerate() {
-            let start = c * n_ubatch;
-            let positions: Vec<i32> = (0..chunk.len()).map(|i| pos0 + (start + i) as i32).collect();
-            let outs: Vec<u32> = outputs
-                .iter()
-                .filter(|&&o| (o as usize) >= start && (o as usize) < start + chunk.len())
-                .map(|&o| o - start as u32)
-                .collect();
-            if let Err(e) = self.decode_ubatch(chunk, &positions, &outs, logits) {
-                // forget this micro-batch's positions, as llama.cpp does on failure
-                self.kv.truncate(positions[0]);
-                return Err(e);
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let seq = batch.seq[i];
+            let mut j = i + 1;
+            while j < n && batch.seq[j] == seq && batch.pos[j] == batch.pos[j - 1] + 1 {
+                j += 1;
             }
+            let mut a = i;
+            while a < j {
+                let b = (a + n_ubatch).min(j);
+                chunks.push(Chunk { seq, start: a, end: b });
+                a = b;
+            }
+            i = j;
+        }
+        // pack pieces in order: at most one per sequence, up to n_ubatch tokens
+        let mut k = 0;
+        while k < chunks.len() {
+            let mut take = vec![chunks[k]];
+            let mut total = chunks[k].end - chunks[k].start;
+            k += 1;
+            while k < chunks.len() {
+                let c = chunks[k];
+                let len = c.end - c.start;
+                if total + len > n_ubatch || take.iter().any(|t| t.seq == c.seq) {
+                    break;
+                }
+                take.push(c);
+                total += len;
+                k += 1;
+            }
+            self.decode_pieces(batch, &take, logits)?;
         }
         Ok(())
     }
 
-    fn decode_ubatch(&mut self, tokens: &[u32], positions: &[i32], outputs: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.kv.prepare(positions)?;
+    /// One micro-batch made of `pieces` of `batch`.
+    fn decode_pieces(&mut self, batch: &Batch, pieces: &[Chunk], logits: &mut Vec<f32>) -> Result<()> {
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut outputs = Vec::new();
+        let mut groups = Vec::new();
+        for c in pieces {
+            let start = tokens.len() as u32;
+            let mut n_out = 0;
+            for i in c.start..c.end {
+                if batch.output[i] {
+                    outputs.push(tokens.len() as u32);
+                    n_out += 1;
+                }
+                tokens.push(batch.tokens[i]);
+                positions.push(batch.pos[i]);
+            }
+            groups.push(Group { seq: c.seq, start, len: (c.end - c.start) as u32, n_outputs: n_out });
+        }
+        let r = self.decode_ubatch(&tokens, &positions, &outputs, &groups, logits);
+        if r.is_err() {
+            // forget this micro-batch's positions, as llama.cpp does on failure
+            for g in &groups {
+                let p0 = positions[g.start as usize];
+                self.kv.seq_rm(g.seq, p0, p0 + g.len as i32);
+            }
+        }
+        r
+    }
+
+    fn decode_ubatch(&mut self, tokens: &[u32], positions: &[i32], outputs: &[u32], groups: &[Group], logits: &mut Vec<f32>) -> Result<()> {
+        for (gi, g) in groups.iter().enumerate() {
+            let range = g.start as usize..(g.start + g.len) as usize;
+            if let Err(e) = self.kv.prepare_seq(g.seq, &positions[range]) {
+                for h in &groups[..gi] {
+                    let p0 = positions[h.start as usize];
+                    self.kv.seq_rm(h.seq, p0, p0 + h.len as i32);
+                }
+                return Err(e);
+            }
+        }
         let key = GraphKey {
             n_tokens: tokens.len() as u32,
             n_outputs: outputs.len() as u32,
-            n_kv_full: self.kv.slot_full.n_kv,
-            n_kv_swa: self.kv.slot_swa.n_kv,
+            groups: groups
+                .iter()
+                .map(|g| {
+                    let st = self.kv.stream(g.seq);
+                    (*g, st.slot_full.n_kv, st.slot_swa.n_kv)
+                })
+                .collect(),
         };
         let reuse = matches!(&self.last, Some((k, g)) if *k == key && self.sched.holds(&g.graph));
         if reuse {
@@ -243,7 +406,7 @@ impl Decoder {
         } else {
             self.last = None;
             let model = self.model.clone();
-            let ub = UBatch { tokens, positions, outputs };
+            let ub = UBatch { tokens, positions, outputs, groups };
             let built = {
                 let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, model.n_tensors())?;
                 let logits = model.arch.build_graph(&mut g);
@@ -254,19 +417,9 @@ impl Decoder {
             self.last = Some((key, built));
         }
         let (_, built) = self.last.as_ref().expect("set above");
+        let ub = UBatch { tokens, positions, outputs, groups };
         for (t, what) in &built.inputs {
-            set_input(
-                &self.sched,
-                built,
-                t,
-                *what,
-                &self.kv,
-                tokens,
-                positions,
-                outputs,
-                self.model.hparams.n_embd_v_gqa(),
-                self.cparams.flash_attn,
-            )?;
+            set_input(&self.sched, built, t, *what, &self.kv, &ub, self.model.hparams.n_embd_v_gqa(), self.cparams.flash_attn)?;
         }
         if let Err(e) = self.sched.compute(&built.graph) {
             if self.interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
@@ -290,22 +443,24 @@ fn set_input(
     t: &ggml::Tensor,
     what: Input,
     kv: &KvCache,
-    tokens: &[u32],
-    positions: &[i32],
-    outputs: &[u32],
+    ub: &UBatch,
     n_embd_v_gqa: u32,
     flash_attn: bool,
 ) -> Result<()> {
     let g = &built.graph;
+    let (tokens, positions, outputs) = (ub.tokens, ub.positions, ub.outputs);
+    let group = |gi: usize| ub.groups[gi];
     match what {
         Input::Tokens => sched.set_input(g, t, &tokens.iter().map(|&x| x as i32).collect::<Vec<_>>())?,
         Input::ScaleRows(s) => sched.set_input(g, t, &vec![s; tokens.len()])?,
         Input::Pos => sched.set_input(g, t, positions)?,
         Input::OutIds => sched.set_input(g, t, &outputs.iter().map(|&x| x as i32).collect::<Vec<_>>())?,
-        Input::KIdxs(kind) => sched.set_input(g, t, &kv.k_idxs(kind))?,
-        Input::VIdxs(kind) => sched.set_input(g, t, &kv.v_idxs(kind, n_embd_v_gqa))?,
-        Input::Mask(kind) => {
-            let mask = kv.mask(kind, positions);
+        Input::KIdxs(kind, gi) => sched.set_input(g, t, &kv.stream(group(gi).seq).k_idxs(kind))?,
+        Input::VIdxs(kind, gi) => sched.set_input(g, t, &kv.stream(group(gi).seq).v_idxs(kind, n_embd_v_gqa))?,
+        Input::Mask(kind, gi) => {
+            let gr = group(gi);
+            let pos = &positions[gr.start as usize..(gr.start + gr.len) as usize];
+            let mask = kv.stream(gr.seq).mask(kind, pos);
             if flash_attn {
                 let mut h = vec![0u16; mask.len()];
                 ggml::fp32_to_fp16_row(&mask, &mut h);

@@ -62,3 +62,22 @@ pub fn one_line(e: &anyhow::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// The KV cache has no free cells for a sequence's next tokens (its context is used up). The
+/// caller decides: end that sequence (`stop_reason: length`), free room, or refuse the request;
+/// the cache itself is left as it was before the failing micro-batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvCacheFull {
+    /// The sequence that found no room.
+    pub seq: u32,
+    /// Cells its stream holds.
+    pub cells: u32,
+}
+
+impl fmt::Display for KvCacheFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the KV cache is full ({} cells for sequence {})", self.cells, self.seq)
+    }
+}
+
+impl std::error::Error for KvCacheFull {}

@@ -103,12 +103,12 @@ pub enum Input {
     Pos,
     /// I32 rows of the last layer that produce logits.
     OutIds,
-    /// I64 rows of the cache where K is stored.
-    KIdxs(CacheKind),
+    /// I64 rows of the cache where K is stored, for the micro-batch's group `.1`.
+    KIdxs(CacheKind, usize),
     /// I64 rows (or elements, when V is transposed) of the cache where V is stored.
-    VIdxs(CacheKind),
-    /// KQ mask (F16 with flash attention, else F32).
-    Mask(CacheKind),
+    VIdxs(CacheKind, usize),
+    /// KQ mask (F16 with flash attention, else F32) of group `.1`.
+    Mask(CacheKind, usize),
     /// F32 Walsh–Hadamard matrix of this size.
     Rotation(u32),
 }
@@ -122,12 +122,26 @@ struct CacheInputs {
     v_rot: Option<Tensor>,
 }
 
-/// A micro-batch to run: tokens at positions, and which of them produce logits.
+/// One sequence's consecutive rows in a micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Group {
+    /// The sequence (its stream in the KV cache).
+    pub seq: u32,
+    /// First row and number of rows.
+    pub start: u32,
+    pub len: u32,
+    /// Rows of this group among the micro-batch's outputs.
+    pub n_outputs: u32,
+}
+
+/// A micro-batch to run: tokens at positions, and which of them produce logits, in groups of
+/// consecutive rows per sequence.
 pub struct UBatch<'a> {
     pub tokens: &'a [u32],
     pub positions: &'a [i32],
     /// Indices (into the micro-batch) of tokens whose logits are wanted.
     pub outputs: &'a [u32],
+    pub groups: &'a [Group],
 }
 
 /// Builds one forward graph for one micro-batch.
@@ -141,8 +155,10 @@ pub struct GraphBuilder<'a> {
     pub n_tokens: i64,
     pub n_outputs: i64,
     inputs: Vec<(Tensor, Input)>,
-    attn_full: Option<CacheInputs>,
-    attn_swa: Option<CacheInputs>,
+    /// Per group, the attention inputs of each cache.
+    attn_full: Vec<CacheInputs>,
+    attn_swa: Vec<CacheInputs>,
+    groups: Vec<Group>,
     /// Name nodes as llama.cpp does ("attn_norm-3") so runs can be diffed node by node.
     pub name_nodes: bool,
 }
@@ -154,15 +170,28 @@ pub struct BuiltGraph {
     pub logits: Tensor,
 }
 
+/// Whether ggml's product with weight `w` may give a column other bits depending on how many
+/// columns are computed together. On x86, ggml's repacked layouts take columns four at a time
+/// through a routine other than the one-column one; K-quant and i-quant weights switch to a
+/// tiled kernel from eight columns (`ggml-cpu/tiled`); F16/F32/BF16 go through llamafile's
+/// tinyBLAS from two columns and ggml's vector dot below. Q8_0 and Q5_0 (tinyBLAS, whose
+/// per-output arithmetic is ggml's vector dot's) and Q4_1/Q5_1 (ferrite's kernel, or ggml's
+/// vector dot at any width) give the same bits at any width — checked on both test models by
+/// `tests/batch_invariance.rs`.
+pub fn width_dependent(w: &Tensor) -> bool {
+    w.is_repacked() || !matches!(w.ty(), Type::Q8_0 | Type::Q5_0 | Type::Q4_1 | Type::Q5_1)
+}
+
 /// Graph node budget: generous for every architecture ferrite runs (llama.cpp uses
-/// max(1024, 8 × tensors)).
-pub fn graph_size(n_tensors: usize) -> usize {
-    (8 * n_tensors).max(1024)
+/// max(1024, 8 × tensors)), plus the per-sequence attention and products of a micro-batch of
+/// up to `n_seq` sequences (about 40 nodes per sequence and layer).
+pub fn graph_size(n_tensors: usize, n_seq: usize, n_layer: usize) -> usize {
+    (8 * n_tensors).max(1024) + if n_seq > 1 { 48 * n_seq * n_layer } else { 0 }
 }
 
 impl<'a> GraphBuilder<'a> {
     pub fn new(hp: &'a HParams, w: &'a Weights, cparams: &'a CParams, kv: &'a KvCache, ub: &UBatch, n_tensors: usize) -> Result<Self> {
-        let size = graph_size(n_tensors);
+        let size = graph_size(n_tensors, ub.groups.len(), hp.n_layer as usize);
         let ctx = Context::new(size, size)?;
         let gf = Graph::new(&ctx, size)?;
         Ok(GraphBuilder {
@@ -175,8 +204,9 @@ impl<'a> GraphBuilder<'a> {
             n_tokens: ub.tokens.len() as i64,
             n_outputs: ub.outputs.len() as i64,
             inputs: Vec::new(),
-            attn_full: None,
-            attn_swa: None,
+            attn_full: Vec::new(),
+            attn_swa: Vec::new(),
+            groups: ub.groups.to_vec(),
             name_nodes: true,
         })
     }
@@ -233,28 +263,35 @@ impl<'a> GraphBuilder<'a> {
         self.input(Type::I32, &[self.n_outputs], "out_ids", Input::OutIds)
     }
 
-    fn cache_inputs(&mut self, kind: CacheKind) -> CacheInputs {
+    fn cache_inputs(&mut self, kind: CacheKind, gi: usize) -> CacheInputs {
         let kv = self.kv;
-        let n_kv = kv.slot(kind).n_kv as i64;
-        let k_idxs = self.input(Type::I64, &[self.n_tokens], "attn_inp_k_idxs", Input::KIdxs(kind));
-        let v_len = if kv.v_trans { self.n_tokens * self.hp.n_embd_v_gqa() as i64 } else { self.n_tokens };
-        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind));
+        let g = self.groups[gi];
+        let n_kv = kv.stream(g.seq).slot(kind).n_kv as i64;
+        let n_tokens = g.len as i64;
+        let k_idxs = self.input(Type::I64, &[n_tokens], "attn_inp_k_idxs", Input::KIdxs(kind, gi));
+        let v_len = if kv.v_trans { n_tokens * self.hp.n_embd_v_gqa() as i64 } else { n_tokens };
+        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind, gi));
         let mask_ty = if self.cparams.flash_attn { Type::F16 } else { Type::F32 };
-        let mask = self.input(mask_ty, &[n_kv, self.n_tokens, 1, 1], "attn_inp_kq_mask", Input::Mask(kind));
+        let mask = self.input(mask_ty, &[n_kv, n_tokens, 1, 1], "attn_inp_kq_mask", Input::Mask(kind, gi));
         let rot =
             |this: &mut Self, n: u32, name: &str| (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, Input::Rotation(n)));
-        let k_rot = rot(self, kv.n_rot_k, "attn_inp_k_rot");
-        let v_rot = rot(self, kv.n_rot_v, "attn_inp_v_rot");
+        // the rotations are the same for every group: one input serves them all
+        let (k_rot, v_rot) =
+            if gi == 0 { (rot(self, kv.n_rot_k, "attn_inp_k_rot"), rot(self, kv.n_rot_v, "attn_inp_v_rot")) } else { (None, None) };
         CacheInputs { k_idxs, v_idxs, mask, k_rot, v_rot }
     }
 
-    /// The attention inputs of every cache the model uses.
+    /// The attention inputs of every cache the model uses, per group.
     pub fn inp_attn(&mut self) {
-        if self.kv.has_full() {
-            self.attn_full = Some(self.cache_inputs(CacheKind::Full));
-        }
-        if self.kv.has_swa() {
-            self.attn_swa = Some(self.cache_inputs(CacheKind::Swa));
+        for gi in 0..self.groups.len() {
+            if self.kv.has_full() {
+                let inp = self.cache_inputs(CacheKind::Full, gi);
+                self.attn_full.push(inp);
+            }
+            if self.kv.has_swa() {
+                let inp = self.cache_inputs(CacheKind::Swa, gi);
+                self.attn_swa.push(inp);
+            }
         }
     }
 
@@ -262,12 +299,82 @@ impl<'a> GraphBuilder<'a> {
 
     /// Matrix product with a weight (llama.cpp's `build_lora_mm`, without adapters): ggml's
     /// mul_mat, or ferrite's tiled kernel with the same bits where `mul_mat_w` finds it applies.
+    ///
+    /// With several sequences in the micro-batch, a weight whose product routine depends on the
+    /// number of columns (see [`width_dependent`]) is multiplied group by group, so that every
+    /// row goes through the routine it would meet if its sequence ran alone (batch invariance).
+    /// Single-row groups (generating sequences) go together as planes of one column each: ggml
+    /// picks its routine by the columns of a plane, so they get the one-column routine, in a
+    /// single op that still reads each weight row once for all of them.
     pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
+        if self.groups.len() > 1 && width_dependent(w) {
+            if let Some(lens) = self.row_groups(cur.ne()[1]) {
+                return self.mm_grouped(w, cur, &lens);
+            }
+        }
+        self.mm_plain(w, cur)
+    }
+
+    fn mm_plain(&self, w: &Tensor, cur: &Tensor) -> Tensor {
         if self.cparams.own_kernels {
             self.ctx.mul_mat_w(w, cur)
         } else {
             self.ctx.mul_mat(w, cur)
         }
+    }
+
+    /// Rows per group of a tensor with `n_rows` rows: the micro-batch's tokens, or its outputs
+    /// (after the last layer keeps only the rows that produce logits).
+    fn row_groups(&self, n_rows: i64) -> Option<Vec<i64>> {
+        if n_rows == self.n_tokens {
+            Some(self.groups.iter().map(|g| g.len as i64).collect())
+        } else if n_rows == self.n_outputs {
+            Some(self.groups.iter().map(|g| g.n_outputs as i64).collect())
+        } else {
+            None
+        }
+    }
+
+    fn mm_grouped(&self, w: &Tensor, cur: &Tensor, lens: &[i64]) -> Tensor {
+        let ctx = &self.ctx;
+        let cur = if cur.is_contiguous() { cur.clone() } else { ctx.cont(cur) };
+        let (k, nb1) = (cur.ne()[0], cur.nb()[1]);
+        let mut parts: Vec<Tensor> = Vec::new();
+        let (mut row, mut i) = (0i64, 0usize);
+        while i < lens.len() {
+            if lens[i] == 0 {
+                i += 1;
+                continue;
+            }
+            if lens[i] == 1 {
+                let j = (i..lens.len()).find(|&j| lens[j] != 1).unwrap_or(lens.len());
+                let n = (j - i) as i64;
+                let x = ctx.view(&cur, &[k, 1, n], &[nb1, nb1], row as usize * nb1);
+                let y = ctx.mul_mat(w, &x); // [m, 1, n]
+                parts.push(ctx.reshape(&y, &[y.ne()[0], n]));
+                row += n;
+                i = j;
+            } else {
+                let x = ctx.view(&cur, &[k, lens[i]], &[nb1], row as usize * nb1);
+                parts.push(self.mm_plain(w, &x));
+                row += lens[i];
+                i += 1;
+            }
+        }
+        self.concat_rows(parts)
+    }
+
+    /// Concatenates [n, r_i] tensors along rows.
+    fn concat_rows(&self, parts: Vec<Tensor>) -> Tensor {
+        let mut it = parts.into_iter();
+        let first = it.next().expect("at least one part");
+        it.fold(first, |acc, t| self.ctx.concat(&acc, &t, 1))
+    }
+
+    /// Rows `start..start + len` (the last dimension) of a [a, b, n] tensor, as a view.
+    fn rows3(&self, t: &Tensor, start: u32, len: u32) -> Tensor {
+        let (ne, nb) = (t.ne(), t.nb());
+        self.ctx.view(t, &[ne[0], ne[1], len as i64], &[nb[1], nb[2]], start as usize * nb[2])
     }
 
     /// RMSNorm, then the elementwise weight when given (llama.cpp's `build_norm`, LLM_NORM_RMS).
@@ -623,14 +730,9 @@ impl<'a> GraphBuilder<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn attn(&mut self, il: usize, wo: &Tensor, wo_b: Option<&Tensor>, q: &Tensor, k: &Tensor, v: &Tensor, kq_scale: f32) -> Tensor {
         let kind = self.kv.layer_kind(il);
-        let inp = match kind {
-            CacheKind::Full => self.attn_full.as_ref(),
-            CacheKind::Swa => self.attn_swa.as_ref(),
-        }
-        .expect("attention inputs are built before the layers");
-        let (k_idxs, v_idxs, mask) = (inp.k_idxs.clone(), inp.v_idxs.clone(), inp.mask.clone());
-        let (k_rot, v_rot) = (inp.k_rot.clone(), inp.v_rot.clone());
         let (mut q, mut k, mut v) = (q.clone(), k.clone(), v.clone());
+        let inp0 = self.cache_inp(kind, 0);
+        let (k_rot, v_rot) = (inp0.k_rot.clone(), inp0.v_rot.clone());
         if let Some(r) = &k_rot {
             q = self.hadamard(&q, r);
             k = self.hadamard(&k, r);
@@ -648,13 +750,29 @@ impl<'a> GraphBuilder<'a> {
             self.gf.expand(&v);
             self.gf.expand(&k);
         }
-        let store_k = self.cpy_k(il, &k, &k_idxs);
-        self.gf.expand(&store_k);
-        let store_v = self.cpy_v(il, &v, &v_idxs);
-        self.gf.expand(&store_v);
-        let kc = self.get_k(il);
-        let vc = self.get_v(il);
-        let mut cur = self.attn_mha(&q, &kc, &vc, &mask, kq_scale, il);
+        // one sequence: the micro-batch as a whole; several: each group attends over its own
+        // stream with exactly the shapes it would have alone (ggml's attention picks its
+        // routine by the number of queries and cells, so a shared op would change the bits)
+        let single = self.groups.len() == 1;
+        let mut outs = Vec::with_capacity(self.groups.len());
+        for gi in 0..self.groups.len() {
+            let g = self.groups[gi];
+            let inp = self.cache_inp(kind, gi);
+            let (k_idxs, v_idxs, mask) = (inp.k_idxs.clone(), inp.v_idxs.clone(), inp.mask.clone());
+            let (qg, kg, vg) = if single {
+                (q.clone(), k.clone(), v.clone())
+            } else {
+                (self.rows3(&q, g.start, g.len), self.rows3(&k, g.start, g.len), self.rows3(&v, g.start, g.len))
+            };
+            let store_k = self.cpy_k(il, g.seq, &kg, &k_idxs);
+            self.gf.expand(&store_k);
+            let store_v = self.cpy_v(il, g.seq, &vg, &v_idxs);
+            self.gf.expand(&store_v);
+            let kc = self.get_k(il, g.seq);
+            let vc = self.get_v(il, g.seq);
+            outs.push(self.attn_mha(&qg, &kc, &vc, &mask, kq_scale, il));
+        }
+        let mut cur = self.concat_rows(outs);
         self.cb(&cur, "kqv_out", il);
         if let Some(r) = &v_rot {
             cur = self.hadamard(&cur, r);
@@ -666,17 +784,25 @@ impl<'a> GraphBuilder<'a> {
         cur
     }
 
-    fn cpy_k(&self, il: usize, k_cur: &Tensor, k_idxs: &Tensor) -> Tensor {
+    fn cache_inp(&self, kind: CacheKind, gi: usize) -> &CacheInputs {
+        let v = match kind {
+            CacheKind::Full => &self.attn_full,
+            CacheKind::Swa => &self.attn_swa,
+        };
+        v.get(gi).expect("attention inputs are built before the layers")
+    }
+
+    fn cpy_k(&self, il: usize, seq: u32, k_cur: &Tensor, k_idxs: &Tensor) -> Tensor {
         let ne = k_cur.ne();
         let n_embd_gqa = ne[0] * ne[1];
         let k_cur = self.ctx.view(k_cur, &[n_embd_gqa, ne[2]], &[k_cur.nb()[2]], 0);
-        self.ctx.set_rows(self.kv.k(il), &k_cur, k_idxs)
+        self.ctx.set_rows(self.kv.stream(seq).k(il), &k_cur, k_idxs)
     }
 
-    fn cpy_v(&self, il: usize, v_cur: &Tensor, v_idxs: &Tensor) -> Tensor {
+    fn cpy_v(&self, il: usize, seq: u32, v_cur: &Tensor, v_idxs: &Tensor) -> Tensor {
         let ne = v_cur.ne();
         let n_embd_gqa = ne[0] * ne[1];
-        let v = self.kv.v(il);
+        let v = self.kv.stream(seq).v(il);
         if !self.kv.v_trans {
             let v_cur = self.ctx.view(v_cur, &[n_embd_gqa, ne[2]], &[v_cur.nb()[2]], 0);
             return self.ctx.set_rows(v, &v_cur, v_idxs);
@@ -693,9 +819,9 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// K of layer `il` over the cells attention visits: [head_k, n_head_kv, n_kv].
-    fn get_k(&self, il: usize) -> Tensor {
-        let (hp, k) = (self.hp, self.kv.k(il));
-        let n_kv = self.kv.slot(self.kv.layer_kind(il)).n_kv as i64;
+    fn get_k(&self, il: usize, seq: u32) -> Tensor {
+        let (hp, k) = (self.hp, self.kv.stream(seq).k(il));
+        let n_kv = self.kv.stream(seq).n_kv(self.kv.layer_kind(il)) as i64;
         let ty = k.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_k as i64, hp.n_head_kv as i64, hp.n_embd_k_gqa() as i64);
         let kv_size = k.ne()[1];
@@ -703,9 +829,9 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// V of layer `il`: [head_v, n_head_kv, n_kv], or transposed [n_kv, n_head_kv, head_v].
-    fn get_v(&self, il: usize) -> Tensor {
-        let (hp, v) = (self.hp, self.kv.v(il));
-        let n_kv = self.kv.slot(self.kv.layer_kind(il)).n_kv as i64;
+    fn get_v(&self, il: usize, seq: u32) -> Tensor {
+        let (hp, v) = (self.hp, self.kv.stream(seq).v(il));
+        let n_kv = self.kv.stream(seq).n_kv(self.kv.layer_kind(il)) as i64;
         let ty = v.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_v as i64, hp.n_head_kv as i64, hp.n_embd_v_gqa() as i64);
         let kv_size = v.ne()[1];

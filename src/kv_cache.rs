@@ -1,8 +1,11 @@
 //! The KV cache: per-layer K and V tensors in a backend buffer, the cells' positions, slot
-//! search, masks and per-layer views. One sequence. Layers attending through a sliding window
-//! get their own smaller cache whose cells are reused once they fall out of the window.
-//! Cell placement, n_kv padding and masks follow llama.cpp's `llama_kv_cache` so that attention
-//! visits the same entries in the same order.
+//! search, masks and per-layer views, for one or more sequences. Each sequence has its own
+//! stream (llama.cpp's non-unified cache, `kv_unified = false`): its own cells and its own K/V
+//! tensors, so a sequence's cells sit exactly where they would if it ran alone and attention
+//! visits them in the same order — the ground of batch invariance. Layers attending through a
+//! sliding window get a smaller cache per stream whose cells are reused once they fall out of the
+//! window. Cell placement, n_kv padding and masks follow llama.cpp's `llama_kv_cache` so that
+//! attention visits the same entries in the same order.
 
 use crate::model::HParams;
 use anyhow::{bail, Result};
@@ -162,21 +165,15 @@ struct Layer {
     kind: CacheKind,
 }
 
-/// The KV cache of one model context.
-pub struct KvCache {
-    _ctx: Context,
-    buffer_bytes: usize,
+/// One sequence's part of the cache: its cells and its K/V tensors (what a one-sequence cache
+/// holds; llama.cpp's stream).
+pub struct Stream {
     layers: Vec<Layer>,
     full: Cells,
     swa: Option<Cells>,
-    pub type_k: Type,
-    pub type_v: Type,
-    /// V stored transposed (when flash attention is off), as llama.cpp does.
-    pub v_trans: bool,
-    /// Sizes of the Walsh-Hadamard rotations applied to K and V (0: none); llama.cpp rotates
-    /// heads before storing them in a quantized cache.
-    pub n_rot_k: u32,
-    pub n_rot_v: u32,
+    type_k: Type,
+    type_v: Type,
+    v_trans: bool,
     /// Slots of the micro-batch being processed.
     pub slot_full: Slot,
     pub slot_swa: Slot,
@@ -185,11 +182,38 @@ pub struct KvCache {
     zeroed: [u32; 2],
 }
 
+/// The KV cache of one model context: one stream per sequence.
+pub struct KvCache {
+    _ctx: Context,
+    buffer_bytes: usize,
+    streams: Vec<Stream>,
+    pub type_k: Type,
+    pub type_v: Type,
+    /// V stored transposed (when flash attention is off), as llama.cpp does.
+    pub v_trans: bool,
+    /// Sizes of the Walsh-Hadamard rotations applied to K and V (0: none); llama.cpp rotates
+    /// heads before storing them in a quantized cache.
+    pub n_rot_k: u32,
+    pub n_rot_v: u32,
+}
+
 impl KvCache {
-    /// A cache of `kv_size` cells for the full-attention layers and, for sliding-window layers,
-    /// llama.cpp's size: the window plus a micro-batch, padded to 256 (at most kv_size).
-    pub fn new(hp: &HParams, kv_size: u32, n_ubatch: u32, swa_full: bool, type_k: Type, type_v: Type, v_trans: bool) -> Result<KvCache> {
-        if kv_size == 0 {
+    /// A cache of `n_seq` streams of `kv_size` cells for the full-attention layers and, for
+    /// sliding-window layers, llama.cpp's size: the window plus a micro-batch, padded to 256 (at
+    /// most kv_size). Memory is reserved, not touched: cells are zeroed when attention first
+    /// reaches them, so unused streams cost address space only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        hp: &HParams,
+        kv_size: u32,
+        n_ubatch: u32,
+        swa_full: bool,
+        type_k: Type,
+        type_v: Type,
+        v_trans: bool,
+        n_seq: u32,
+    ) -> Result<KvCache> {
+        if kv_size == 0 || n_seq == 0 {
             bail!("KV cache of size 0");
         }
         // llama_kv_cache_iswa: the window plus a micro-batch, padded to 256 (cells are reused
@@ -199,16 +223,31 @@ impl KvCache {
             (true, true) => kv_size,
             (true, false) => (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256,
         };
-        let ctx = Context::new(2 * hp.n_layer as usize, 0)?;
-        let mut layers = Vec::new();
-        for il in 0..hp.n_layer as usize {
-            let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
-            let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
-            let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size]);
-            k.set_name(&format!("cache_k_l{il}"));
-            let v = ctx.new_tensor(type_v, &[hp.n_embd_v_gqa() as i64, size]);
-            v.set_name(&format!("cache_v_l{il}"));
-            layers.push(Layer { k, v, kind });
+        let ctx = Context::new(2 * hp.n_layer as usize * n_seq as usize, 0)?;
+        let mut streams = Vec::new();
+        for s in 0..n_seq {
+            let mut layers = Vec::new();
+            for il in 0..hp.n_layer as usize {
+                let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
+                let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
+                let suffix = if s == 0 { String::new() } else { format!("_s{s}") };
+                let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size]);
+                k.set_name(&format!("cache_k_l{il}{suffix}"));
+                let v = ctx.new_tensor(type_v, &[hp.n_embd_v_gqa() as i64, size]);
+                v.set_name(&format!("cache_v_l{il}{suffix}"));
+                layers.push(Layer { k, v, kind });
+            }
+            streams.push(Stream {
+                layers,
+                full: Cells::new(kv_size, 0),
+                swa: (swa_size > 0).then(|| Cells::new(swa_size, hp.n_swa)),
+                type_k,
+                type_v,
+                v_trans,
+                slot_full: Slot::default(),
+                slot_swa: Slot::default(),
+                zeroed: [0, 0],
+            });
         }
         let buf = BufferType::cpu().alloc_ctx_tensors(&ctx)?.expect("the cache has tensors");
         let rot = |head: u32, ty: Type, grow: bool| -> u32 {
@@ -224,17 +263,12 @@ impl KvCache {
         Ok(KvCache {
             buffer_bytes: buf.size(),
             _ctx: ctx,
-            layers,
-            full: Cells::new(kv_size, 0),
-            swa: (swa_size > 0).then(|| Cells::new(swa_size, hp.n_swa)),
+            streams,
             type_k,
             type_v,
             v_trans,
             n_rot_k: rot(hp.n_embd_head_k, type_k, true),
             n_rot_v: rot(hp.n_embd_head_v, type_v, false),
-            slot_full: Slot::default(),
-            slot_swa: Slot::default(),
-            zeroed: [0, 0],
         })
     }
 
@@ -242,19 +276,120 @@ impl KvCache {
         self.buffer_bytes
     }
 
-    /// Cells of the full-attention cache (the context size).
+    /// Sequences (streams) the cache holds.
+    pub fn n_seq(&self) -> u32 {
+        self.streams.len() as u32
+    }
+
+    /// Cells of one sequence's full-attention cache (its context size).
     pub fn n_ctx(&self) -> u32 {
-        self.full.size()
+        self.streams[0].full.size()
     }
 
     pub fn has_swa(&self) -> bool {
-        self.swa.is_some()
+        self.streams[0].swa.is_some()
     }
 
     pub fn has_full(&self) -> bool {
-        self.layers.iter().any(|l| l.kind == CacheKind::Full)
+        self.streams[0].layers.iter().any(|l| l.kind == CacheKind::Full)
     }
 
+    pub fn layer_kind(&self, il: usize) -> CacheKind {
+        self.streams[0].layers[il].kind
+    }
+
+    /// Sequence `seq`'s stream. Panics on a sequence the cache does not hold (callers check
+    /// ids against `n_seq` where they enter).
+    pub fn stream(&self, seq: u32) -> &Stream {
+        &self.streams[seq as usize]
+    }
+
+    pub fn stream_mut(&mut self, seq: u32) -> &mut Stream {
+        &mut self.streams[seq as usize]
+    }
+
+    /// Empties every sequence (data stays; masks hide it).
+    pub fn clear(&mut self) {
+        for s in &mut self.streams {
+            s.clear();
+        }
+    }
+
+    /// Forgets sequence 0's positions >= `p0` (to rewind a conversation).
+    pub fn truncate(&mut self, p0: i32) {
+        self.streams[0].remove_range(p0, i32::MAX);
+    }
+
+    /// Whether sequence 0 holds every position in [p0, p1).
+    pub fn holds_range(&self, p0: i32, p1: i32) -> bool {
+        self.streams[0].holds_range(p0, p1)
+    }
+
+    /// Highest position sequence 0 stores (-1: empty).
+    pub fn pos_max(&self) -> i32 {
+        self.streams[0].pos_max()
+    }
+
+    /// Places a micro-batch of sequence 0 at `positions`; fails when there is no room.
+    pub fn prepare(&mut self, positions: &[i32]) -> Result<()> {
+        self.prepare_seq(0, positions)
+    }
+
+    /// Places `positions` of sequence `seq` in its stream; a [`crate::error::KvCacheFull`] error
+    /// (the cache unchanged) when there is no room.
+    pub fn prepare_seq(&mut self, seq: u32, positions: &[i32]) -> Result<()> {
+        self.streams[seq as usize].prepare(seq, positions)
+    }
+
+    /// llama.cpp's `seq_rm`: empties sequence `seq`'s cells with positions in [p0, p1)
+    /// (p1 < 0: to the end).
+    pub fn seq_rm(&mut self, seq: u32, p0: i32, p1: i32) {
+        let p1 = if p1 < 0 { i32::MAX } else { p1 };
+        self.streams[seq as usize].remove_range(p0.max(0), p1);
+    }
+
+    /// llama.cpp's `seq_keep`: empties every sequence but `seq`.
+    pub fn seq_keep(&mut self, seq: u32) {
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            if i != seq as usize {
+                s.clear();
+            }
+        }
+    }
+
+    /// llama.cpp's `seq_cp` between streams: `dst` becomes a copy of `src` (cells and their K/V
+    /// rows, at the same places, so `dst` then continues exactly as `src` would).
+    pub fn seq_cp(&mut self, src: u32, dst: u32) -> Result<()> {
+        if src == dst {
+            return Ok(());
+        }
+        let state = self.streams[src as usize].write_state()?;
+        self.streams[dst as usize].read_state(&state)
+    }
+
+    /// Lowest and highest position of sequence `seq` (-1, -1: empty).
+    pub fn seq_pos_range(&self, seq: u32) -> (i32, i32) {
+        let s = &self.streams[seq as usize];
+        (s.full.pos_min(), s.pos_max())
+    }
+
+    /// Serialises sequence 0 (session files).
+    pub fn write_state(&self) -> Result<Vec<u8>> {
+        self.streams[0].write_state()
+    }
+
+    /// Restores sequence 0 from `write_state`'s bytes.
+    pub fn read_state(&mut self, data: &[u8]) -> Result<()> {
+        self.streams[0].read_state(data)
+    }
+
+    /// Sequence 0's cell bookkeeping (for session files and tests).
+    pub fn cells_state(&self) -> (Vec<i32>, u32, Option<CellsState>) {
+        self.streams[0].cells_state()
+    }
+}
+
+impl Stream {
     fn cells(&self, kind: CacheKind) -> &Cells {
         match kind {
             CacheKind::Full => &self.full,
@@ -269,7 +404,7 @@ impl KvCache {
         }
     }
 
-    /// Empties the cache (data stays; masks hide it).
+    /// Empties the stream (data stays; masks hide it).
     pub fn clear(&mut self) {
         self.full = Cells::new(self.full.size(), 0);
         if let Some(s) = &self.swa {
@@ -277,11 +412,10 @@ impl KvCache {
         }
     }
 
-    /// Forgets every position >= `p0` (to rewind a conversation).
-    pub fn truncate(&mut self, p0: i32) {
-        self.full.remove_range(p0, i32::MAX);
+    fn remove_range(&mut self, p0: i32, p1: i32) {
+        self.full.remove_range(p0, p1);
         if let Some(s) = &mut self.swa {
-            s.remove_range(p0, i32::MAX);
+            s.remove_range(p0, p1);
         }
     }
 
@@ -297,14 +431,22 @@ impl KvCache {
         self.full.pos_max().max(self.swa.as_ref().map_or(-1, |s| s.pos_max()))
     }
 
-    /// Places a micro-batch at `positions` in every cache; fails when there is no room.
-    pub fn prepare(&mut self, positions: &[i32]) -> Result<()> {
+    /// Cells a micro-batch's attention visits in cache `kind` (after `prepare`).
+    pub fn n_kv(&self, kind: CacheKind) -> u32 {
+        self.slot(kind).n_kv
+    }
+
+    fn prepare(&mut self, seq: u32, positions: &[i32]) -> Result<()> {
         let n = positions.len() as u32;
-        let full = self.full.find_slot(n).ok_or_else(|| anyhow::anyhow!("the KV cache is full ({} cells)", self.full.size()))?;
+        let full_err = || anyhow::Error::new(crate::error::KvCacheFull { seq, cells: self.full.size() });
+        let full = self.full.find_slot(n).ok_or_else(full_err)?;
+        let swa = match &self.swa {
+            Some(s) => Some(s.find_slot(n).ok_or_else(|| anyhow::Error::new(crate::error::KvCacheFull { seq, cells: s.size() }))?),
+            None => None,
+        };
         self.full.apply(&full, positions);
         self.slot_full = Slot { n_kv: self.full.n_kv(), idxs: full };
-        if let Some(s) = &mut self.swa {
-            let idxs = s.find_slot(n).ok_or_else(|| anyhow::anyhow!("the sliding-window KV cache is full"))?;
+        if let (Some(s), Some(idxs)) = (&mut self.swa, swa) {
             s.apply(&idxs, positions);
             self.slot_swa = Slot { n_kv: s.n_kv(), idxs };
         }
@@ -341,10 +483,6 @@ impl KvCache {
             self.zeroed[ci] = to as u32;
         }
         Ok(())
-    }
-
-    pub fn layer_kind(&self, il: usize) -> CacheKind {
-        self.layers[il].kind
     }
 
     pub fn k(&self, il: usize) -> &Tensor {
@@ -415,7 +553,7 @@ impl<'a> StateReader<'a> {
     }
 }
 
-impl KvCache {
+impl Stream {
     /// Row bytes of one cell in layer `il`: (K bytes, V bytes).
     fn row_bytes(&self, il: usize) -> (usize, usize) {
         let (k, v) = (&self.layers[il].k, &self.layers[il].v);

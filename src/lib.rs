@@ -8,6 +8,7 @@ pub mod build_info;
 pub mod catalogue;
 pub mod chat;
 pub mod decoder;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod graph;

@@ -200,22 +200,7 @@ impl Session {
 
     /// Recomputes the stop strings: the user's plus the template's (unless they are EOG tokens).
     pub fn refresh_stops(&mut self) {
-        let mut stops = self.opts.stop.clone();
-        if let Some(t) = &self.template {
-            let (bos, eos) = self.special_texts();
-            for s in t.stop_strings(&bos, &eos) {
-                let is_eog_token = self.tok.eog_ids().iter().any(|&id| self.tok.token_text(id) == Some(s.as_str()));
-                if !is_eog_token && !stops.contains(&s) {
-                    stops.push(s);
-                }
-            }
-        }
-        self.stops = stops;
-    }
-
-    fn special_texts(&self) -> (String, String) {
-        let text = |id: Option<u32>| id.and_then(|i| self.tok.token_text(i)).unwrap_or("").to_string();
-        (text(self.tok.bos()), text(self.tok.eos()))
+        self.stops = stop_strings(&self.tok, self.template.as_ref(), &self.opts.stop);
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -270,39 +255,7 @@ impl Session {
             all.push(Message::system(s.clone()));
         }
         all.extend_from_slice(messages);
-        let (bos, eos) = self.special_texts();
-        let segments: Vec<Segment> = t.render_segments(&all, true, &bos, &eos)?;
-        // Templates that write BOS themselves get none added (as llama.cpp's chat does).
-        let rendered_bos = !bos.is_empty() && segments.first().is_some_and(|s| !s.is_content && s.text.starts_with(&bos));
-        let mut ids = Vec::new();
-        if self.tok.add_bos() && !rendered_bos {
-            if let Some(b) = self.tok.bos() {
-                ids.push(b);
-            }
-        }
-        self.encode_rendered(&segments, &mut ids)?;
-        Ok(ids)
-    }
-
-    /// Appends the ids of rendered template segments: template text with special tokens parsed,
-    /// message text without (the injection barrier), tokenized together across boundaries as the
-    /// rendered string is. A reply this session generated keeps the ids it was generated as, so
-    /// the cache's prefix still matches on the next turn.
-    fn encode_rendered(&self, segments: &[Segment], ids: &mut Vec<u32>) -> Result<()> {
-        let mut run: Vec<(&str, bool)> = Vec::new();
-        for s in segments {
-            let known = if s.is_content { self.reply_ids.iter().find(|(text, _)| *text == s.text) } else { None };
-            match known {
-                Some((_, known)) => {
-                    ids.extend(self.tok.encode_segments(&run, false)?);
-                    run.clear();
-                    ids.extend_from_slice(known);
-                }
-                None => run.push((&s.text, !s.is_content)),
-            }
-        }
-        ids.extend(self.tok.encode_segments(&run, false)?);
-        Ok(())
+        chat_prompt_ids(&self.tok, t, &all, &self.reply_ids)
     }
 
     // ---- turns ------------------------------------------------------------------------------
@@ -417,13 +370,8 @@ impl Session {
         let first_top = top_logits(&logits, self.opts.capture_top);
 
         let t1 = Instant::now();
-        let tok = self.tok.clone();
-        // the reply continues its prompt: a leading space is kept (llama.cpp's common_token_to_piece)
-        let mut stream = StreamDecoder::continuation(&tok, self.opts.show_special);
-        let mut text = String::new();
-        let mut emitted = 0usize;
+        let mut reply = ReplyText::new(self.tok.clone(), self.opts.show_special, self.stops.clone());
         let mut tokens = Vec::new();
-        let max_stop = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
         let reason;
         let mut stop_token = None;
         loop {
@@ -439,25 +387,17 @@ impl Session {
                 break;
             }
             tokens.push(id);
-            text.push_str(&stream.push(id));
-            // stop strings: cut at the first match; hold back a tail that may begin one
-            if let Some(at) = find_stop(&text, emitted.saturating_sub(max_stop), &self.stops) {
-                text.truncate(at);
-                if at > emitted && on(Event::Text(&text[emitted..])) == Flow::Stop {
-                    emitted = text.len();
+            let (new, stopped) = reply.push(id);
+            if stopped {
+                if !new.is_empty() {
+                    on(Event::Text(&reply.text[new]));
                 }
-                emitted = emitted.max(text.len());
                 reason = StopReason::Stop;
                 break;
             }
-            let safe = safe_end(&text, emitted, max_stop);
-            if safe > emitted {
-                let flow = on(Event::Text(&text[emitted..safe]));
-                emitted = safe;
-                if flow == Flow::Stop {
-                    reason = StopReason::Interrupted;
-                    break;
-                }
+            if !new.is_empty() && on(Event::Text(&reply.text[new])) == Flow::Stop {
+                reason = StopReason::Interrupted;
+                break;
             }
             // room for the token in the context?
             if self.cached.len() + 1 > n_ctx - 1 && !self.make_room(chat, &tokens, on)? {
@@ -475,12 +415,11 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        if reason != StopReason::Stop && reason != StopReason::Interrupted {
-            text.push_str(&stream.finish());
+        let rest = reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
+        if !rest.is_empty() && reason != StopReason::Interrupted {
+            on(Event::Text(&reply.text[rest]));
         }
-        if emitted < text.len() && reason != StopReason::Interrupted {
-            on(Event::Text(&text[emitted..]));
-        }
+        let text = reply.text;
         timings.gen_ms = ms(t1);
         timings.gen_tokens = tokens.len();
         self.last = timings;
@@ -575,10 +514,10 @@ impl Session {
 
     fn clone_messages_prompt(&self, msgs: &[Message]) -> Result<Vec<u32>> {
         let t = self.template.as_ref().ok_or_else(|| anyhow::anyhow!("no chat template"))?;
-        let (bos, eos) = self.special_texts();
+        let (bos, eos) = special_texts(&self.tok);
         let segs = t.render_segments(msgs, false, &bos, &eos)?;
         let mut ids = Vec::new();
-        self.encode_rendered(&segs, &mut ids)?;
+        encode_rendered(&self.tok, &segs, &self.reply_ids, &mut ids)?;
         Ok(ids)
     }
 
@@ -618,6 +557,116 @@ impl Session {
         }
         self.cached = tokens;
         Ok(())
+    }
+}
+
+/// The text of special tokens BOS and EOS, as templates write them.
+fn special_texts(tok: &Tokenizer) -> (String, String) {
+    let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+    (text(tok.bos()), text(tok.eos()))
+}
+
+/// The stop strings of a generation: the user's plus the template's (unless they are EOG
+/// tokens, which end generation by id).
+pub fn stop_strings(tok: &Tokenizer, template: Option<&ChatTemplate>, user: &[String]) -> Vec<String> {
+    let mut stops = user.to_vec();
+    if let Some(t) = template {
+        let (bos, eos) = special_texts(tok);
+        for s in t.stop_strings(&bos, &eos) {
+            let is_eog_token = tok.eog_ids().iter().any(|&id| tok.token_text(id) == Some(s.as_str()));
+            if !is_eog_token && !stops.contains(&s) {
+                stops.push(s);
+            }
+        }
+    }
+    stops
+}
+
+/// The prompt ids of a conversation (system message included, then the assistant's turn) through
+/// template `t`: BOS where the model adds one and the template does not write it (as llama.cpp's
+/// chat does), then the rendered segments, template text with special tokens parsed and message
+/// text without (the injection barrier), tokenized together across boundaries as the rendered
+/// string is. Replies found in `reply_ids` keep the ids they were generated as, so a cache's
+/// prefix still matches on the next turn.
+pub fn chat_prompt_ids(tok: &Tokenizer, t: &ChatTemplate, messages: &[Message], reply_ids: &[(String, Vec<u32>)]) -> Result<Vec<u32>> {
+    let (bos, eos) = special_texts(tok);
+    let segments: Vec<Segment> = t.render_segments(messages, true, &bos, &eos)?;
+    let rendered_bos = !bos.is_empty() && segments.first().is_some_and(|s| !s.is_content && s.text.starts_with(&bos));
+    let mut ids = Vec::new();
+    if tok.add_bos() && !rendered_bos {
+        if let Some(b) = tok.bos() {
+            ids.push(b);
+        }
+    }
+    encode_rendered(tok, &segments, reply_ids, &mut ids)?;
+    Ok(ids)
+}
+
+/// Appends the ids of rendered template segments (see [`chat_prompt_ids`]).
+fn encode_rendered(tok: &Tokenizer, segments: &[Segment], reply_ids: &[(String, Vec<u32>)], ids: &mut Vec<u32>) -> Result<()> {
+    let mut run: Vec<(&str, bool)> = Vec::new();
+    for s in segments {
+        let known = if s.is_content { reply_ids.iter().find(|(text, _)| *text == s.text) } else { None };
+        match known {
+            Some((_, known)) => {
+                ids.extend(tok.encode_segments(&run, false)?);
+                run.clear();
+                ids.extend_from_slice(known);
+            }
+            None => run.push((&s.text, !s.is_content)),
+        }
+    }
+    ids.extend(tok.encode_segments(&run, false)?);
+    Ok(())
+}
+
+/// A reply's text as its tokens arrive: decoded as a stream (a continuation of its prompt, so a
+/// leading space is kept, as llama.cpp's `common_token_to_piece`), cut at the first stop string,
+/// and released only up to where no stop string could still begin.
+pub struct ReplyText {
+    stream: StreamDecoder<Rc<Tokenizer>>,
+    /// The reply so far (cut before a stop string once one is found).
+    pub text: String,
+    emitted: usize,
+    stops: Vec<String>,
+    max_stop: usize,
+}
+
+impl ReplyText {
+    pub fn new(tok: Rc<Tokenizer>, show_special: bool, stops: Vec<String>) -> ReplyText {
+        let max_stop = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+        ReplyText { stream: StreamDecoder::continuation(tok, show_special), text: String::new(), emitted: 0, stops, max_stop }
+    }
+
+    /// Adds a token: returns the range of `text` that may now be shown, and whether a stop
+    /// string ended the reply (`text` is then cut before it).
+    pub fn push(&mut self, id: u32) -> (std::ops::Range<usize>, bool) {
+        let from = self.emitted;
+        self.text.push_str(&self.stream.push(id));
+        if let Some(at) = find_stop(&self.text, from.saturating_sub(self.max_stop), &self.stops) {
+            self.text.truncate(at);
+            let new = if at > from { from..self.text.len() } else { 0..0 };
+            self.emitted = from.max(self.text.len());
+            return (new, true);
+        }
+        let safe = safe_end(&self.text, from, self.max_stop);
+        self.emitted = safe.max(from);
+        (if safe > from { from..safe } else { 0..0 }, false)
+    }
+
+    /// Ends the reply: with `flush`, what the decoder held back is added; returns the range not
+    /// yet shown.
+    pub fn finish(&mut self, flush: bool) -> std::ops::Range<usize> {
+        if flush {
+            self.text.push_str(&self.stream.finish());
+        }
+        let from = self.emitted;
+        self.emitted = self.emitted.max(self.text.len());
+        if from < self.text.len() {
+            from..self.text.len()
+        } else {
+            0..0
+        }
     }
 }
 

@@ -243,3 +243,46 @@ fn perplexity_smollm2_matches_llamacpp() {
 fn perplexity_gemma3_matches_llamacpp() {
     perplexity_parity("gemma3-270m-q4_k_m");
 }
+
+/// `ferrite batch --raw --temp 0 -np 8` over sixteen prompts of each model (two waves of eight,
+/// later ones joining as earlier ones finish) gives every prompt exactly the ids of `ferrite run`
+/// on that prompt alone and of llama.cpp's greedy decoder: batch invariance, end to end.
+#[test]
+fn batch_matches_run_and_llamacpp() {
+    let cases = expected("greedy");
+    let mut failures = Vec::new();
+    for m in ["smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m"] {
+        let mine: Vec<&Value> = cases.iter().filter(|(k, _)| k == m).map(|(_, c)| c).take(16).collect();
+        assert_eq!(mine.len(), 16, "{m}: the golden has fewer than 16 prompts");
+        let jsonl: String =
+            mine.iter().enumerate().map(|(i, c)| format!("{}\n", serde_json::json!({"id": i, "prompt": c["prompt"]}))).collect();
+        let input = std::env::temp_dir().join(format!("ferrite-parity-batch-{}-{m}.jsonl", std::process::id()));
+        std::fs::write(&input, jsonl).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+        cmd.args(["batch", "--raw", "--temp", "0", "-np", "8", "-n", "48", "-c", "1024", "-t", "2", "-q", "-f"])
+            .arg(&input)
+            .arg("-m")
+            .arg(model_file(m));
+        let o = heavy::output(&mut cmd, &format!("ferrite batch {m}"), heavy::LIMIT);
+        std::fs::remove_file(&input).ok();
+        assert!(o.status.success(), "ferrite batch failed: {}", String::from_utf8_lossy(&o.stderr));
+        let lines: Vec<Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 16, "one output line per input line");
+        for (i, (line, case)) in lines.iter().zip(&mine).enumerate() {
+            assert_eq!(line["id"], i, "outputs in input order");
+            let prompt = case["prompt"].as_str().unwrap();
+            let mut got = ids(&line["tokens"]);
+            let alone = ferrite_run(&model_file(m), prompt, 48, &[]);
+            if ids(&alone["tokens"]) != got {
+                failures.push(format!("{m} {prompt:?}: batch {got:?} run alone {:?}", alone["tokens"]));
+            }
+            // llama.cpp lists the end-of-generation token it sampled
+            got.extend(alone["stop_token"].as_u64().filter(|_| line["stop_reason"] == "eos"));
+            let want = ids(&case["generated_ids"]);
+            if got != want {
+                failures.push(format!("{m} {prompt:?}: batch {got:?} llama.cpp {want:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} differences ({}):\n{}", failures.len(), cpu_class(), failures.join("\n"));
+}

@@ -641,6 +641,16 @@ impl Tensor {
         !buf.is_null() && !self.meta().data.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buf) }
     }
 
+    /// Whether the tensor's data sits in a buffer the CPU cannot address directly: a repacked
+    /// ("extra") CPU layout or a device. There a matrix product's arithmetic per output may
+    /// depend on how many columns are computed together (ggml's repacked kernels take columns
+    /// four at a time through a different routine than a single one).
+    pub fn is_repacked(&self) -> bool {
+        let buf = self.meta().buffer;
+        // SAFETY: a non-null buffer of a live tensor is a live backend buffer.
+        !buf.is_null() && !unsafe { sys::ggml_backend_buffer_is_host(buf) }
+    }
+
     /// ggml's name of the operation that computes this tensor ("NONE" for a leaf).
     pub fn op_name(&self) -> String {
         // SAFETY: ggml_op_name returns a static NUL-terminated string for any op of a live tensor.

@@ -19,7 +19,7 @@ mod types;
 pub use backend::{Backend, Buffer, BufferType, Device, DeviceKind};
 pub use context::{Context, Tensor};
 pub use graph::Graph;
-pub use sched::{Element, NodeEval, Sched};
+pub use sched::{Element, EvalFn, NodeEval, Sched};
 pub use types::{Prec, RopeMode, Type};
 
 /// The raw bindings, for constants only; calling them is reserved to this crate.

@@ -46,7 +46,8 @@ pub struct NodeEval<'a> {
     pub data: Option<Vec<f32>>,
 }
 
-type EvalFn = Box<dyn FnMut(&NodeEval<'_>)>;
+/// An evaluation callback: sees every node as it is computed.
+pub type EvalFn = Box<dyn FnMut(&NodeEval<'_>)>;
 
 struct SchedInner {
     ptr: sys::ggml_backend_sched_t,

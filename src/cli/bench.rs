@@ -27,6 +27,10 @@ pub struct Args {
     /// Print a JSON array of rows (like llama-bench -o json)
     #[arg(long)]
     pub json: bool,
+    /// Sequences decoded together, a list (llama-batched-bench's -npl): each prefills -p tokens
+    /// and generates -n; reports aggregate tokens/s per count
+    #[arg(long = "parallel", value_name = "N,N,...", value_delimiter = ',')]
+    pub parallel: Vec<u32>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -38,8 +42,11 @@ pub fn main(a: Args) -> Result<()> {
     let vocab = VocabMeta::without_texts(&model.file)?;
     let bos = if vocab.add_bos.unwrap_or(vocab.model == "llama") { vocab.special.bos } else { None };
     let opts = a.ctx.options()?;
-    let mut results: Vec<BenchResult> = Vec::new();
     let mut rng = BenchRng::default();
+    if !a.parallel.is_empty() {
+        return parallel(&a, &model, &opts, &mut rng);
+    }
+    let mut results: Vec<BenchResult> = Vec::new();
     if a.n_prompt > 0 {
         results.push(run_test(&model, &opts, bos, a.n_prompt, 0, a.reps, &mut rng)?);
     }
@@ -112,4 +119,54 @@ fn human_params(n: u64) -> String {
     } else {
         format!("{:.0}M", n as f64 / 1e6)
     }
+}
+
+/// `--parallel`: llama-batched-bench's table (or JSON rows with `n_parallel`).
+fn parallel(a: &Args, model: &Rc<Model>, opts: &ferrite::decoder::ContextOptions, rng: &mut BenchRng) -> Result<()> {
+    if let Some(&bad) = a.parallel.iter().find(|&&n| n == 0 || n > ferrite::decoder::MAX_SEQ) {
+        ferrite::bail_input!("--parallel: {bad} is out of range 1..={}", ferrite::decoder::MAX_SEQ);
+    }
+    if a.n_gen == 0 && a.n_prompt == 0 {
+        ferrite::bail_input!("--parallel needs -p or -n above 0");
+    }
+    let mut rows = Vec::new();
+    let mut table = String::from("|    PP |     TG |    B |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |\n");
+    table.push_str("|-------|--------|------|----------|----------|----------|----------|----------|----------|\n");
+    for &pl in &a.parallel {
+        let r = ferrite::bench::run_parallel(model, opts, a.n_prompt, a.n_gen, pl, a.reps, rng)?;
+        table.push_str(&format!(
+            "| {:5} | {:6} | {:4} | {:8.3} | {:8.2} | {:8.3} | {:8.2} | {:8.3} | {:8.2} |\n",
+            r.n_prompt,
+            r.n_gen,
+            r.n_parallel,
+            r.t_pp(),
+            r.speed_pp(),
+            r.t_tg(),
+            r.speed_tg(),
+            r.t_pp() + r.t_tg(),
+            r.speed()
+        ));
+        rows.push(json!({
+            "build": "ferrite",
+            "n_prompt": r.n_prompt,
+            "n_gen": r.n_gen,
+            "n_parallel": r.n_parallel,
+            "n_batch": opts.n_batch,
+            "n_ubatch": opts.n_ubatch,
+            "n_threads": opts.n_threads,
+            "flash_attn": format!("{:?}", opts.flash_attn).to_lowercase(),
+            "t_pp": r.t_pp(),
+            "speed_pp": r.speed_pp(),
+            "t_tg": r.t_tg(),
+            "speed_tg": r.speed_tg(),
+            "t": r.t_pp() + r.t_tg(),
+            "speed": r.speed(),
+            "samples_t_pp": r.t_pp,
+            "samples_t_tg": r.t_tg,
+        }));
+    }
+    if a.json {
+        return super::output::println(&serde_json::to_string_pretty(&rows)?);
+    }
+    super::output::print(&table)
 }

@@ -1,6 +1,7 @@
 //! Command-line front end: clap definitions, dispatch, and the exit-code/stderr discipline.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 interrupted.
 
+mod batch;
 mod bench;
 mod chat;
 mod common;
@@ -36,6 +37,8 @@ pub enum Cmd {
     Chat(Box<chat::Args>),
     /// Measure perplexity over a text file (llama-perplexity's method)
     Perplexity(perplexity::Args),
+    /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
+    Batch(Box<batch::Args>),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -133,6 +136,7 @@ impl ContextArgs {
             // For A/B comparisons with ggml's own products (same values, see the README).
             own_kernels: std::env::var_os("FERRITE_GGML_MATMUL").is_none_or(|v| v == "0"),
             swa_full: self.swa_full,
+            n_seq: 1,
         })
     }
 }
@@ -148,6 +152,10 @@ const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
     ("-sys", "--system-prompt"),
     ("-cnv", "--conversation"),
     ("-co", "--color"),
+    ("-np", "--parallel"),
+    ("-npl", "--parallel"),
+    ("-npp", "--n-prompt"),
+    ("-ntg", "--n-gen"),
 ];
 
 /// The command line with llama.cpp's multi-letter short flags in their long forms, or the
@@ -232,6 +240,7 @@ pub fn main() -> i32 {
         Some(Cmd::Run(a)) => run::main(*a),
         Some(Cmd::Chat(a)) => chat::main(*a),
         Some(Cmd::Perplexity(a)) => perplexity::main(a),
+        Some(Cmd::Batch(a)) => batch::main(*a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),

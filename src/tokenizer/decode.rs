@@ -7,6 +7,7 @@
 
 use super::rules::attr;
 use super::Tokenizer;
+use std::ops::Deref;
 
 /// The GPT-2 byte-level alphabet inverted: code point (< 0x144) → byte.
 pub(crate) fn byte_level_decoder() -> Vec<Option<u8>> {
@@ -185,29 +186,25 @@ impl Pass {
 /// Turns ids into text one at a time: each call returns the text that became final, never half
 /// a character; the concatenation of all returns plus [`StreamDecoder::finish`] equals
 /// [`Tokenizer::decode`] of all ids (or, for a continuation, the pieces of the ids concatenated).
-pub struct StreamDecoder<'a> {
-    tok: &'a Tokenizer,
+pub struct StreamDecoder<T: Deref<Target = Tokenizer>> {
+    tok: T,
     render_special: bool,
     first: bool,
     passes: Option<[Pass; 3]>,
     utf8: Vec<u8>,
 }
 
-impl<'a> StreamDecoder<'a> {
-    /// A decoder equal to [`Tokenizer::decode`] over the whole stream.
-    pub fn new(tok: &'a Tokenizer, render_special: bool) -> StreamDecoder<'a> {
-        StreamDecoder {
-            tok,
-            render_special,
-            first: tok.add_space_prefix,
-            passes: tok.clean_spaces.then(|| [Pass::new(1), Pass::new(2), Pass::new(3)]),
-            utf8: Vec::new(),
-        }
+impl<T: Deref<Target = Tokenizer>> StreamDecoder<T> {
+    /// A decoder equal to [`Tokenizer::decode`] over the whole stream. `tok`: a reference, or an
+    /// `Rc` for a decoder that outlives the caller's borrow (one per sequence of an engine).
+    pub fn new(tok: T, render_special: bool) -> StreamDecoder<T> {
+        let (first, clean) = (tok.add_space_prefix, tok.clean_spaces);
+        StreamDecoder { tok, render_special, first, passes: clean.then(|| [Pass::new(1), Pass::new(2), Pass::new(3)]), utf8: Vec::new() }
     }
 
     /// A decoder for tokens that continue earlier text (a reply after its prompt): the first
     /// token keeps its leading space.
-    pub fn continuation(tok: &'a Tokenizer, render_special: bool) -> StreamDecoder<'a> {
+    pub fn continuation(tok: T, render_special: bool) -> StreamDecoder<T> {
         let mut d = StreamDecoder::new(tok, render_special);
         d.first = false;
         d

@@ -1,0 +1,534 @@
+//! The many-sequences engine: continuous batching over one decoder. Each step decodes one token
+//! for every generating sequence plus pieces of pending prompts (up to `-b` tokens in all), then
+//! samples each sequence with its own sampler; sequences join between steps and leave (finished
+//! or cancelled) with their cells freed. It runs on one thread; [`EngineHandle`] drives it from
+//! others (the server, `ferrite batch`).
+//!
+//! Batch invariance: a sequence's prompt is cut into the pieces it would be cut into alone
+//! (`n_batch` pieces, each in `n_ubatch` micro-batches), each sequence owns a stream of the KV
+//! cache, and the graph computes every per-sequence routine with the shapes it has alone
+//! (`decoder::Decoder::decode_batch`), so a sequence's tokens do not depend on its neighbours:
+//! greedy answers equal `ferrite run`'s (tests/batch.rs). (Method after llama-server's slots,
+//! `tools/server/server-context.cpp`, in our own shape.)
+
+use crate::chat::{ChatTemplate, Message};
+use crate::decoder::{Batch, ContextOptions, Decoder};
+use crate::error::{Interrupted, KvCacheFull};
+use crate::model::Model;
+use crate::sampling::{Sampler, SamplerConfig};
+use crate::session::{chat_prompt_ids, stop_strings, ReplyText, StopReason};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+
+/// A sequence's id, unique for the engine's life.
+pub type SeqId = u64;
+
+/// What a sequence is asked to continue.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text: one user turn through the chat template, or plain completion when `raw` (or when
+    /// the model has no template).
+    Text { text: String, raw: bool },
+    /// A conversation through the chat template (the assistant's turn follows).
+    Messages(Vec<Message>),
+    /// Token ids as they are.
+    Tokens(Vec<u32>),
+}
+
+/// Per-sequence settings.
+#[derive(Clone, Debug)]
+pub struct SeqParams {
+    /// Tokens to generate at most (-1: until the context ends).
+    pub max_tokens: i32,
+    pub sampling: SamplerConfig,
+    /// Stop strings (the template's are added for chat prompts).
+    pub stop: Vec<String>,
+    /// Render special tokens in the text.
+    pub show_special: bool,
+    /// Send the text as it is generated (`SeqEvent::Text`), not only at the end.
+    pub stream: bool,
+}
+
+/// A request for one sequence.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub params: SeqParams,
+}
+
+/// A finished sequence.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    /// The end-of-generation token that ended it (stop reason `Eos`).
+    pub stop_token: Option<u32>,
+    pub prompt_tokens: usize,
+}
+
+/// What the engine reports about a sequence.
+#[derive(Debug)]
+pub enum SeqEvent {
+    /// Generated text that became final (with `SeqParams::stream`).
+    Text(String),
+    /// The end: the answer, or why there is none (a prompt that does not fit, a template that
+    /// fails, the engine stopping). Always the last event of a sequence.
+    Done(Result<Finished>),
+}
+
+/// Where a sequence's events go.
+pub type Sink = Box<dyn FnMut(SeqId, SeqEvent)>;
+
+/// A sequence being computed: its prompt, progress, sampler and reply.
+struct Active {
+    id: SeqId,
+    prompt: Vec<u32>,
+    /// Prompt tokens in the cache.
+    n_done: usize,
+    /// End of the prompt piece in this step's batch.
+    piece_end: usize,
+    /// The sampled token to decode next (generation phase).
+    next: Option<u32>,
+    sampler: Sampler,
+    reply: ReplyText,
+    tokens: Vec<u32>,
+    params: SeqParams,
+    sink: Sink,
+}
+
+impl Active {
+    /// Tokens in this sequence's cache stream.
+    fn n_past(&self) -> usize {
+        self.n_done + self.tokens.len().saturating_sub(self.next.is_some() as usize)
+    }
+}
+
+struct Queued {
+    id: SeqId,
+    req: Request,
+    sink: Sink,
+}
+
+/// Counters of the engine's work.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub steps: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+}
+
+/// Continuous batching over one decoder with one KV stream per slot.
+pub struct Engine {
+    pub dec: Decoder,
+    tok: Rc<Tokenizer>,
+    template: Option<ChatTemplate>,
+    /// A system message put before every chat prompt that has none.
+    pub system: Option<String>,
+    slots: Vec<Option<Active>>,
+    queue: VecDeque<Queued>,
+    next_id: SeqId,
+    pub stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine of `ctx.n_seq` slots, each with a context of `ctx.n_ctx` tokens.
+    pub fn new(model: Rc<Model>, tok: Rc<Tokenizer>, template: Option<ChatTemplate>, ctx: &ContextOptions) -> Result<Engine> {
+        let dec = Decoder::new(model, ctx)?;
+        let n = dec.kv.n_seq() as usize;
+        Ok(Engine {
+            dec,
+            tok,
+            template,
+            system: None,
+            slots: (0..n).map(|_| None).collect(),
+            queue: VecDeque::new(),
+            next_id: 0,
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// Makes computations stop early when `flag` is set (the step then fails with Interrupted).
+    pub fn set_interrupt(&mut self, flag: &'static AtomicBool) {
+        self.dec.set_interrupt(flag);
+    }
+
+    /// Queues a request; it joins the batch at the next step with a free slot. Its events go
+    /// to `sink`.
+    pub fn submit(&mut self, req: Request, sink: Sink) -> SeqId {
+        let id = self.next_id;
+        self.submit_as(id, req, sink);
+        id
+    }
+
+    /// Queues a request under an id chosen by the caller (ids must stay unique).
+    pub fn submit_as(&mut self, id: SeqId, req: Request, sink: Sink) {
+        self.next_id = self.next_id.max(id + 1);
+        self.queue.push_back(Queued { id, req, sink });
+    }
+
+    /// Cancels a sequence, queued or running: it ends with stop reason `interrupted` and what it
+    /// generated so far; its cells are freed. False when no such sequence is left.
+    pub fn cancel(&mut self, id: SeqId) -> bool {
+        if let Some(i) = self.queue.iter().position(|q| q.id == id) {
+            let mut q = self.queue.remove(i).expect("index found");
+            let fin = Finished {
+                text: String::new(),
+                tokens: Vec::new(),
+                stop_reason: StopReason::Interrupted,
+                stop_token: None,
+                prompt_tokens: 0,
+            };
+            (q.sink)(id, SeqEvent::Done(Ok(fin)));
+            return true;
+        }
+        match self.slots.iter().position(|s| s.as_ref().is_some_and(|a| a.id == id)) {
+            Some(slot) => {
+                self.finish(slot, StopReason::Interrupted, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every sequence, queued or running, with `err` (the engine cannot go on).
+    pub fn fail_all(&mut self, err: &anyhow::Error) {
+        let msg = crate::error::one_line(err);
+        let code = crate::error::exit_code(err);
+        let mk = || if code == 130 { anyhow::Error::new(Interrupted) } else { anyhow::anyhow!("{msg}") };
+        while let Some(mut q) = self.queue.pop_front() {
+            (q.sink)(q.id, SeqEvent::Done(Err(mk())));
+        }
+        for slot in 0..self.slots.len() {
+            if let Some(mut a) = self.slots[slot].take() {
+                self.dec.kv.seq_rm(slot as u32, 0, -1);
+                (a.sink)(a.id, SeqEvent::Done(Err(mk())));
+            }
+        }
+    }
+
+    /// Nothing queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.slots.iter().all(|s| s.is_none())
+    }
+
+    /// Sequences running now.
+    pub fn n_active(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Runs steps until every sequence has finished.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        while !self.is_idle() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Moves queued requests into free slots: tokenizes their prompts and sets up their
+    /// samplers. A request that cannot start ends at once with its error.
+    fn admit(&mut self) {
+        while let Some(slot) = self.slots.iter().position(|s| s.is_none()) {
+            let Some(mut q) = self.queue.pop_front() else { break };
+            match self.start(&q.req) {
+                Ok(prep) => {
+                    self.dec.kv.seq_rm(slot as u32, 0, -1);
+                    let (prompt, sampler, reply) = prep;
+                    self.slots[slot] = Some(Active {
+                        id: q.id,
+                        prompt,
+                        n_done: 0,
+                        piece_end: 0,
+                        next: None,
+                        sampler,
+                        reply,
+                        tokens: Vec::new(),
+                        params: q.req.params,
+                        sink: q.sink,
+                    });
+                }
+                Err(e) => (q.sink)(q.id, SeqEvent::Done(Err(e))),
+            }
+        }
+    }
+
+    /// A request's prompt ids, sampler and reply text.
+    fn start(&self, req: &Request) -> Result<(Vec<u32>, Sampler, ReplyText)> {
+        let tok = &self.tok;
+        let chat = |messages: Vec<Message>| -> Result<Vec<u32>> {
+            let Some(t) = &self.template else {
+                crate::bail_input!("the model has no chat template: give a plain prompt with raw completion");
+            };
+            let mut all = Vec::new();
+            if let (Some(s), false) = (&self.system, messages.first().is_some_and(|m| m.role == "system")) {
+                all.push(Message::system(s.clone()));
+            }
+            all.extend(messages);
+            chat_prompt_ids(tok, t, &all, &[])
+        };
+        let (prompt, templated) = match &req.prompt {
+            Prompt::Text { text, raw: true } => (tok.encode(text, true, true)?, false),
+            // as `ferrite run`: a model without a template gets the text raw
+            Prompt::Text { text, raw: false } if self.template.is_none() => (tok.encode(text, true, true)?, false),
+            Prompt::Text { text, raw: false } => (chat(vec![Message::user(text.clone())])?, true),
+            Prompt::Messages(m) => (chat(m.clone())?, true),
+            Prompt::Tokens(t) => (t.clone(), false),
+        };
+        let n_ctx = self.dec.n_ctx() as usize;
+        if prompt.is_empty() {
+            crate::bail_input!("the prompt is empty");
+        }
+        if prompt.len() >= n_ctx {
+            crate::bail_input!("the prompt has {} tokens; the context holds {n_ctx} (raise -c)", prompt.len());
+        }
+        let n_vocab = self.dec.n_vocab() as u32;
+        if let Some(&bad) = prompt.iter().find(|&&t| t >= n_vocab) {
+            crate::bail_input!("token id {bad} is outside the vocabulary ({n_vocab} tokens)");
+        }
+        let sampler = Sampler::new(req.params.sampling.clone(), self.dec.n_vocab())?;
+        let stops = stop_strings(tok, if templated { self.template.as_ref() } else { None }, &req.params.stop);
+        Ok((prompt, sampler, ReplyText::new(tok.clone(), req.params.show_special, stops)))
+    }
+
+    /// Where the prompt piece starting at `from` ends: the pieces `ferrite run` decodes a prompt
+    /// in (`n_batch` tokens, each in micro-batches of `n_ubatch`).
+    fn piece_end(&self, from: usize, len: usize) -> usize {
+        let (nb, nub) = (self.dec.cparams.n_batch as usize, self.dec.cparams.n_ubatch as usize);
+        let batch_start = from / nb * nb;
+        let batch_end = (batch_start + nb).min(len);
+        (batch_start + (from - batch_start) / nub * nub + nub).min(batch_end)
+    }
+
+    /// One step: admits waiting requests, decodes a token of every generating sequence and
+    /// prompt pieces up to `n_batch` tokens, samples. An error here is the engine's (a failed
+    /// computation, an interruption); a sequence's own trouble (its context full) ends that
+    /// sequence only.
+    pub fn step(&mut self) -> Result<()> {
+        self.admit();
+        let n_batch = self.dec.cparams.n_batch as usize;
+        let mut batch = Batch::default();
+        // rows of logits: the slot each output belongs to
+        let mut rows: Vec<usize> = Vec::new();
+        for (slot, a) in self.slots.iter().enumerate() {
+            if let Some(a) = a {
+                if let Some(t) = a.next {
+                    batch.add(t, a.n_past() as i32, slot as u32, true);
+                    rows.push(slot);
+                }
+            }
+        }
+        for slot in 0..self.slots.len() {
+            let Some(a) = &self.slots[slot] else { continue };
+            if a.next.is_some() || a.n_done >= a.prompt.len() {
+                continue;
+            }
+            let end = self.piece_end(a.n_done, a.prompt.len());
+            if !batch.is_empty() && batch.len() + (end - a.n_done) > n_batch {
+                continue;
+            }
+            for k in a.n_done..end {
+                batch.add(a.prompt[k], k as i32, slot as u32, k + 1 == a.prompt.len());
+            }
+            if end == a.prompt.len() {
+                rows.push(slot);
+            }
+            self.slots[slot].as_mut().expect("checked").piece_end = end;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut logits = Vec::new();
+        if let Err(e) = self.dec.decode_batch(&batch, &mut logits) {
+            // a sequence whose context is full ends; the others redo this step
+            if let Some(full) = e.downcast_ref::<KvCacheFull>() {
+                let slot = full.seq as usize;
+                self.rollback(&batch);
+                self.finish(slot, StopReason::Length, None);
+                return Ok(());
+            }
+            self.rollback(&batch);
+            return Err(e);
+        }
+        self.stats.steps += 1;
+        for a in self.slots.iter_mut().flatten() {
+            if a.next.take().is_some() {
+                self.stats.generated_tokens += 1;
+            } else if a.piece_end > a.n_done {
+                self.stats.prompt_tokens += (a.piece_end - a.n_done) as u64;
+                a.n_done = a.piece_end;
+            }
+        }
+        let n_vocab = self.dec.n_vocab();
+        for (r, &slot) in rows.iter().enumerate() {
+            self.sample(slot, &logits[r * n_vocab..(r + 1) * n_vocab]);
+        }
+        Ok(())
+    }
+
+    /// Forgets the cells a failed step placed.
+    fn rollback(&mut self, batch: &Batch) {
+        for (i, &seq) in batch.seq.iter().enumerate() {
+            self.dec.kv.seq_rm(seq, batch.pos[i], batch.pos[i] + 1);
+        }
+    }
+
+    /// Samples slot `slot`'s next token from its logits and decides whether it goes on (as
+    /// `Session::generate` does for one sequence).
+    fn sample(&mut self, slot: usize, logits: &[f32]) {
+        let n_ctx = self.dec.n_ctx() as usize;
+        let a = self.slots[slot].as_mut().expect("sampled slots are active");
+        if a.params.max_tokens >= 0 && a.tokens.len() >= a.params.max_tokens as usize {
+            return self.finish(slot, StopReason::Length, None);
+        }
+        let id = a.sampler.sample(logits);
+        a.sampler.accept(id);
+        if self.tok.is_eog(id) {
+            return self.finish(slot, StopReason::Eos, Some(id));
+        }
+        // room for the token in the context (as `Session::generate` checks)
+        let full = a.n_done + a.tokens.len() + 1 > n_ctx - 1;
+        a.tokens.push(id);
+        let (new, stopped) = a.reply.push(id);
+        if a.params.stream && !new.is_empty() {
+            let text = a.reply.text[new].to_string();
+            (a.sink)(a.id, SeqEvent::Text(text));
+        }
+        if stopped {
+            return self.finish(slot, StopReason::Stop, None);
+        }
+        let limit = a.params.max_tokens >= 0 && a.tokens.len() >= a.params.max_tokens as usize;
+        if full || limit {
+            return self.finish(slot, StopReason::Length, None);
+        }
+        a.next = Some(id);
+    }
+
+    /// Ends slot `slot`'s sequence: the rest of its text, its answer, its cells freed.
+    fn finish(&mut self, slot: usize, reason: StopReason, stop_token: Option<u32>) {
+        let Some(mut a) = self.slots[slot].take() else { return };
+        self.dec.kv.seq_rm(slot as u32, 0, -1);
+        let rest = a.reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
+        if a.params.stream && !rest.is_empty() {
+            let text = a.reply.text[rest].to_string();
+            (a.sink)(a.id, SeqEvent::Text(text));
+        }
+        let fin = Finished { text: a.reply.text, tokens: a.tokens, stop_reason: reason, stop_token, prompt_tokens: a.prompt.len() };
+        (a.sink)(a.id, SeqEvent::Done(Ok(fin)));
+    }
+}
+
+/// A command to the engine's thread.
+enum Cmd {
+    Submit(SeqId, Request, mpsc::Sender<(SeqId, SeqEvent)>),
+    Cancel(SeqId),
+}
+
+/// Drives an [`Engine`] on a thread of its own; `Send + Clone`, so any thread may submit and
+/// cancel. Events come back on the channel given with each request.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Cmd>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The engine's thread; joining it returns the error that stopped it, if any.
+pub struct EngineThread(std::thread::JoinHandle<Result<()>>);
+
+impl EngineThread {
+    /// Waits for the engine to stop (after every handle is dropped and its work is done).
+    pub fn join(self) -> Result<()> {
+        self.0.join().map_err(|_| anyhow::anyhow!("internal error: the engine thread panicked"))?
+    }
+}
+
+impl EngineHandle {
+    /// Starts a thread that builds the engine with `build` (the model lives on that thread) and
+    /// runs it; returns once it is built, or with `build`'s error. The thread stops when every
+    /// handle is gone and no work is left, or on an engine error (sequences then end with it).
+    pub fn spawn<F>(build: F) -> Result<(EngineHandle, EngineThread)>
+    where
+        F: FnOnce() -> Result<Engine> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let join = std::thread::Builder::new().name("ferrite-engine".into()).spawn(move || -> Result<()> {
+            let mut engine = match build() {
+                Ok(e) => {
+                    let _ = ready_tx.send(Ok(()));
+                    e
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            serve(&mut engine, rx)
+        })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok((EngineHandle { tx, next: Default::default() }, EngineThread(join))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(anyhow::anyhow!("internal error: the engine thread ended while starting")),
+        }
+    }
+
+    /// Queues a request; its events arrive on `events` with the returned id.
+    pub fn submit(&self, req: Request, events: mpsc::Sender<(SeqId, SeqEvent)>) -> Result<SeqId> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send(Cmd::Submit(id, req, events)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        Ok(id)
+    }
+
+    /// Cancels a sequence (see [`Engine::cancel`]).
+    pub fn cancel(&self, id: SeqId) {
+        let _ = self.tx.send(Cmd::Cancel(id));
+    }
+}
+
+/// The engine thread's loop: takes commands (waiting for one when idle), steps while there is
+/// work.
+fn serve(engine: &mut Engine, rx: mpsc::Receiver<Cmd>) -> Result<()> {
+    let mut open = true;
+    loop {
+        if engine.is_idle() {
+            if !open {
+                return Ok(());
+            }
+            match rx.recv() {
+                Ok(cmd) => apply(engine, cmd),
+                Err(_) => return Ok(()),
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => apply(engine, cmd),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = engine.step() {
+            engine.fail_all(&e);
+            return Err(e);
+        }
+    }
+}
+
+fn apply(engine: &mut Engine, cmd: Cmd) {
+    match cmd {
+        Cmd::Submit(id, req, tx) => {
+            let sink: Sink = Box::new(move |id, ev| {
+                let _ = tx.send((id, ev));
+            });
+            engine.submit_as(id, req, sink);
+        }
+        Cmd::Cancel(id) => {
+            engine.cancel(id);
+        }
+    }
+}
