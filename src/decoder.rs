@@ -455,12 +455,17 @@ fn set_input(
         Input::ScaleRows(s) => sched.set_input(g, t, &vec![s; tokens.len()])?,
         Input::Pos => sched.set_input(g, t, positions)?,
         Input::OutIds => sched.set_input(g, t, &outputs.iter().map(|&x| x as i32).collect::<Vec<_>>())?,
-        Input::KIdxs(kind, gi) => sched.set_input(g, t, &kv.stream(group(gi).seq).k_idxs(kind))?,
-        Input::VIdxs(kind, gi) => sched.set_input(g, t, &kv.stream(group(gi).seq).v_idxs(kind, n_embd_v_gqa))?,
-        Input::Mask(kind, gi) => {
-            let gr = group(gi);
-            let pos = &positions[gr.start as usize..(gr.start + gr.len) as usize];
-            let mask = kv.stream(gr.seq).mask(kind, pos);
+        Input::KIdxs(kind) => sched.set_input(g, t, &ub.groups.iter().flat_map(|gr| kv.stream(gr.seq).k_idxs(kind)).collect::<Vec<_>>())?,
+        Input::VIdxs(kind) => {
+            sched.set_input(g, t, &ub.groups.iter().flat_map(|gr| kv.stream(gr.seq).v_idxs(kind, n_embd_v_gqa)).collect::<Vec<_>>())?
+        }
+        Input::Mask(kind, g0, m) => {
+            let mut mask = Vec::new();
+            for gi in g0..g0 + m {
+                let gr = group(gi);
+                let pos = &positions[gr.start as usize..(gr.start + gr.len) as usize];
+                mask.extend(kv.stream(gr.seq).mask(kind, pos));
+            }
             if flash_attn {
                 let mut h = vec![0u16; mask.len()];
                 ggml::fp32_to_fp16_row(&mask, &mut h);

@@ -103,21 +103,24 @@ pub enum Input {
     Pos,
     /// I32 rows of the last layer that produce logits.
     OutIds,
-    /// I64 rows of the cache where K is stored, for the micro-batch's group `.1`.
-    KIdxs(CacheKind, usize),
+    /// I64 rows of the cache (every stream's tensor) where K of the micro-batch is stored.
+    KIdxs(CacheKind),
     /// I64 rows (or elements, when V is transposed) of the cache where V is stored.
-    VIdxs(CacheKind, usize),
-    /// KQ mask (F16 with flash attention, else F32) of group `.1`.
-    Mask(CacheKind, usize),
+    VIdxs(CacheKind),
+    /// KQ mask (F16 with flash attention, else F32) of groups `.1 .. .1 + .2`, one after the
+    /// other.
+    Mask(CacheKind, usize, usize),
     /// F32 Walsh–Hadamard matrix of this size.
     Rotation(u32),
 }
 
-/// Attention inputs of one cache (llama.cpp's `self_k_idxs`, `self_v_idxs`, `self_kq_mask`).
+/// Attention inputs of one cache (llama.cpp's `self_k_idxs`, `self_v_idxs`, `self_kq_mask`):
+/// where the micro-batch's K and V go, and per attention unit (see `attention_units`) its first
+/// group, its number of groups and its mask.
 struct CacheInputs {
     k_idxs: Tensor,
     v_idxs: Tensor,
-    mask: Tensor,
+    units: Vec<(usize, usize, Tensor)>,
     k_rot: Option<Tensor>,
     v_rot: Option<Tensor>,
 }
@@ -155,9 +158,9 @@ pub struct GraphBuilder<'a> {
     pub n_tokens: i64,
     pub n_outputs: i64,
     inputs: Vec<(Tensor, Input)>,
-    /// Per group, the attention inputs of each cache.
-    attn_full: Vec<CacheInputs>,
-    attn_swa: Vec<CacheInputs>,
+    /// The attention inputs of each cache.
+    attn_full: Option<CacheInputs>,
+    attn_swa: Option<CacheInputs>,
     groups: Vec<Group>,
     /// Name nodes as llama.cpp does ("attn_norm-3") so runs can be diffed node by node.
     pub name_nodes: bool,
@@ -204,8 +207,8 @@ impl<'a> GraphBuilder<'a> {
             n_tokens: ub.tokens.len() as i64,
             n_outputs: ub.outputs.len() as i64,
             inputs: Vec::new(),
-            attn_full: Vec::new(),
-            attn_swa: Vec::new(),
+            attn_full: None,
+            attn_swa: None,
             groups: ub.groups.to_vec(),
             name_nodes: true,
         })
@@ -263,35 +266,64 @@ impl<'a> GraphBuilder<'a> {
         self.input(Type::I32, &[self.n_outputs], "out_ids", Input::OutIds)
     }
 
-    fn cache_inputs(&mut self, kind: CacheKind, gi: usize) -> CacheInputs {
+    fn cache_inputs(&mut self, kind: CacheKind) -> CacheInputs {
         let kv = self.kv;
-        let g = self.groups[gi];
-        let n_kv = kv.stream(g.seq).slot(kind).n_kv as i64;
-        let n_tokens = g.len as i64;
-        let k_idxs = self.input(Type::I64, &[n_tokens], "attn_inp_k_idxs", Input::KIdxs(kind, gi));
-        let v_len = if kv.v_trans { n_tokens * self.hp.n_embd_v_gqa() as i64 } else { n_tokens };
-        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind, gi));
+        let k_idxs = self.input(Type::I64, &[self.n_tokens], "attn_inp_k_idxs", Input::KIdxs(kind));
+        let v_len = if kv.v_trans { self.n_tokens * self.hp.n_embd_v_gqa() as i64 } else { self.n_tokens };
+        let v_idxs = self.input(Type::I64, &[v_len], "attn_inp_v_idxs", Input::VIdxs(kind));
         let mask_ty = if self.cparams.flash_attn { Type::F16 } else { Type::F32 };
-        let mask = self.input(mask_ty, &[n_kv, n_tokens, 1, 1], "attn_inp_kq_mask", Input::Mask(kind, gi));
+        let mut units = Vec::new();
+        for (g0, m) in self.attention_units(kind) {
+            let g = self.groups[g0];
+            let n_kv = kv.stream(g.seq).slot(kind).n_kv as i64;
+            let mask = self.input(mask_ty, &[n_kv, g.len as i64, 1, m as i64], "attn_inp_kq_mask", Input::Mask(kind, g0, m));
+            units.push((g0, m, mask));
+        }
         let rot =
             |this: &mut Self, n: u32, name: &str| (n > 0).then(|| this.input(Type::F32, &[n as i64, n as i64], name, Input::Rotation(n)));
-        // the rotations are the same for every group: one input serves them all
-        let (k_rot, v_rot) =
-            if gi == 0 { (rot(self, kv.n_rot_k, "attn_inp_k_rot"), rot(self, kv.n_rot_v, "attn_inp_v_rot")) } else { (None, None) };
-        CacheInputs { k_idxs, v_idxs, mask, k_rot, v_rot }
+        let k_rot = rot(self, kv.n_rot_k, "attn_inp_k_rot");
+        let v_rot = rot(self, kv.n_rot_v, "attn_inp_v_rot");
+        CacheInputs { k_idxs, v_idxs, units, k_rot, v_rot }
     }
 
-    /// The attention inputs of every cache the model uses, per group.
+    /// The micro-batch's groups as attention ops: (first group, number of groups). Runs of
+    /// single-token groups of consecutive sequences whose attention visits the same number of
+    /// cells, fewer than 512, share one flash-attention op over their streams (a 4-D view, one
+    /// stream per plane): ggml computes each query row alone there, with the routine a single
+    /// sequence gets (it splits the cells among threads only from 512 cells and for one plane,
+    /// and tiles queries only from 64 rows), so the bits are the same and the per-op cost is
+    /// paid once. Every other group is an op of its own.
+    fn attention_units(&self, kind: CacheKind) -> Vec<(usize, usize)> {
+        let n_kv = |g: &Group| self.kv.stream(g.seq).slot(kind).n_kv;
+        let joinable = |a: &Group, b: &Group| {
+            self.cparams.flash_attn
+                && a.len == 1
+                && b.len == 1
+                && b.seq == a.seq + 1
+                && b.start == a.start + 1
+                && n_kv(a) == n_kv(b)
+                && n_kv(a) < 512
+        };
+        let mut units = Vec::new();
+        let mut g0 = 0;
+        while g0 < self.groups.len() {
+            let mut m = 1;
+            while g0 + m < self.groups.len() && joinable(&self.groups[g0 + m - 1], &self.groups[g0 + m]) {
+                m += 1;
+            }
+            units.push((g0, m));
+            g0 += m;
+        }
+        units
+    }
+
+    /// The attention inputs of every cache the model uses.
     pub fn inp_attn(&mut self) {
-        for gi in 0..self.groups.len() {
-            if self.kv.has_full() {
-                let inp = self.cache_inputs(CacheKind::Full, gi);
-                self.attn_full.push(inp);
-            }
-            if self.kv.has_swa() {
-                let inp = self.cache_inputs(CacheKind::Swa, gi);
-                self.attn_swa.push(inp);
-            }
+        if self.kv.has_full() {
+            self.attn_full = Some(self.cache_inputs(CacheKind::Full));
+        }
+        if self.kv.has_swa() {
+            self.attn_swa = Some(self.cache_inputs(CacheKind::Swa));
         }
     }
 
@@ -730,9 +762,14 @@ impl<'a> GraphBuilder<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn attn(&mut self, il: usize, wo: &Tensor, wo_b: Option<&Tensor>, q: &Tensor, k: &Tensor, v: &Tensor, kq_scale: f32) -> Tensor {
         let kind = self.kv.layer_kind(il);
+        let inp = match kind {
+            CacheKind::Full => self.attn_full.as_ref(),
+            CacheKind::Swa => self.attn_swa.as_ref(),
+        }
+        .expect("attention inputs are built before the layers");
+        let (k_idxs, v_idxs, units) = (inp.k_idxs.clone(), inp.v_idxs.clone(), inp.units.clone());
+        let (k_rot, v_rot) = (inp.k_rot.clone(), inp.v_rot.clone());
         let (mut q, mut k, mut v) = (q.clone(), k.clone(), v.clone());
-        let inp0 = self.cache_inp(kind, 0);
-        let (k_rot, v_rot) = (inp0.k_rot.clone(), inp0.v_rot.clone());
         if let Some(r) = &k_rot {
             q = self.hadamard(&q, r);
             k = self.hadamard(&k, r);
@@ -750,27 +787,26 @@ impl<'a> GraphBuilder<'a> {
             self.gf.expand(&v);
             self.gf.expand(&k);
         }
+        // the micro-batch's K and V, every sequence's, into its streams in one store each
+        let store_k = self.cpy_k(il, &k, &k_idxs);
+        self.gf.expand(&store_k);
+        let store_v = self.cpy_v(il, &v, &v_idxs);
+        self.gf.expand(&store_v);
         // one sequence: the micro-batch as a whole; several: each group attends over its own
         // stream with exactly the shapes it would have alone (ggml's attention picks its
         // routine by the number of queries and cells, so a shared op would change the bits)
         let single = self.groups.len() == 1;
-        let mut outs = Vec::with_capacity(self.groups.len());
-        for gi in 0..self.groups.len() {
-            let g = self.groups[gi];
-            let inp = self.cache_inp(kind, gi);
-            let (k_idxs, v_idxs, mask) = (inp.k_idxs.clone(), inp.v_idxs.clone(), inp.mask.clone());
-            let (qg, kg, vg) = if single {
-                (q.clone(), k.clone(), v.clone())
+        let mut outs = Vec::with_capacity(units.len());
+        for (g0, m, mask) in &units {
+            let g = self.groups[*g0];
+            let qg = if single { q.clone() } else { self.rows3(&q, g.start, g.len) };
+            if *m == 1 {
+                let kc = self.get_k(il, g.seq, 1);
+                let vc = self.get_v(il, g.seq, 1);
+                outs.push(self.attn_mha(&qg, &kc, &vc, mask, kq_scale, il));
             } else {
-                (self.rows3(&q, g.start, g.len), self.rows3(&k, g.start, g.len), self.rows3(&v, g.start, g.len))
-            };
-            let store_k = self.cpy_k(il, g.seq, &kg, &k_idxs);
-            self.gf.expand(&store_k);
-            let store_v = self.cpy_v(il, g.seq, &vg, &v_idxs);
-            self.gf.expand(&store_v);
-            let kc = self.get_k(il, g.seq);
-            let vc = self.get_v(il, g.seq);
-            outs.push(self.attn_mha(&qg, &kc, &vc, &mask, kq_scale, il));
+                outs.push(self.attn_streams(il, &q, g.start, g.seq, *m, mask, kq_scale));
+            }
         }
         let mut cur = self.concat_rows(outs);
         self.cb(&cur, "kqv_out", il);
@@ -784,25 +820,17 @@ impl<'a> GraphBuilder<'a> {
         cur
     }
 
-    fn cache_inp(&self, kind: CacheKind, gi: usize) -> &CacheInputs {
-        let v = match kind {
-            CacheKind::Full => &self.attn_full,
-            CacheKind::Swa => &self.attn_swa,
-        };
-        v.get(gi).expect("attention inputs are built before the layers")
-    }
-
-    fn cpy_k(&self, il: usize, seq: u32, k_cur: &Tensor, k_idxs: &Tensor) -> Tensor {
+    fn cpy_k(&self, il: usize, k_cur: &Tensor, k_idxs: &Tensor) -> Tensor {
         let ne = k_cur.ne();
         let n_embd_gqa = ne[0] * ne[1];
         let k_cur = self.ctx.view(k_cur, &[n_embd_gqa, ne[2]], &[k_cur.nb()[2]], 0);
-        self.ctx.set_rows(self.kv.stream(seq).k(il), &k_cur, k_idxs)
+        self.ctx.set_rows(self.kv.stream(0).k(il).0, &k_cur, k_idxs)
     }
 
-    fn cpy_v(&self, il: usize, seq: u32, v_cur: &Tensor, v_idxs: &Tensor) -> Tensor {
+    fn cpy_v(&self, il: usize, v_cur: &Tensor, v_idxs: &Tensor) -> Tensor {
         let ne = v_cur.ne();
         let n_embd_gqa = ne[0] * ne[1];
-        let v = self.kv.stream(seq).v(il);
+        let v = self.kv.stream(0).v(il).0;
         if !self.kv.v_trans {
             let v_cur = self.ctx.view(v_cur, &[n_embd_gqa, ne[2]], &[v_cur.nb()[2]], 0);
             return self.ctx.set_rows(v, &v_cur, v_idxs);
@@ -819,26 +847,58 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// K of layer `il` over the cells attention visits: [head_k, n_head_kv, n_kv].
-    fn get_k(&self, il: usize, seq: u32) -> Tensor {
-        let (hp, k) = (self.hp, self.kv.stream(seq).k(il));
-        let n_kv = self.kv.stream(seq).n_kv(self.kv.layer_kind(il)) as i64;
+    fn get_k(&self, il: usize, seq: u32, m: usize) -> Tensor {
+        let (hp, st) = (self.hp, self.kv.stream(seq));
+        let (k, base) = st.k(il);
+        let kind = self.kv.layer_kind(il);
+        let (n_kv, kv_size) = (st.n_kv(kind) as i64, st.size(kind) as i64);
         let ty = k.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_k as i64, hp.n_head_kv as i64, hp.n_embd_k_gqa() as i64);
-        let kv_size = k.ne()[1];
-        self.ctx.view(k, &[head, n_head_kv, n_kv, 1], &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)], 0)
+        let nb = [ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)];
+        self.ctx.view(k, &[head, n_head_kv, n_kv, m as i64], &nb, base * ty.row_size(gqa))
     }
 
     /// V of layer `il`: [head_v, n_head_kv, n_kv], or transposed [n_kv, n_head_kv, head_v].
-    fn get_v(&self, il: usize, seq: u32) -> Tensor {
-        let (hp, v) = (self.hp, self.kv.stream(seq).v(il));
-        let n_kv = self.kv.stream(seq).n_kv(self.kv.layer_kind(il)) as i64;
+    fn get_v(&self, il: usize, seq: u32, m: usize) -> Tensor {
+        let (hp, st) = (self.hp, self.kv.stream(seq));
+        let (v, base) = st.v(il);
+        let kind = self.kv.layer_kind(il);
+        let (n_kv, kv_size) = (st.n_kv(kind) as i64, st.size(kind) as i64);
         let ty = v.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_v as i64, hp.n_head_kv as i64, hp.n_embd_v_gqa() as i64);
-        let kv_size = v.ne()[1];
+        // this stream's rows (or, transposed, its block of gqa × kv_size elements)
+        let offset = base * ty.row_size(gqa);
         if !self.kv.v_trans {
-            return self.ctx.view(v, &[head, n_head_kv, n_kv, 1], &[ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)], 0);
+            let nb = [ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)];
+            return self.ctx.view(v, &[head, n_head_kv, n_kv, m as i64], &nb, offset);
         }
-        self.ctx.view(v, &[n_kv, n_head_kv, head, 1], &[ty.row_size(kv_size * head), ty.row_size(kv_size), ty.row_size(kv_size * gqa)], 0)
+        assert_eq!(m, 1, "transposed V (no flash attention) is viewed one stream at a time");
+        self.ctx.view(
+            v,
+            &[n_kv, n_head_kv, head, 1],
+            &[ty.row_size(kv_size * head), ty.row_size(kv_size), ty.row_size(kv_size * gqa)],
+            offset,
+        )
+    }
+
+    /// Flash attention of `m` single-token groups of consecutive sequences `seq0..` (rows
+    /// `row0..row0 + m` of q) over their streams, one per plane. Result F32 [head_v * n_head, m].
+    #[allow(clippy::too_many_arguments)]
+    fn attn_streams(&self, il: usize, q: &Tensor, row0: u32, seq0: u32, m: usize, mask: &Tensor, kq_scale: f32) -> Tensor {
+        let ctx = &self.ctx;
+        let (qn, qb) = (q.ne(), q.nb());
+        // [head, n_head, 1, m]: each plane one token
+        let q4 = ctx.view(q, &[qn[0], qn[1], 1, m as i64], &[qb[1], qb[2], qb[2]], row0 as usize * qb[2]);
+        let q4 = ctx.permute(&q4, [0, 2, 1, 3]);
+        let k = ctx.permute(&self.get_k(il, seq0, m), [0, 2, 1, 3]);
+        let v = ctx.permute(&self.get_v(il, seq0, m), [0, 2, 1, 3]);
+        let k = if k.ty() == Type::F32 { ctx.cast(&k, Type::F16) } else { k };
+        let v = if v.ty() == Type::F32 { ctx.cast(&v, Type::F16) } else { v };
+        let cur = ctx.flash_attn_ext(&q4, &k, &v, Some(mask), kq_scale, 0.0, self.hp.f_attn_logit_softcapping);
+        cur.set_flash_attn_n_kv_max(0);
+        cur.set_prec(Prec::F32);
+        let ne = cur.ne();
+        ctx.reshape(&cur, &[ne[0] * ne[1], ne[2] * ne[3]])
     }
 
     /// Multi-head attention (llama.cpp's `build_attn_mha`) with flash attention or

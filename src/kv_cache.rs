@@ -159,10 +159,15 @@ pub struct Slot {
     pub n_kv: u32,
 }
 
+/// One layer of one stream. The K and V tensors hold every stream of the layer, one after the
+/// other (so one store writes a micro-batch of several sequences); this stream's cells start at
+/// cell `base` (its index times its cache's size).
+#[derive(Clone)]
 struct Layer {
-    k: Tensor, // [n_embd_k_gqa, kv_size]
-    v: Tensor, // [n_embd_v_gqa, kv_size], element (j, cell) at j*kv_size + cell when transposed
+    k: Tensor, // [n_embd_k_gqa, kv_size * n_seq]: cell i of the stream is row base + i
+    v: Tensor, // [n_embd_v_gqa, kv_size * n_seq]; transposed: element (j, i) at base*gqa + j*kv_size + i
     kind: CacheKind,
+    base: usize,
 }
 
 /// One sequence's part of the cache: its cells and its K/V tensors (what a one-sequence cache
@@ -223,20 +228,21 @@ impl KvCache {
             (true, true) => kv_size,
             (true, false) => (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256,
         };
-        let ctx = Context::new(2 * hp.n_layer as usize * n_seq as usize, 0)?;
+        let ctx = Context::new(2 * hp.n_layer as usize, 0)?;
+        let mut shared = Vec::new();
+        for il in 0..hp.n_layer as usize {
+            let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
+            let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
+            let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size * n_seq as i64]);
+            k.set_name(&format!("cache_k_l{il}"));
+            let v = ctx.new_tensor(type_v, &[hp.n_embd_v_gqa() as i64, size * n_seq as i64]);
+            v.set_name(&format!("cache_v_l{il}"));
+            shared.push((k, v, kind, size as usize));
+        }
         let mut streams = Vec::new();
-        for s in 0..n_seq {
-            let mut layers = Vec::new();
-            for il in 0..hp.n_layer as usize {
-                let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
-                let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
-                let suffix = if s == 0 { String::new() } else { format!("_s{s}") };
-                let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size]);
-                k.set_name(&format!("cache_k_l{il}{suffix}"));
-                let v = ctx.new_tensor(type_v, &[hp.n_embd_v_gqa() as i64, size]);
-                v.set_name(&format!("cache_v_l{il}{suffix}"));
-                layers.push(Layer { k, v, kind });
-            }
+        for s in 0..n_seq as usize {
+            let layers =
+                shared.iter().map(|(k, v, kind, size)| Layer { k: k.clone(), v: v.clone(), kind: *kind, base: s * size }).collect();
             streams.push(Stream {
                 layers,
                 full: Cells::new(kv_size, 0),
@@ -470,14 +476,14 @@ impl Stream {
                 }
                 let (kb, vb) = self.row_bytes(il);
                 let l = &self.layers[il];
-                l.k.zero_range(from * kb, (to - from) * kb)?;
+                l.k.zero_range((l.base + from) * kb, (to - from) * kb)?;
                 if self.v_trans {
                     let es = l.v.ty().type_size();
                     for j in 0..l.v.ne()[0] as usize {
-                        l.v.zero_range((j * size + from) * es, (to - from) * es)?;
+                        l.v.zero_range(self.v_elem(il, size, j, from) * es, (to - from) * es)?;
                     }
                 } else {
-                    l.v.zero_range(from * vb, (to - from) * vb)?;
+                    l.v.zero_range((l.base + from) * vb, (to - from) * vb)?;
                 }
             }
             self.zeroed[ci] = to as u32;
@@ -485,12 +491,25 @@ impl Stream {
         Ok(())
     }
 
-    pub fn k(&self, il: usize) -> &Tensor {
-        &self.layers[il].k
+    /// Layer `il`'s K tensor (every stream's) and the first cell of this stream in it.
+    pub fn k(&self, il: usize) -> (&Tensor, usize) {
+        (&self.layers[il].k, self.layers[il].base)
     }
 
-    pub fn v(&self, il: usize) -> &Tensor {
-        &self.layers[il].v
+    /// Layer `il`'s V tensor (every stream's) and the first cell of this stream in it.
+    pub fn v(&self, il: usize) -> (&Tensor, usize) {
+        (&self.layers[il].v, self.layers[il].base)
+    }
+
+    /// Cells of this stream's cache of `kind`.
+    pub fn size(&self, kind: CacheKind) -> u32 {
+        self.cells(kind).size()
+    }
+
+    /// Index of element (j, cell i) of layer `il`'s transposed V (`size`: the stream's cells).
+    fn v_elem(&self, il: usize, size: usize, j: usize, i: usize) -> usize {
+        let l = &self.layers[il];
+        l.base * l.v.ne()[0] as usize + j * size + i
     }
 
     /// The mask for the current micro-batch in cache `kind`: [n_kv, n_tokens] values.
@@ -501,23 +520,32 @@ impl Stream {
         out
     }
 
-    /// Row indices for storing K of the current micro-batch.
+    /// Row indices (in the layer's tensor of every stream) for storing K of the current
+    /// micro-batch.
     pub fn k_idxs(&self, kind: CacheKind) -> Vec<i64> {
-        self.slot(kind).idxs.iter().map(|&i| i as i64).collect()
+        let base = (self.base_of(kind)) as i64;
+        self.slot(kind).idxs.iter().map(|&i| base + i as i64).collect()
+    }
+
+    /// This stream's first cell in the tensors of cache `kind`.
+    fn base_of(&self, kind: CacheKind) -> usize {
+        self.layers.iter().find(|l| l.kind == kind).map_or(0, |l| l.base)
     }
 
     /// Element indices for storing V: per token its row index, or with a transposed V one index
     /// per element (j * kv_size + cell), as llama.cpp's `set_input_v_idxs`.
     pub fn v_idxs(&self, kind: CacheKind, n_embd_v_gqa: u32) -> Vec<i64> {
         let idxs = &self.slot(kind).idxs;
+        let base = self.base_of(kind) as i64;
         if !self.v_trans {
-            return idxs.iter().map(|&i| i as i64).collect();
+            return idxs.iter().map(|&i| base + i as i64).collect();
         }
         let kv_size = self.cells(kind).size() as i64;
+        let gqa = n_embd_v_gqa as i64;
         let mut out = Vec::with_capacity(idxs.len() * n_embd_v_gqa as usize);
         for &i in idxs {
-            for j in 0..n_embd_v_gqa as i64 {
-                out.push(j * kv_size + i as i64);
+            for j in 0..gqa {
+                out.push(base * gqa + j * kv_size + i as i64);
             }
         }
         out
@@ -583,23 +611,28 @@ impl Stream {
         for il in 0..self.layers.len() {
             let cells = self.cells(self.layers[il].kind);
             let (kb, vb) = self.row_bytes(il);
-            let (k, v) = (&self.layers[il].k, &self.layers[il].v);
+            let (k, v, base) = (&self.layers[il].k, &self.layers[il].v, self.layers[il].base);
             let mut buf = vec![0u8; kb.max(vb)];
-            // a transposed V is gathered from a copy of the whole tensor
-            let v_all = if self.v_trans { v.read_bytes()? } else { Vec::new() };
+            let (size, es, gqa) = (cells.size() as usize, v.ty().type_size(), v.ne()[0] as usize);
+            // a transposed V is gathered from a copy of this stream's block
+            let v_all = if self.v_trans {
+                let mut b = vec![0u8; gqa * size * es];
+                v.read_range(self.v_elem(il, size, 0, 0) * es, &mut b)?;
+                b
+            } else {
+                Vec::new()
+            };
             for (i, _) in cells.pos.iter().enumerate().filter(|&(_, &p)| p >= 0) {
-                k.read_range(i * kb, &mut buf[..kb])?;
+                k.read_range((base + i) * kb, &mut buf[..kb])?;
                 out.extend_from_slice(&buf[..kb]);
                 if self.v_trans {
-                    // element j of cell i lives at j * size + i
-                    let es = v.ty().type_size();
-                    let size = cells.size() as usize;
-                    for j in 0..v.ne()[0] as usize {
+                    // element j of cell i lives at j * size + i of the block
+                    for j in 0..gqa {
                         let at = (j * size + i) * es;
                         out.extend_from_slice(&v_all[at..at + es]);
                     }
                 } else {
-                    v.read_range(i * vb, &mut buf[..vb])?;
+                    v.read_range((base + i) * vb, &mut buf[..vb])?;
                     out.extend_from_slice(&buf[..vb]);
                 }
             }
@@ -663,22 +696,29 @@ impl Stream {
             let used: Vec<usize> = self.cells(kind).pos.iter().enumerate().filter(|&(_, &p)| p >= 0).map(|(i, _)| i).collect();
             let size = self.cells(kind).size() as usize;
             let (kb, vb) = self.row_bytes(il);
-            let v = self.layers[il].v.clone();
-            let mut v_all = if self.v_trans { v.read_bytes()? } else { Vec::new() };
+            let (v, base) = (self.layers[il].v.clone(), self.layers[il].base);
+            let (es, gqa) = (v.ty().type_size(), v.ne()[0] as usize);
+            let block = self.v_elem(il, size, 0, 0) * es;
+            let mut v_all = if self.v_trans {
+                let mut b = vec![0u8; gqa * size * es];
+                v.read_range(block, &mut b)?;
+                b
+            } else {
+                Vec::new()
+            };
             for i in used {
-                self.layers[il].k.write_range(i * kb, r.take(kb)?)?;
+                self.layers[il].k.write_range((base + i) * kb, r.take(kb)?)?;
                 if self.v_trans {
-                    let es = v.ty().type_size();
-                    for j in 0..v.ne()[0] as usize {
+                    for j in 0..gqa {
                         let at = (j * size + i) * es;
                         v_all[at..at + es].copy_from_slice(r.take(es)?);
                     }
                 } else {
-                    v.write_range(i * vb, r.take(vb)?)?;
+                    v.write_range((base + i) * vb, r.take(vb)?)?;
                 }
             }
             if self.v_trans {
-                v.write_bytes(&v_all)?;
+                v.write_range(block, &v_all)?;
             }
         }
         if r.pos != data.len() {
