@@ -21,6 +21,7 @@
 #                                builds for this machine (GGML_NATIVE=ON), as ferrite's own build does
 #        FERRITE_LLAMACPP_DIR    where to build (default /tmp/llamacpp-ref, or /tmp/llamacpp-ref-avx2)
 #        LLAMACPP_PYTHON_SDIST   llama-cpp-python version for tools/ (default 0.3.36)
+#        EXTRA=1                 also build llama-batched-bench (for scripts/bench-parallel.sh)
 # Idempotent: a folder that already holds the tools of the same configuration is reused, and
 # greedy_ref is recompiled only when scripts/greedy_ref.c changed.
 set -euo pipefail
@@ -51,6 +52,11 @@ else
 fi
 config="class=$class cflags=$cflags defs=${cpu_defs[*]} sdist=$sdist_version"
 tools=(llama-tokenize llama-perplexity llama-completion llama-bench llama-quantize llama-eval-callback)
+extra_subdirs=()
+if [ "${EXTRA:-0}" = 1 ]; then
+  tools+=(llama-batched-bench)
+  extra_subdirs=(batched-bench)
+fi
 
 have_tools() {
   for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done
@@ -116,7 +122,7 @@ if [ ! -d "$dir/sdist" ]; then
   mv "$dir/sdist.tmp" "$dir/sdist"
 fi
 vendored="$dir/sdist/vendor/llama.cpp"
-subdirs=(llama-bench perplexity tokenize completion quantize)
+subdirs=(llama-bench perplexity tokenize completion quantize "${extra_subdirs[@]}")
 for t in "${subdirs[@]}"; do
   rm -rf "$dir/src/tools/$t" && cp -r "$vendored/tools/$t" "$dir/src/tools/$t"
 done

@@ -50,17 +50,18 @@ fn bad_lines_are_error_lines_and_order_holds() {
         format!(r#"{{"id": "long", "prompt": "{long}"}}"#),
         r#"{"prompt": "1, 2, 3,", "raw": true, "max_tokens": 8, "stop": ","}"#.into(),
         "[1, 2]".into(),
+        format!(r#"{{"id": "huge", "prompt": "{}"}}"#, "x".repeat(100_000)),
     ]
     .join("\n");
     let f = scratch("mixed.jsonl", &input);
     let (code, lines, err) = batch(&["--temp", "0", "-np", "3", "-c", "256", "-q"], &f, SMOLLM2);
     std::fs::remove_file(&f).ok();
     assert_eq!(code, 0, "bad lines do not end the run: {err}");
-    assert_eq!(lines.len(), 8, "one output line per non-empty input line: {lines:?}");
+    assert_eq!(lines.len(), 9, "one output line per non-empty input line: {lines:?}");
     let ids: Vec<Value> = lines.iter().map(|l| l["id"].clone()).collect();
     assert_eq!(
         ids,
-        serde_json::json!(["a", 2, 7, 5, "no-prompt", "long", 8, 9]).as_array().unwrap().clone(),
+        serde_json::json!(["a", 2, 7, 5, "no-prompt", "long", 8, 9, "huge"]).as_array().unwrap().clone(),
         "ids (else line numbers), in input order"
     );
     assert_eq!(lines[0]["completion_tokens"], 4);
@@ -74,6 +75,8 @@ fn bad_lines_are_error_lines_and_order_holds() {
     assert_eq!(lines[6]["stop_reason"], "stop", "{}", lines[6]);
     assert!(!lines[6]["text"].as_str().unwrap().contains(','), "{}", lines[6]);
     assert!(lines[7]["error"].as_str().unwrap().contains("not a JSON object"), "{}", lines[7]);
+    // refused from its size, before tokenizing (16 bytes a token of context, at least 64 KiB)
+    assert!(lines[8]["error"].as_str().unwrap().contains("more than a context holds"), "{}", &lines[8].to_string()[..200]);
 }
 
 /// Plain prompts through the chat template (smollm2) or raw (gemma3's file has none, and `run`
@@ -129,7 +132,6 @@ fn interrupt_writes_what_is_finished() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
     assert!(serde_json::from_str::<Value>(&first).is_ok(), "{first}");
-    // SAFETY-free: signal through the kill command
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();

@@ -86,8 +86,9 @@ pub fn main(a: Args) -> Result<()> {
             files::utf8(files::read_stdin_capped(INPUT_CAP, hint)?, "standard input")?
         }
     };
+    let cap = files::prompt_cap(a.ctx.ctx_size);
     let items: Vec<Item> =
-        input.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(n, l)| parse_line(n + 1, l, a.raw, &defaults)).collect();
+        input.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(n, l)| parse_line(n + 1, l, a.raw, &defaults, cap)).collect();
     let total = items.len();
 
     // the engine, with its model, lives on its own thread
@@ -208,7 +209,9 @@ pub fn main(a: Args) -> Result<()> {
 }
 
 /// One input line → its request, or the message of its error object.
-fn parse_line(line_no: usize, line: &str, raw_default: bool, defaults: &SeqParams) -> Item {
+/// `cap`: the most bytes of prompt text a line may carry (as `run`'s prompt: 16 bytes a token of
+/// context); a larger one is refused before tokenizing.
+fn parse_line(line_no: usize, line: &str, raw_default: bool, defaults: &SeqParams, cap: u64) -> Item {
     let v: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => return Item { id: json!(line_no), req: Err(format!("line {line_no}: not JSON: {e}")) },
@@ -217,6 +220,18 @@ fn parse_line(line_no: usize, line: &str, raw_default: bool, defaults: &SeqParam
         return Item { id: json!(line_no), req: Err(format!("line {line_no}: not a JSON object")) };
     };
     let id = o.get("id").cloned().unwrap_or(json!(line_no));
+    let text_bytes: usize = match (o.get("prompt"), o.get("messages")) {
+        (Some(Value::String(p)), _) => p.len(),
+        (_, Some(Value::Array(ms))) => ms.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(str::len).sum(),
+        _ => 0,
+    };
+    if text_bytes as u64 > cap {
+        let (have, most) = (files::size(text_bytes as u64), files::size(cap));
+        return Item {
+            id,
+            req: Err(format!("line {line_no}: the prompt is {have}, more than a context holds (at most {most}; raise -c)")),
+        };
+    }
     let req = request(&o, raw_default, defaults).map_err(|e| format!("line {line_no}: {e}"));
     Item { id, req }
 }
