@@ -51,17 +51,18 @@ fn bad_lines_are_error_lines_and_order_holds() {
         r#"{"prompt": "1, 2, 3,", "raw": true, "max_tokens": 8, "stop": ","}"#.into(),
         "[1, 2]".into(),
         format!(r#"{{"id": "huge", "prompt": "{}"}}"#, "x".repeat(100_000)),
+        r#"{"id": "to-the-end", "prompt": "1, 2, 3, 4,", "raw": true}"#.into(),
     ]
     .join("\n");
     let f = scratch("mixed.jsonl", &input);
     let (code, lines, err) = batch(&["--temp", "0", "-np", "3", "-c", "256", "-q"], &f, SMOLLM2);
     std::fs::remove_file(&f).ok();
     assert_eq!(code, 0, "bad lines do not end the run: {err}");
-    assert_eq!(lines.len(), 9, "one output line per non-empty input line: {lines:?}");
+    assert_eq!(lines.len(), 10, "one output line per non-empty input line: {lines:?}");
     let ids: Vec<Value> = lines.iter().map(|l| l["id"].clone()).collect();
     assert_eq!(
         ids,
-        serde_json::json!(["a", 2, 7, 5, "no-prompt", "long", 8, 9, "huge"]).as_array().unwrap().clone(),
+        serde_json::json!(["a", 2, 7, 5, "no-prompt", "long", 8, 9, "huge", "to-the-end"]).as_array().unwrap().clone(),
         "ids (else line numbers), in input order"
     );
     assert_eq!(lines[0]["completion_tokens"], 4);
@@ -77,6 +78,10 @@ fn bad_lines_are_error_lines_and_order_holds() {
     assert!(lines[7]["error"].as_str().unwrap().contains("not a JSON object"), "{}", lines[7]);
     // refused from its size, before tokenizing (16 bytes a token of context, at least 64 KiB)
     assert!(lines[8]["error"].as_str().unwrap().contains("more than a context holds"), "{}", &lines[8].to_string()[..200]);
+    // a sequence that fills its context ends with "length" at the context's end (-c 256)
+    let used = lines[9]["prompt_tokens"].as_u64().unwrap() + lines[9]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(lines[9]["stop_reason"], "length", "{}", lines[9]);
+    assert!((250..=256).contains(&used), "{used} tokens in a context of 256");
 }
 
 /// Plain prompts through the chat template (smollm2) or raw (gemma3's file has none, and `run`
