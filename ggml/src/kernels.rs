@@ -51,10 +51,17 @@ pub(crate) fn available() -> bool {
 /// single column only (for more, llamafile's tinyBLAS tiles are faster).
 /// Q8_0 is left to ggml: a single column of it streams at memory speed already, and four rows
 /// in step defeat the hardware prefetcher (gemma3's LM head: −15 %).
+/// Q8_0 goes through the kernel for a few columns (several sequences generating together): each
+/// 4-row tile then serves every column while its rows are in cache, where tinyBLAS streams the
+/// whole matrix once per 4 columns (gemma3's 178 MB LM head). More columns stay tinyBLAS's (a
+/// prompt), a single one ggml's dot (see above).
+const Q8_0_MAX_COLUMNS: i64 = 16;
+
 pub(crate) fn activation_type(w: sys::ggml_type, n: i64) -> Option<sys::ggml_type> {
     match w {
         sys::GGML_TYPE_Q4_1 | sys::GGML_TYPE_Q5_1 => Some(sys::GGML_TYPE_Q8_1),
         sys::GGML_TYPE_Q5_0 if n == 1 => Some(sys::GGML_TYPE_Q8_0),
+        sys::GGML_TYPE_Q8_0 if (2..=Q8_0_MAX_COLUMNS).contains(&n) => Some(sys::GGML_TYPE_Q8_0),
         _ => None,
     }
 }
@@ -93,6 +100,7 @@ pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_in
             sys::GGML_TYPE_Q4_1 => x86::mul_mat::<x86::Q4_1>(&a, n, rows),
             sys::GGML_TYPE_Q5_0 => x86::mul_mat::<x86::Q5_0>(&a, n, rows),
             sys::GGML_TYPE_Q5_1 => x86::mul_mat::<x86::Q5_1>(&a, n, rows),
+            sys::GGML_TYPE_Q8_0 => x86::mul_mat::<x86::Q8_0>(&a, n, rows),
             t => unreachable!("custom mul_mat node with weight type {t}"),
         }
     }
@@ -129,6 +137,8 @@ mod x86 {
         const MIN: bool;
         /// Quants stored as q + 16 (Q5_0): the lane sums start from −16·Σx.
         const OFFSET: bool;
+        /// Signed quants (Q8_0): products through ggml's sign trick, |w| · (x signed by w).
+        const SIGNED: bool = false;
         /// (d, m, q) of the block at `p`: scale, minimum (0 without one) and the 32 quants as
         /// unsigned bytes (Q5_0's as stored, q + 16).
         ///
@@ -275,6 +285,28 @@ mod x86 {
         }
     }
 
+    /// block_q8_0: f16 d, 32 signed bytes; value = d·q.
+    pub(super) struct Q8_0;
+    impl Weight for Q8_0 {
+        const BLOCK: usize = 34;
+        const X_BLOCK: usize = 34;
+        const X_QS: usize = 2;
+        const MIN: bool = false;
+        const OFFSET: bool = false;
+        const SIGNED: bool = true;
+        /// # Safety
+        /// As [`Weight::load`].
+        #[inline]
+        #[target_feature(enable = "fma,f16c,avx2")]
+        unsafe fn load(p: *const u8) -> (f32, f32, __m256i) {
+            // SAFETY: one readable block at p (caller): 2 bytes of d, then 32 quants.
+            unsafe {
+                let (d, _) = scales(p);
+                (d, 0.0, _mm256_loadu_si256(p.add(2) as *const __m256i))
+            }
+        }
+    }
+
     /// The tensors of one product: weight rows of `w_stride` bytes, activation columns of
     /// `x_stride` bytes, `nb` blocks each; out[c·m + r].
     pub(super) struct Args {
@@ -394,8 +426,14 @@ mod x86 {
                 if W::MIN {
                     summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
                 }
+                // signed weights: ggml's `mul_sum_i8_pairs_float`, the same integers
+                let ux = if W::SIGNED { _mm256_sign_epi8(qx, qx) } else { qx };
                 for c in 0..C {
-                    let xy = _mm256_cvtepi32_ps(dot(init[c], qx, qy[c], W::OFFSET));
+                    let xy = if W::SIGNED {
+                        _mm256_cvtepi32_ps(dot(init[c], ux, _mm256_sign_epi8(qy[c], qx), false))
+                    } else {
+                        _mm256_cvtepi32_ps(dot(init[c], qx, qy[c], W::OFFSET))
+                    };
                     acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy[2 * c]), xy, acc[r][c]);
                 }
             }

@@ -233,12 +233,12 @@ fn type_table() {
 #[test]
 fn mul_mat_w_matches_ggml_bit_for_bit() {
     let k = 576;
-    for ty in [Type::Q4_1, Type::Q5_1, Type::Q5_0] {
-        // Q5_0 goes through the kernel for a single column only.
-        let shapes: &[(usize, usize, u64)] = if ty != Type::Q5_0 {
-            &[(18, 1, 11), (16, 2, 12), (9, 3, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17), (64, 1, 18)]
-        } else {
-            &[(18, 1, 11), (9, 1, 13), (37, 1, 16), (64, 1, 18), (3, 1, 19)]
+    for ty in [Type::Q4_1, Type::Q5_1, Type::Q5_0, Type::Q8_0] {
+        // Q5_0 goes through the kernel for a single column only, Q8_0 for 2 to 16.
+        let shapes: &[(usize, usize, u64)] = match ty {
+            Type::Q5_0 => &[(18, 1, 11), (9, 1, 13), (37, 1, 16), (64, 1, 18), (3, 1, 19)],
+            Type::Q8_0 => &[(18, 2, 11), (16, 3, 12), (9, 8, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17), (64, 16, 18)],
+            _ => &[(18, 1, 11), (16, 2, 12), (9, 3, 13), (20, 5, 14), (4, 7, 15), (37, 13, 16), (2, 4, 17), (64, 1, 18)],
         };
         for &(m, n, seed) in shapes {
             let mut r = Rng(seed);
@@ -288,5 +288,6 @@ fn mul_mat_w_builds_the_custom_node_where_it_applies() {
     assert_eq!(g.mul_mat_w(&w5, &x1).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&w5, &x).op_name(), "MUL_MAT");
     assert_eq!(g.mul_mat_w(&w8, &x1).op_name(), "MUL_MAT");
+    assert_eq!(g.mul_mat_w(&w8, &x).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&wf, &x).op_name(), "MUL_MAT");
 }
