@@ -1,5 +1,6 @@
-//! ferrite's own CPU matrix kernel: Q4_1, Q5_1 and Q5_0 weights × 8-bit quantized activations in
-//! register tiles, giving per output exactly the bits of ggml's x86 vector dots
+//! ferrite's own CPU matrix kernel: Q4_1, Q5_1, Q5_0 and (for a few columns) Q8_0 weights × 8-bit
+//! quantized activations in register tiles (two columns a 512-bit register where the build has
+//! AVX-512), giving per output exactly the bits of ggml's x86 vector dots
 //! (`ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q5_1_q8_1`, `ggml_vec_dot_q5_0_q8_0`).
 //!
 //! Why: ggml's mul_mat computes a single column (generation) one row at a time with the vector
@@ -347,6 +348,19 @@ mod x86 {
                 // SAFETY: the tile's rows and columns are in range; caller's features hold.
                 unsafe {
                     match (rt, ct) {
+                        #[cfg(all(
+                            target_feature = "avx512f",
+                            target_feature = "avx512bw",
+                            target_feature = "avx512dq",
+                            target_feature = "avx512vnni"
+                        ))]
+                        (4, 4) => tile4_zmm::<W>(a, r, c),
+                        #[cfg(not(all(
+                            target_feature = "avx512f",
+                            target_feature = "avx512bw",
+                            target_feature = "avx512dq",
+                            target_feature = "avx512vnni"
+                        )))]
                         (4, 4) => tile::<W, 4, 4, false>(a, r, c),
                         (4, 3) => tile::<W, 4, 3, false>(a, r, c),
                         (4, 2) => tile::<W, 4, 2, false>(a, r, c),
@@ -372,6 +386,84 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    /// `tile::<W, 4, 4, false>` with two columns a 512-bit register (where the build has
+    /// AVX-512): the lane sums, their conversion, the scale d_w·d_x and the FMA into each
+    /// column's 8 accumulator lanes are those of the 256-bit tile, lane by lane, so the outputs
+    /// are the same bits with half the instructions.
+    ///
+    /// # Safety
+    /// As `mul_mat`, for rows r0..r0+4 and columns c0..c0+4; the CPU has the build's AVX-512.
+    #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
+    unsafe fn tile4_zmm<W: Weight>(a: &Args, r0: usize, c0: usize) {
+        const R: usize = 4;
+        let w = a.w.wrapping_add(r0 * a.w_stride);
+        let x = a.x.wrapping_add(c0 * a.x_stride);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut summs = [_mm_setzero_ps(); R];
+        let pair_i = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        for b in 0..a.nb {
+            let mut qy = [_mm256_setzero_si256(); 4];
+            let mut ds = [0i32; 4];
+            for (c, q) in qy.iter_mut().enumerate() {
+                // SAFETY: column c, block b is inside the activations.
+                unsafe {
+                    let p = x.add(c * a.x_stride + b * W::X_BLOCK);
+                    ds[c] = std::ptr::read_unaligned(p as *const i32);
+                    *q = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
+                }
+            }
+            let y = [pair_i(qy[0], qy[1]), pair_i(qy[2], qy[3])];
+            let start = if W::OFFSET {
+                let zero = _mm256_setzero_si256();
+                let i: [__m256i; 4] = std::array::from_fn(|c| _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false)));
+                [pair_i(i[0], i[1]), pair_i(i[2], i[3])]
+            } else {
+                [_mm512_setzero_si512(); 2]
+            };
+            // SAFETY: reads the 4 local i32 values.
+            let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
+            let mut dy = [0f32; 8];
+            // SAFETY: writes 8 local f32 values.
+            unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
+            let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+            let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+            let dyp = [pair_f(dy[0], dy[2]), pair_f(dy[4], dy[6])];
+            for (r, accr) in acc.iter_mut().enumerate() {
+                // SAFETY: row r, block b is inside the weights.
+                let (dw, mw, qx) = unsafe { W::load(w.add(r * a.w_stride + b * W::BLOCK)) };
+                if W::MIN {
+                    summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
+                }
+                let wide = _mm512_broadcast_i64x4(qx);
+                // signed weights: ggml's sign trick, |w| and x negated where w < 0 (where w = 0
+                // the product is 0 either way): the same integers
+                let (u, neg) = if W::SIGNED { (_mm512_abs_epi8(wide), _mm512_movepi8_mask(wide)) } else { (wide, 0) };
+                // d_w·d_x per lane: the scalar product ggml broadcasts
+                let dwv = _mm512_set1_ps(dw);
+                for (p, ap) in accr.iter_mut().enumerate() {
+                    let yy = if W::SIGNED { _mm512_mask_sub_epi8(y[p], neg, _mm512_setzero_si512(), y[p]) } else { y[p] };
+                    let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], u, yy));
+                    *ap = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dyp[p]), xy, *ap);
+                }
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            let mut sm = [0f32; 4];
+            // SAFETY: writes 4 local f32 values.
+            unsafe { _mm_storeu_ps(sm.as_mut_ptr(), summs[r]) };
+            for (p, ap) in accr.iter().enumerate() {
+                for (h, half) in [_mm512_castps512_ps256(*ap), _mm512_extractf32x8_ps::<1>(*ap)].into_iter().enumerate() {
+                    let c = 2 * p + h;
+                    let v = if W::MIN { hsum(half) + sm[c] } else { hsum(half) };
+                    // SAFETY: output (r, c) of the tile is inside dst.
+                    unsafe { *a.out.add((c0 + c) * a.m + r0 + r) = v };
+                }
+            }
+        }
     }
 
     /// Outputs of rows r0..r0+R × columns c0..c0+C; with `PF`, the rows two tiles ahead are
