@@ -76,8 +76,10 @@ fn own_matrix_kernel_changes_no_value() {
     // mul_mat bit for bit, in a prompt batch (smollm2's Q4_1) and in single-token steps (both
     // models: Q4_1, and gemma3's Q5_0), FA on and off; and it must be in the graphs where it applies.
     // smollm2: 30 layers × [q|k|v], wo, [gate|up], down; gemma3 (Q5_0 for single tokens only):
-    // 9 [q|k|v] stacks, 9 layers × separate q and k (their V is Q8_0), 18 [gate|up].
-    for (name, n_custom_prompt, n_custom_token) in [("smollm2", 30 * 4, 30 * 4), ("gemma3", 0, 9 + 9 * 2 + 18)] {
+    // 9 [q|k|v] stacks, 9 layers × separate q and k (their V is Q8_0), 18 [gate|up]; in the
+    // prompt of 8 tokens, both models' Q8_0 LM head for its 3 output rows and gemma3's 9 Q8_0 V
+    // projections (Q8_0 takes 2 to 16 columns).
+    for (name, n_custom_prompt, n_custom_token) in [("smollm2", 30 * 4 + 1, 30 * 4), ("gemma3", 9 + 1, 9 + 9 * 2 + 18)] {
         let model = model(name);
         for fa in [FlashAttn::On, FlashAttn::Off] {
             let run = |own_kernels: bool| {
