@@ -388,6 +388,41 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// Block `b` of `C` activation columns from `x`: their 32 bytes, the lane sums' start (Q5_0's
+    /// −16·Σx: Σ(q+16)·x − 16·Σx = Σq·x, exactly as ggml's signed products, |x| ≤ 127; else 0),
+    /// and their (d, s) f16 pairs converted together: d of column c in lane 2c, the s in `sv`.
+    ///
+    /// # Safety
+    /// Columns 0..C of block b are inside the activations; the CPU has the kernel's features.
+    #[inline]
+    #[target_feature(enable = "fma,f16c,avx2")]
+    unsafe fn columns<W: Weight, const C: usize>(a: &Args, x: *const u8, b: usize) -> ([__m256i; C], [__m256i; C], [f32; 8], __m128) {
+        let mut qy = [_mm256_setzero_si256(); C];
+        let mut ds = [0i32; 4];
+        for c in 0..C {
+            // SAFETY: column c, block b is inside the activations (caller).
+            unsafe {
+                let p = x.add(c * a.x_stride + b * W::X_BLOCK);
+                ds[c] = std::ptr::read_unaligned(p as *const i32);
+                qy[c] = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
+            }
+        }
+        let mut init = [_mm256_setzero_si256(); C];
+        if W::OFFSET {
+            let zero = _mm256_setzero_si256();
+            for c in 0..C {
+                init[c] = _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false));
+            }
+        }
+        // SAFETY: reads the 4 local i32 values.
+        let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
+        let mut dy = [0f32; 8];
+        // SAFETY: writes 8 local f32 values.
+        unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
+        let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+        (qy, init, dy, sv)
+    }
+
     /// `tile::<W, 4, 4, false>` with two columns a 512-bit register (where the build has
     /// AVX-512): the lane sums, their conversion, the scale d_w·d_x and the FMA into each
     /// column's 8 accumulator lanes are those of the 256-bit tile, lane by lane, so the outputs
@@ -406,30 +441,10 @@ mod x86 {
         let mut summs = [_mm_setzero_ps(); R];
         let pair_i = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
         for b in 0..a.nb {
-            let mut qy = [_mm256_setzero_si256(); 4];
-            let mut ds = [0i32; 4];
-            for (c, q) in qy.iter_mut().enumerate() {
-                // SAFETY: column c, block b is inside the activations.
-                unsafe {
-                    let p = x.add(c * a.x_stride + b * W::X_BLOCK);
-                    ds[c] = std::ptr::read_unaligned(p as *const i32);
-                    *q = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
-                }
-            }
+            // SAFETY: columns 0..4, block b are inside the activations.
+            let (qy, init, dy, sv) = unsafe { columns::<W, 4>(a, x, b) };
             let y = [pair_i(qy[0], qy[1]), pair_i(qy[2], qy[3])];
-            let start = if W::OFFSET {
-                let zero = _mm256_setzero_si256();
-                let i: [__m256i; 4] = std::array::from_fn(|c| _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false)));
-                [pair_i(i[0], i[1]), pair_i(i[2], i[3])]
-            } else {
-                [_mm512_setzero_si512(); 2]
-            };
-            // SAFETY: reads the 4 local i32 values.
-            let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
-            let mut dy = [0f32; 8];
-            // SAFETY: writes 8 local f32 values.
-            unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
-            let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+            let start = [pair_i(init[0], init[1]), pair_i(init[2], init[3])];
             let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
             let dyp = [pair_f(dy[0], dy[2]), pair_f(dy[4], dy[6])];
             for (r, accr) in acc.iter_mut().enumerate() {
@@ -481,31 +496,8 @@ mod x86 {
         // scalar fma, and one instruction serves all C columns.
         let mut summs = [_mm_setzero_ps(); R];
         for b in 0..a.nb {
-            let mut qy = [_mm256_setzero_si256(); C];
-            // (d, s) of each column as f16 pairs, converted together: lanes d0 s0 d1 s1 ...
-            let mut ds = [0i32; 4];
-            for c in 0..C {
-                // SAFETY: column c, block b is inside the activations.
-                unsafe {
-                    let p = x.add(c * a.x_stride + b * W::X_BLOCK);
-                    ds[c] = std::ptr::read_unaligned(p as *const i32);
-                    qy[c] = _mm256_loadu_si256(p.add(W::X_QS) as *const __m256i);
-                }
-            }
-            // Σ(q+16)·x − 16·Σx = Σq·x, exactly as ggml's signed products (|x| ≤ 127).
-            let mut init = [_mm256_setzero_si256(); C];
-            if W::OFFSET {
-                for c in 0..C {
-                    let zero = _mm256_setzero_si256();
-                    init[c] = _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false));
-                }
-            }
-            // SAFETY: reads the 4 local i32 values.
-            let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
-            let mut dy = [0f32; 8];
-            // SAFETY: writes 8 local f32 values.
-            unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
-            let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+            // SAFETY: columns 0..C, block b are inside the activations.
+            let (qy, init, dy, sv) = unsafe { columns::<W, C>(a, x, b) };
             for r in 0..R {
                 // SAFETY: row r, block b is inside the weights; prefetching never faults.
                 let (dw, mw, qx) = unsafe {
