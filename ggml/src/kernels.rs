@@ -345,6 +345,20 @@ mod x86 {
             let mut c = 0;
             while c < n {
                 let ct = (n - c).min(4);
+                // Eight columns at once where the build has AVX-512: each weight block unpacked
+                // once for all of them.
+                #[cfg(all(
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512dq",
+                    target_feature = "avx512vnni"
+                ))]
+                if rt == 4 && n - c >= 8 {
+                    // SAFETY: rows r..r+4 and columns c..c+8 are in range; the build's features hold.
+                    unsafe { tile4_zmm::<W, 8>(a, r, c) };
+                    c += 8;
+                    continue;
+                }
                 // SAFETY: the tile's rows and columns are in range; caller's features hold.
                 unsafe {
                     match (rt, ct) {
@@ -354,7 +368,7 @@ mod x86 {
                             target_feature = "avx512dq",
                             target_feature = "avx512vnni"
                         ))]
-                        (4, 4) => tile4_zmm::<W>(a, r, c),
+                        (4, 4) => tile4_zmm::<W, 4>(a, r, c),
                         #[cfg(not(all(
                             target_feature = "avx512f",
                             target_feature = "avx512bw",
@@ -388,17 +402,18 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Block `b` of `C` activation columns from `x`: their 32 bytes, the lane sums' start (Q5_0's
-    /// −16·Σx: Σ(q+16)·x − 16·Σx = Σq·x, exactly as ggml's signed products, |x| ≤ 127; else 0),
-    /// and their (d, s) f16 pairs converted together: d of column c in lane 2c, the s in `sv`.
+    /// Block `b` of `C` (at most 8) activation columns from `x`: their 32 bytes, the lane sums'
+    /// start (Q5_0's −16·Σx: Σ(q+16)·x − 16·Σx = Σq·x, exactly as ggml's signed products,
+    /// |x| ≤ 127; else 0), and their (d, s) f16 pairs converted together: d of column c in lane
+    /// 2c, the s in lane c of `sv`.
     ///
     /// # Safety
     /// Columns 0..C of block b are inside the activations; the CPU has the kernel's features.
     #[inline]
     #[target_feature(enable = "fma,f16c,avx2")]
-    unsafe fn columns<W: Weight, const C: usize>(a: &Args, x: *const u8, b: usize) -> ([__m256i; C], [__m256i; C], [f32; 8], __m128) {
+    unsafe fn columns<W: Weight, const C: usize>(a: &Args, x: *const u8, b: usize) -> ([__m256i; C], [__m256i; C], [f32; 16], __m256) {
         let mut qy = [_mm256_setzero_si256(); C];
-        let mut ds = [0i32; 4];
+        let mut ds = [0i32; 8];
         for c in 0..C {
             // SAFETY: column c, block b is inside the activations (caller).
             unsafe {
@@ -414,63 +429,84 @@ mod x86 {
                 init[c] = _mm256_sub_epi32(zero, dot(zero, _mm256_set1_epi8(16), qy[c], false));
             }
         }
-        // SAFETY: reads the 4 local i32 values.
-        let dsf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ds.as_ptr() as *const __m128i) });
-        let mut dy = [0f32; 8];
-        // SAFETY: writes 8 local f32 values.
-        unsafe { _mm256_storeu_ps(dy.as_mut_ptr(), dsf) };
-        let sv = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dsf, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
-        (qy, init, dy, sv)
+        // SAFETY: reads the 8 local i32 values.
+        let (lo, hi) = unsafe {
+            let lo = _mm256_cvtph_ps(_mm_loadu_si128(ds.as_ptr() as *const __m128i));
+            let hi = if C > 4 { _mm256_cvtph_ps(_mm_loadu_si128(ds.as_ptr().add(4) as *const __m128i)) } else { _mm256_setzero_ps() };
+            (lo, hi)
+        };
+        let mut dy = [0f32; 16];
+        // SAFETY: writes 16 local f32 values.
+        unsafe {
+            _mm256_storeu_ps(dy.as_mut_ptr(), lo);
+            _mm256_storeu_ps(dy.as_mut_ptr().add(8), hi);
+        }
+        let odd = _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0);
+        let s_lo = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(lo, odd));
+        let s_hi = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(hi, odd));
+        (qy, init, dy, _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(s_lo), s_hi))
     }
 
-    /// `tile::<W, 4, 4, false>` with two columns a 512-bit register (where the build has
-    /// AVX-512): the lane sums, their conversion, the scale d_w·d_x and the FMA into each
-    /// column's 8 accumulator lanes are those of the 256-bit tile, lane by lane, so the outputs
-    /// are the same bits with half the instructions.
+    /// `tile::<W, 4, C, false>` (C = 4 or 8) with two columns a 512-bit register (where the
+    /// build has AVX-512): the lane sums, their conversion, the scale d_w·d_x and the FMA into
+    /// each column's 8 accumulator lanes are those of the 256-bit tile, lane by lane, so the
+    /// outputs are the same bits with half the instructions. Eight columns (several sequences
+    /// generating) unpack each weight block once for all of them.
     ///
     /// # Safety
-    /// As `mul_mat`, for rows r0..r0+4 and columns c0..c0+4; the CPU has the build's AVX-512.
+    /// As `mul_mat`, for rows r0..r0+4 and columns c0..c0+C; the CPU has the build's AVX-512.
     #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
-    unsafe fn tile4_zmm<W: Weight>(a: &Args, r0: usize, c0: usize) {
+    unsafe fn tile4_zmm<W: Weight, const C: usize>(a: &Args, r0: usize, c0: usize) {
         const R: usize = 4;
+        let pairs = C / 2;
         let w = a.w.wrapping_add(r0 * a.w_stride);
         let x = a.x.wrapping_add(c0 * a.x_stride);
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let mut summs = [_mm_setzero_ps(); R];
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let mut summs = [_mm256_setzero_ps(); R];
         let pair_i = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
         for b in 0..a.nb {
-            // SAFETY: columns 0..4, block b are inside the activations.
-            let (qy, init, dy, sv) = unsafe { columns::<W, 4>(a, x, b) };
-            let y = [pair_i(qy[0], qy[1]), pair_i(qy[2], qy[3])];
-            let start = [pair_i(init[0], init[1]), pair_i(init[2], init[3])];
-            let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
-            let dyp = [pair_f(dy[0], dy[2]), pair_f(dy[4], dy[6])];
+            // SAFETY: columns 0..C, block b are inside the activations.
+            let (qy, init, dy, sv) = unsafe { columns::<W, C>(a, x, b) };
+            let mut y = [_mm512_setzero_si512(); 4];
+            let mut start = [_mm512_setzero_si512(); 4];
+            let mut dyp = [_mm512_setzero_ps(); 4];
+            for p in 0..pairs {
+                y[p] = pair_i(qy[2 * p], qy[2 * p + 1]);
+                start[p] = pair_i(init[2 * p], init[2 * p + 1]);
+                if W::SIGNED {
+                    // signed weights as unsigned w + 128, the lane sums starting from −128·Σx:
+                    // Σ(w+128)·x − 128·Σx = Σw·x, the integers of ggml's sign trick (VNNI's
+                    // `vpdpbusd` does not saturate; AVX2's `maddubs` would, hence the 256-bit
+                    // tile keeps the sign trick)
+                    let zero = _mm512_setzero_si512();
+                    start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), y[p]));
+                }
+                dyp[p] = pair_f(dy[4 * p], dy[4 * p + 2]);
+            }
             for (r, accr) in acc.iter_mut().enumerate() {
                 // SAFETY: row r, block b is inside the weights.
                 let (dw, mw, qx) = unsafe { W::load(w.add(r * a.w_stride + b * W::BLOCK)) };
                 if W::MIN {
-                    summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
+                    summs[r] = _mm256_fmadd_ps(_mm256_set1_ps(mw), sv, summs[r]);
                 }
                 let wide = _mm512_broadcast_i64x4(qx);
-                // signed weights: ggml's sign trick, |w| and x negated where w < 0 (where w = 0
-                // the product is 0 either way): the same integers
-                let (u, neg) = if W::SIGNED { (_mm512_abs_epi8(wide), _mm512_movepi8_mask(wide)) } else { (wide, 0) };
+                let u = if W::SIGNED { _mm512_xor_si512(wide, _mm512_set1_epi8(-128)) } else { wide };
                 // d_w·d_x per lane: the scalar product ggml broadcasts
                 let dwv = _mm512_set1_ps(dw);
-                for (p, ap) in accr.iter_mut().enumerate() {
-                    let yy = if W::SIGNED { _mm512_mask_sub_epi8(y[p], neg, _mm512_setzero_si512(), y[p]) } else { y[p] };
-                    let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], u, yy));
-                    *ap = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dyp[p]), xy, *ap);
+                for p in 0..pairs {
+                    let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], u, y[p]));
+                    accr[p] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dyp[p]), xy, accr[p]);
                 }
             }
         }
         for (r, accr) in acc.iter().enumerate() {
-            let mut sm = [0f32; 4];
-            // SAFETY: writes 4 local f32 values.
-            unsafe { _mm_storeu_ps(sm.as_mut_ptr(), summs[r]) };
-            for (p, ap) in accr.iter().enumerate() {
+            let mut sm = [0f32; 8];
+            // SAFETY: writes 8 local f32 values.
+            unsafe { _mm256_storeu_ps(sm.as_mut_ptr(), summs[r]) };
+            for (p, ap) in accr.iter().take(pairs).enumerate() {
                 for (h, half) in [_mm512_castps512_ps256(*ap), _mm512_extractf32x8_ps::<1>(*ap)].into_iter().enumerate() {
                     let c = 2 * p + h;
                     let v = if W::MIN { hsum(half) + sm[c] } else { hsum(half) };
@@ -494,7 +530,7 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         // summs of row r for columns 0..C in the lanes of one vector: fma lane by lane is ggml's
         // scalar fma, and one instruction serves all C columns.
-        let mut summs = [_mm_setzero_ps(); R];
+        let mut summs = [_mm256_setzero_ps(); R];
         for b in 0..a.nb {
             // SAFETY: columns 0..C, block b are inside the activations.
             let (qy, init, dy, sv) = unsafe { columns::<W, C>(a, x, b) };
@@ -508,7 +544,7 @@ mod x86 {
                     W::load(p)
                 };
                 if W::MIN {
-                    summs[r] = _mm_fmadd_ps(_mm_set1_ps(mw), sv, summs[r]);
+                    summs[r] = _mm256_fmadd_ps(_mm256_set1_ps(mw), sv, summs[r]);
                 }
                 // signed weights: ggml's `mul_sum_i8_pairs_float`, the same integers
                 let ux = if W::SIGNED { _mm256_sign_epi8(qx, qx) } else { qx };
@@ -523,9 +559,9 @@ mod x86 {
             }
         }
         for r in 0..R {
-            let mut sm = [0f32; 4];
-            // SAFETY: writes 4 local f32 values.
-            unsafe { _mm_storeu_ps(sm.as_mut_ptr(), summs[r]) };
+            let mut sm = [0f32; 8];
+            // SAFETY: writes 8 local f32 values.
+            unsafe { _mm256_storeu_ps(sm.as_mut_ptr(), summs[r]) };
             for c in 0..C {
                 // Types without a minimum end at the hsum (adding 0 would turn −0 into +0).
                 let v = if W::MIN { hsum(acc[r][c]) + sm[c] } else { hsum(acc[r][c]) };
