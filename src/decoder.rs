@@ -30,8 +30,9 @@ pub struct ContextOptions {
     pub flash_attn: FlashAttn,
     pub type_k: Type,
     pub type_v: Type,
-    /// ferrite's tiled matrix kernel where it applies (`ggml::Context::mul_mat_w`: same values,
-    /// faster); false: ggml's mul_mat for every product.
+    /// ferrite's tiled matrix kernel and flash attention where they apply
+    /// (`ggml::Context::mul_mat_w`, `flash_attn_w`: same values, faster); false: ggml's mul_mat
+    /// and flash_attn_ext everywhere.
     pub own_kernels: bool,
     /// A sliding-window cache as large as the context (llama.cpp's `--swa-full`): sliding-window
     /// layers then never reuse cells. Off by default, as in llama.cpp's tools (`common_params`);
@@ -211,7 +212,8 @@ impl Decoder {
                 crate::bail_input!("cache type {t} needs head sizes that are multiples of {}", t.block_size());
             }
         }
-        let cparams = CParams { own_kernels: opts.own_kernels, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
+        let cparams =
+            CParams { own_kernels: opts.own_kernels, n_threads: opts.n_threads, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
         if opts.n_seq == 0 || opts.n_seq > MAX_SEQ {
             crate::bail_input!("--parallel: {} is out of range 1..={MAX_SEQ}", opts.n_seq);
         }
@@ -235,8 +237,14 @@ impl Decoder {
         self.model.hparams.n_vocab as usize
     }
 
-    pub fn set_threads(&self, n: usize) {
+    /// Computes with `n` threads from the next micro-batch (graphs are rebuilt: attention's
+    /// chunks follow the thread count).
+    pub fn set_threads(&mut self, n: usize) {
         self.backend.set_n_threads(n);
+        if self.cparams.n_threads != n {
+            self.cparams.n_threads = n;
+            self.last = None;
+        }
     }
 
     /// Makes computations stop early when `flag` is set.
@@ -460,11 +468,18 @@ fn set_input(
             sched.set_input(g, t, &ub.groups.iter().flat_map(|gr| kv.stream(gr.seq).v_idxs(kind, n_embd_v_gqa)).collect::<Vec<_>>())?
         }
         Input::Mask(kind, g0, m) => {
+            // a unit's rows are as wide as its longest stream's; the others' extra cells masked
+            let width = (g0..g0 + m).map(|gi| kv.stream(group(gi).seq).slot(kind).n_kv as usize).max().unwrap_or(0);
             let mut mask = Vec::new();
             for gi in g0..g0 + m {
                 let gr = group(gi);
                 let pos = &positions[gr.start as usize..(gr.start + gr.len) as usize];
-                mask.extend(kv.stream(gr.seq).mask(kind, pos));
+                let own = kv.stream(gr.seq).mask(kind, pos);
+                let n_kv = own.len() / pos.len().max(1);
+                for row in own.chunks(n_kv.max(1)) {
+                    mask.extend_from_slice(row);
+                    mask.resize(mask.len() + width - n_kv, f32::NEG_INFINITY);
+                }
             }
             if flash_attn {
                 let mut h = vec![0u16; mask.len()];

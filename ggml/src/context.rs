@@ -581,6 +581,123 @@ impl Context {
         self.wrap(unsafe { sys::ggml_flash_attn_ext(self.raw(), pq, pk, pv, pm, scale, max_bias, logit_softcap) })
     }
 
+    /// ggml's `flash_attn_ext` as llama.cpp's graphs use it: F32 precision, no n_kv limit, no
+    /// ALiBi. Result F32 [head_v, n_head, n_q, planes].
+    pub fn flash_attn_f32(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32, logit_softcap: f32) -> Tensor {
+        let cur = self.flash_attn_ext(q, k, v, Some(mask), scale, 0.0, logit_softcap);
+        cur.set_flash_attn_n_kv_max(0);
+        cur.set_prec(Prec::F32);
+        cur
+    }
+
+    /// Flash attention as the graph uses it (ggml's `flash_attn_ext` with F32 precision and no
+    /// n_kv limit), through ferrite's own kernel where it gives ggml's bits faster (see
+    /// `flash_attn.rs`: F32 q over F16 K/V of 64-value heads, a mask, no softcap, fewer than 64
+    /// queries a plane). One query over 512 cells or more is ggml's split-cells path, in as many
+    /// chunks as `n_threads`, the threads the graph will be computed with.
+    /// Result F32 [head_v, n_head, n_q, planes].
+    pub fn flash_attn_w(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        scale: f32,
+        logit_softcap: f32,
+        n_threads: usize,
+    ) -> Tensor {
+        let (qn, kn, vn, mn) = (q.ne(), k.ne(), v.ne(), mask.ne());
+        let n_kv = kn[1];
+        let applies = crate::flash_attn::available()
+            && q.ty() == Type::F32
+            && k.ty() == Type::F16
+            && v.ty() == Type::F16
+            && mask.ty() == Type::F16
+            && logit_softcap == 0.0
+            && qn[0] == crate::flash_attn::HEAD
+            && kn[0] == qn[0]
+            && vn[0] == qn[0]
+            && vn[1] == n_kv
+            && vn[2] == kn[2]
+            && kn[2] > 0
+            && qn[2] % kn[2] == 0
+            && kn[3] == qn[3]
+            && vn[3] == qn[3]
+            && mn[0] == n_kv
+            && mn[1] >= qn[1]
+            && mn[2] == 1
+            && qn[3] % mn[3] == 0
+            && qn[1] < 64
+            && q.nb()[0] == 4
+            && k.nb()[0] == 2
+            && v.nb()[0] == 2
+            && mask.nb()[0] == 2;
+        if !applies {
+            return self.flash_attn_f32(q, k, v, mask, scale, logit_softcap);
+        }
+        self.ensure_room();
+        let mut args = [self.adopt(q), self.adopt(k), self.adopt(v), self.adopt(mask)];
+        let user = scale.to_bits() as usize as *mut std::os::raw::c_void;
+        if qn[1] == 1 && qn[3] == 1 && n_kv >= 512 {
+            // ggml's split-cells path: one chunk of cells a thread, then their combination
+            let chunks = n_threads.max(1) as i64;
+            // SAFETY: as below, the partials node writes its own F32 [2 + 64, chunks, n_head].
+            let partials = self.wrap(unsafe {
+                sys::ggml_custom_4d(
+                    self.raw(),
+                    sys::GGML_TYPE_F32,
+                    2 + vn[0],
+                    chunks,
+                    qn[2],
+                    1,
+                    args.as_mut_ptr(),
+                    4,
+                    Some(crate::flash_attn::flash_attn_partials_op),
+                    -1,
+                    user,
+                )
+            });
+            self.ensure_room();
+            let mut src = [self.adopt(&partials)];
+            // SAFETY: the reduce node reads the partials node above and writes its own F32
+            // [64, n_head, 1, 1] result.
+            return self.wrap(unsafe {
+                sys::ggml_custom_4d(
+                    self.raw(),
+                    sys::GGML_TYPE_F32,
+                    vn[0],
+                    qn[2],
+                    1,
+                    1,
+                    src.as_mut_ptr(),
+                    1,
+                    Some(crate::flash_attn::flash_attn_reduce_op),
+                    -1,
+                    std::ptr::null_mut(),
+                )
+            });
+        }
+        // SAFETY: the custom node reads its four sources (checked above: types, 64-value
+        // contiguous rows, K/V heads that group the query heads, one K/V plane per query plane,
+        // a mask row of n_kv halves per query) and writes its own F32 [64, n_head, n_q, planes]
+        // result; the scale travels in the user pointer's bits; ggml copies the argument list.
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                vn[0],
+                qn[2],
+                qn[1],
+                qn[3],
+                args.as_mut_ptr(),
+                4,
+                Some(crate::flash_attn::flash_attn_op),
+                -1, // GGML_N_TASKS_MAX: every thread
+                user,
+            )
+        })
+    }
+
     /// Indices of the `k` largest values of each row (I32 [k, rows]), in descending order.
     pub fn argsort_top_k(&self, a: &Tensor, k: i32) -> Tensor {
         assert!(k >= 1 && k as i64 <= a.ne()[0], "argsort_top_k: bad k");

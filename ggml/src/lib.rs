@@ -10,6 +10,7 @@
 mod backend;
 pub mod budget;
 mod context;
+mod flash_attn;
 mod graph;
 mod kernels;
 mod sched;
@@ -21,6 +22,12 @@ pub use context::{Context, Tensor};
 pub use graph::Graph;
 pub use sched::{Element, EvalFn, NodeEval, Sched};
 pub use types::{Prec, RopeMode, Type};
+
+/// Whether `Context::flash_attn_w` can use ferrite's own flash-attention kernel on this build
+/// (for tests that count the graph's custom nodes).
+pub fn own_flash_attn_available() -> bool {
+    flash_attn::available()
+}
 
 /// The raw bindings, for constants only; calling them is reserved to this crate.
 #[doc(hidden)]

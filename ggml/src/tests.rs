@@ -303,3 +303,84 @@ fn mul_mat_w_builds_the_custom_node_where_it_applies() {
     assert_eq!(g.mul_mat_w(&w8, &x).op_name(), "CUSTOM");
     assert_eq!(g.mul_mat_w(&wf, &x).op_name(), "MUL_MAT");
 }
+
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    let mut h = vec![0u16; v.len()];
+    fp32_to_fp16_row(v, &mut h);
+    h.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// ferrite's flash attention gives ggml's bits where it applies: 64-value heads, query heads
+/// grouped over K/V heads (1, 3 and 8 per group), several planes, masks with holes, new maxima
+/// late in the cells; and it is a custom node exactly where it applies.
+#[test]
+fn flash_attn_w_matches_ggml_bit_for_bit() {
+    if !crate::flash_attn::available() {
+        return;
+    }
+    let d = 64i64;
+    // (n_q, n_head, n_head_kv, n_kv, planes, seed)
+    let cases = [
+        (1, 9, 3, 256, 1, 1u64),
+        (1, 9, 3, 37, 4, 2),
+        (3, 8, 1, 300, 2, 3),
+        (1, 4, 4, 511, 1, 4),
+        (2, 6, 2, 700, 1, 5),
+        (1, 9, 3, 600, 3, 6),
+        (1, 9, 3, 512, 1, 7),
+        (1, 9, 3, 1500, 1, 8),
+        (1, 8, 2, 777, 1, 9),
+    ];
+    for (n_q, n_head, n_head_kv, n_kv, planes, seed) in cases {
+        let mut r = Rng(seed);
+        // queries stored [d, n_head, n_q, planes] and K/V [d, n_head_kv, n_kv, planes], viewed
+        // permuted as the graph does
+        let q: Vec<f32> = r.vec((d * n_head * n_q * planes) as usize).iter().map(|x| 3.0 * x).collect();
+        let k: Vec<f32> = r.vec((d * n_head_kv * n_kv * planes) as usize).iter().map(|x| 2.0 * x).collect();
+        let v = r.vec((d * n_head_kv * n_kv * planes) as usize);
+        let n_q_pad = n_q.max(1);
+        let mut mask = vec![0f32; (n_kv * n_q_pad * planes) as usize];
+        for (i, m) in mask.iter_mut().enumerate() {
+            let (c, row) = (i as i64 % n_kv, i as i64 / n_kv);
+            // holes, and each row's tail past its own end masked (as a shorter stream's)
+            if r.next() > 0.7 || c >= n_kv - (row % 3) * 11 {
+                *m = f32::NEG_INFINITY;
+            }
+        }
+        let inputs = [
+            (Type::F32, vec![d, n_head, n_q, planes], f32_bytes(&q)),
+            (Type::F16, vec![d, n_head_kv, n_kv, planes], f16_bytes(&k)),
+            (Type::F16, vec![d, n_head_kv, n_kv, planes], f16_bytes(&v)),
+            (Type::F16, vec![n_kv, n_q_pad, 1, planes], f16_bytes(&mask)),
+        ];
+        let scale = 0.125f32;
+        let build = |own: bool| {
+            move |c: &Context, t: &[Tensor]| {
+                let q = c.permute(&t[0], [0, 2, 1, 3]);
+                let k = c.permute(&t[1], [0, 2, 1, 3]);
+                let v = c.permute(&t[2], [0, 2, 1, 3]);
+                let out = if own {
+                    c.flash_attn_w(&q, &k, &v, &t[3], scale, 0.0, 2)
+                } else {
+                    let o = c.flash_attn_ext(&q, &k, &v, Some(&t[3]), scale, 0.0, 0.0);
+                    o.set_prec(Prec::F32);
+                    o
+                };
+                if own {
+                    assert_eq!(out.op_name(), "CUSTOM", "n_q={n_q} n_kv={n_kv} planes={planes}");
+                }
+                out
+            }
+        };
+        let own = run(&inputs, build(true));
+        let ggml = run(&inputs, build(false));
+        assert_eq!(own.len(), ggml.len());
+        for (i, (a, b)) in own.iter().zip(&ggml).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "n_q={n_q} heads={n_head}/{n_head_kv} n_kv={n_kv} planes={planes} output {i}: {a} vs ggml {b}"
+            );
+        }
+    }
+}
