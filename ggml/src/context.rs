@@ -596,6 +596,7 @@ impl Context {
     /// queries a plane). One query over 512 cells or more is ggml's split-cells path, in as many
     /// chunks as `n_threads`, the threads the graph will be computed with.
     /// Result F32 [head_v, n_head, n_q, planes].
+    #[allow(clippy::too_many_arguments)]
     pub fn flash_attn_w(
         &self,
         q: &Tensor,
