@@ -120,6 +120,8 @@ pub struct EngineStats {
     pub steps: u64,
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// Time spent decoding.
+    pub busy: std::time::Duration,
 }
 
 /// Continuous batching over one decoder with one KV stream per slot.
@@ -214,6 +216,31 @@ impl Engine {
     /// Nothing queued or running.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.slots.iter().all(|s| s.is_none())
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+
+    /// The chat template, if the model has one.
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn n_queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Slots (sequences decoded together).
+    pub fn n_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Which slots hold a sequence now.
+    pub fn slot_busy(&self) -> Vec<bool> {
+        self.slots.iter().map(Option::is_some).collect()
     }
 
     /// Sequences running now.
@@ -342,7 +369,10 @@ impl Engine {
             return Ok(());
         }
         let mut logits = Vec::new();
-        if let Err(e) = self.dec.decode_batch(&batch, &mut logits) {
+        let t0 = std::time::Instant::now();
+        let decoded = self.dec.decode_batch(&batch, &mut logits);
+        self.stats.busy += t0.elapsed();
+        if let Err(e) = decoded {
             // a sequence whose context is full ends; the others redo this step
             if let Some(full) = e.downcast_ref::<KvCacheFull>() {
                 let slot = full.seq as usize;
@@ -421,10 +451,18 @@ impl Engine {
     }
 }
 
+/// Where a sequence's events go when it was submitted from another thread.
+pub type SendSink = Box<dyn FnMut(SeqId, SeqEvent) + Send>;
+
+/// Work run on the engine's thread between steps (with the engine: its tokenizer, its
+/// settings, its counters).
+pub type Call = Box<dyn FnOnce(&mut Engine) + Send>;
+
 /// A command to the engine's thread.
 enum Cmd {
-    Submit(SeqId, Request, mpsc::Sender<(SeqId, SeqEvent)>),
+    Submit(SeqId, Request, SendSink),
     Cancel(SeqId),
+    Call(Call),
 }
 
 /// Drives an [`Engine`] on a thread of its own; `Send + Clone`, so any thread may submit and
@@ -477,9 +515,24 @@ impl EngineHandle {
 
     /// Queues a request; its events arrive on `events` with the returned id.
     pub fn submit(&self, req: Request, events: mpsc::Sender<(SeqId, SeqEvent)>) -> Result<SeqId> {
+        self.submit_with(
+            req,
+            Box::new(move |id, ev| {
+                let _ = events.send((id, ev));
+            }),
+        )
+    }
+
+    /// Queues a request; its events go to `sink`, called on the engine's thread.
+    pub fn submit_with(&self, req: Request, sink: SendSink) -> Result<SeqId> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tx.send(Cmd::Submit(id, req, events)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        self.tx.send(Cmd::Submit(id, req, sink)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
         Ok(id)
+    }
+
+    /// Runs `f` on the engine's thread between steps.
+    pub fn call(&self, f: Call) -> Result<()> {
+        self.tx.send(Cmd::Call(f)).map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
     /// Cancels a sequence (see [`Engine::cancel`]).
@@ -521,14 +574,10 @@ fn serve(engine: &mut Engine, rx: mpsc::Receiver<Cmd>) -> Result<()> {
 
 fn apply(engine: &mut Engine, cmd: Cmd) {
     match cmd {
-        Cmd::Submit(id, req, tx) => {
-            let sink: Sink = Box::new(move |id, ev| {
-                let _ = tx.send((id, ev));
-            });
-            engine.submit_as(id, req, sink);
-        }
+        Cmd::Submit(id, req, sink) => engine.submit_as(id, req, sink),
         Cmd::Cancel(id) => {
             engine.cancel(id);
         }
+        Cmd::Call(f) => f(engine),
     }
 }

@@ -1,6 +1,7 @@
 //! The `ferrite` command line: parses flags (clap), runs a subcommand, maps errors to exit codes.
 
 mod cli;
+mod server;
 
 /// The system allocator with per-thread budgets: chat-template rendering is bounded by one.
 #[global_allocator]

@@ -10,6 +10,7 @@ mod info;
 pub mod output;
 mod perplexity;
 mod run;
+mod serve;
 mod sessionfile;
 mod tokenize;
 
@@ -39,6 +40,8 @@ pub enum Cmd {
     Perplexity(perplexity::Args),
     /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
     Batch(Box<batch::Args>),
+    /// Serve the model over HTTP: OpenAI-compatible chat and completions, many requests at once
+    Serve(Box<serve::Args>),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -241,6 +244,7 @@ pub fn main() -> i32 {
         Some(Cmd::Chat(a)) => chat::main(*a),
         Some(Cmd::Perplexity(a)) => perplexity::main(a),
         Some(Cmd::Batch(a)) => batch::main(*a),
+        Some(Cmd::Serve(a)) => serve::main(*a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),

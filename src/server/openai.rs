@@ -1,0 +1,302 @@
+//! The OpenAI wire format: request bodies of `/v1/chat/completions` and `/v1/completions` into
+//! engine requests (unknown fields ignored, as OpenAI's own server and llama-server do; known ones
+//! checked), and the response objects and stream chunks out.
+
+use ferrite::chat::Message;
+use ferrite::engine::{Finished, Prompt, Request, SeqParams};
+use ferrite::sampling::LogitBias;
+use ferrite::session::StopReason;
+use serde_json::{json, Map, Value};
+
+/// Which endpoint a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A parsed request: what the engine runs and how to answer.
+pub struct Parsed {
+    pub req: Request,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// A request error: the message of a 400 answer.
+pub type BadRequest = String;
+
+fn num(o: &Map<String, Value>, k: &str) -> Result<Option<f64>, BadRequest> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(format!("'{k}' must be a number")),
+    }
+}
+
+fn int(o: &Map<String, Value>, k: &str, min: i64) -> Result<Option<i64>, BadRequest> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(x) if x >= min => Ok(Some(x)),
+            _ => Err(format!("'{k}' must be an integer of at least {min}")),
+        },
+        Some(_) => Err(format!("'{k}' must be an integer")),
+    }
+}
+
+fn boolean(o: &Map<String, Value>, k: &str) -> Result<Option<bool>, BadRequest> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("'{k}' must be true or false")),
+    }
+}
+
+/// A message's content: a string, or an array of parts of which only text is understood.
+fn content(v: &Value) -> Result<String, BadRequest> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some(other), _) => return Err(format!("message content of type '{other}' is not supported (text only)")),
+                    _ => return Err("each content part needs a 'type' and, for text, a 'text'".into()),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err("'content' must be a string or an array of text parts".into()),
+    }
+}
+
+/// Parses a request body (already JSON) against the server's defaults.
+pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, BadRequest> {
+    let Value::Object(o) = body else { return Err("the request body must be a JSON object".into()) };
+    let prompt = match kind {
+        Kind::Chat => {
+            let Some(Value::Array(ms)) = o.get("messages") else {
+                return Err("'messages' is required: an array of {\"role\", \"content\"}".into());
+            };
+            if ms.is_empty() {
+                return Err("'messages' is empty".into());
+            }
+            let mut out = Vec::with_capacity(ms.len());
+            for (i, m) in ms.iter().enumerate() {
+                let Some(role) = m.get("role").and_then(Value::as_str) else {
+                    return Err(format!("messages[{i}]: 'role' must be a string"));
+                };
+                let text = content(m.get("content").unwrap_or(&Value::Null)).map_err(|e| format!("messages[{i}]: {e}"))?;
+                out.push(Message::new(role, text));
+            }
+            Prompt::Messages(out)
+        }
+        Kind::Completion => match o.get("prompt") {
+            Some(Value::String(s)) => Prompt::Text { text: s.clone(), raw: true },
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Prompt::Text { text: a[0].as_str().unwrap_or_default().into(), raw: true }
+            }
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
+                let ids = a.iter().map(|v| v.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32).collect();
+                Prompt::Tokens(ids)
+            }
+            Some(Value::Array(_)) => return Err("'prompt' must be a string, one string in an array, or an array of token ids".into()),
+            _ => return Err("'prompt' is required: a string".into()),
+        },
+    };
+    let mut p = defaults.clone();
+    if let Some(n) = int(o, "n", 1)? {
+        if n != 1 {
+            return Err("'n' must be 1 (one choice per request)".into());
+        }
+    }
+    // max_completion_tokens is OpenAI's current name, max_tokens the older one, n_predict
+    // llama-server's
+    for k in ["n_predict", "max_tokens", "max_completion_tokens"] {
+        if let Some(n) = int(o, k, -1)? {
+            p.max_tokens = n.min(i32::MAX as i64) as i32;
+        }
+    }
+    let s = &mut p.sampling;
+    if let Some(t) = num(o, "temperature")? {
+        if !(0.0..=2.0).contains(&t) {
+            return Err("'temperature' must be between 0 and 2".into());
+        }
+        s.temp = t as f32;
+    }
+    if let Some(t) = num(o, "top_p")? {
+        s.top_p = t as f32;
+    }
+    if let Some(t) = num(o, "min_p")? {
+        s.min_p = t as f32;
+    }
+    if let Some(k) = int(o, "top_k", 0)? {
+        s.top_k = k.min(i32::MAX as i64) as i32;
+    }
+    if let Some(x) = num(o, "repeat_penalty")? {
+        s.repeat_penalty = x as f32;
+    }
+    for (k, slot) in [("presence_penalty", &mut s.presence_penalty), ("frequency_penalty", &mut s.frequency_penalty)] {
+        if let Some(x) = num(o, k)? {
+            if !(-2.0..=2.0).contains(&x) {
+                return Err(format!("'{k}' must be between -2 and 2"));
+            }
+            *slot = x as f32;
+        }
+    }
+    if let Some(seed) = o.get("seed").filter(|v| !v.is_null()) {
+        match seed.as_i64() {
+            Some(x) if x >= 0 => s.seed = Some(x as u64),
+            Some(-1) => s.seed = None,
+            _ => return Err("'seed' must be a non-negative integer".into()),
+        }
+    }
+    match o.get("logit_bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let token: u32 = k.parse().map_err(|_| format!("logit_bias: key '{k}' is not a token id"))?;
+                let bias = v.as_f64().ok_or_else(|| format!("logit_bias: the bias of {k} must be a number"))?;
+                if !(-100.0..=100.0).contains(&bias) {
+                    return Err(format!("logit_bias: the bias of {k} must be between -100 and 100"));
+                }
+                s.logit_bias.push(LogitBias { token, bias: bias as f32 });
+            }
+        }
+        Some(_) => return Err("'logit_bias' must be an object of token id to bias".into()),
+    }
+    s.validate().map_err(|e| ferrite::error::one_line(&e))?;
+    if boolean(o, "logprobs")? == Some(true) || int(o, "top_logprobs", 0)?.is_some_and(|n| n > 0) {
+        return Err("'logprobs' is not supported by this server yet".into());
+    }
+    match o.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => p.stop = vec![s.clone()],
+        Some(Value::Array(a)) => {
+            p.stop = a
+                .iter()
+                .map(|v| v.as_str().map(String::from).ok_or("'stop' must be a string or an array of strings"))
+                .collect::<Result<_, _>>()?;
+        }
+        Some(_) => return Err("'stop' must be a string or an array of strings".into()),
+    }
+    if p.stop.iter().any(String::is_empty) {
+        return Err("'stop': an empty stop string would stop before the first token".into());
+    }
+    let stream = boolean(o, "stream")?.unwrap_or(false);
+    let include_usage = match o.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(so)) => boolean(so, "include_usage")?.unwrap_or(false),
+        Some(_) => return Err("'stream_options' must be an object".into()),
+    };
+    p.stream = stream;
+    Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage })
+}
+
+/// OpenAI's finish_reason for a stop reason.
+pub fn finish_reason(r: StopReason) -> &'static str {
+    match r {
+        StopReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+pub fn usage(f: &Finished) -> Value {
+    json!({ "prompt_tokens": f.prompt_tokens, "completion_tokens": f.tokens.len(), "total_tokens": f.prompt_tokens + f.tokens.len() })
+}
+
+/// The whole answer of a request that does not stream.
+pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished) -> Value {
+    let reason = finish_reason(f.stop_reason);
+    match kind {
+        Kind::Chat => json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": f.text }, "logprobs": null, "finish_reason": reason }],
+            "usage": usage(f),
+        }),
+        Kind::Completion => json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{ "index": 0, "text": f.text, "logprobs": null, "finish_reason": reason }],
+            "usage": usage(f),
+        }),
+    }
+}
+
+/// One stream chunk: text (or, for chat, the opening role), and the finish reason on the last.
+pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, text: Option<&str>, finish: Option<&str>) -> Value {
+    match kind {
+        Kind::Chat => {
+            let delta = match (text, finish) {
+                (Some(t), _) => json!({ "content": t }),
+                (None, None) => json!({ "role": "assistant", "content": "" }),
+                (None, Some(_)) => json!({}),
+            };
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            })
+        }
+        Kind::Completion => json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }],
+        }),
+    }
+}
+
+/// The usage chunk that ends a stream with `stream_options.include_usage` (no choices).
+pub fn usage_chunk(kind: Kind, id: &str, created: u64, model: &str, f: &Finished) -> Value {
+    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+    json!({ "id": id, "object": object, "created": created, "model": model, "choices": [], "usage": usage(f) })
+}
+
+/// An OpenAI error object.
+pub fn error(message: &str, kind: &str, code: u16) -> Value {
+    json!({ "error": { "message": message, "type": kind, "code": code } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> SeqParams {
+        SeqParams { max_tokens: -1, sampling: Default::default(), stop: vec![], show_special: false, stream: false }
+    }
+
+    #[test]
+    fn chat_requests_parse_and_bad_fields_are_named() {
+        let ok = parse(
+            Kind::Chat,
+            &json!({"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}, "logit_bias": {"7": -100}}),
+            &defaults(),
+        )
+        .unwrap();
+        assert!(ok.stream && ok.include_usage);
+        assert_eq!(ok.req.params.max_tokens, 5);
+        assert_eq!(ok.req.params.sampling.logit_bias.len(), 1);
+        assert!(matches!(&ok.req.prompt, Prompt::Messages(m) if m[0].content == "hi"));
+        for (body, needle) in [
+            (json!({"messages": []}), "empty"),
+            (json!({}), "'messages' is required"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "n": 2}), "'n' must be 1"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "temperature": 9}), "temperature"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}), "max_tokens"),
+            (json!({"messages": [{"role": 3, "content": "x"}]}), "messages[0]"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "stop": [""]}), "empty stop"),
+            (json!([1, 2]), "JSON object"),
+        ] {
+            let e = parse(Kind::Chat, &body, &defaults()).err().unwrap_or_default();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn completion_prompts_take_strings_and_token_ids() {
+        let p = parse(Kind::Completion, &json!({"prompt": [1, 2, 3]}), &defaults()).unwrap();
+        assert!(matches!(p.req.prompt, Prompt::Tokens(ref t) if t == &[1, 2, 3]));
+        let p = parse(Kind::Completion, &json!({"prompt": ["once"]}), &defaults()).unwrap();
+        assert!(matches!(p.req.prompt, Prompt::Text { raw: true, .. }));
+        assert!(parse(Kind::Completion, &json!({"prompt": 5}), &defaults()).is_err());
+    }
+}
