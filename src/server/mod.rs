@@ -173,8 +173,8 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
     let handle = engine(&st)?.clone();
     let v = parse_json(&body)?;
     let parsed = openai::parse(kind, &v, &st.cfg.defaults).map_err(|e| bad_request(&e))?;
-    let admitted = admit(&st)?;
     st.requests.fetch_add(1, Ordering::Relaxed);
+    let admitted = admit(&st)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SeqEvent>();
     let id = handle
         .submit_with(

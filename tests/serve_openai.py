@@ -1,0 +1,72 @@
+"""The official `openai` Python client against a running `ferrite serve` (driven by tests/serve.rs).
+
+usage: python3 tests/serve_openai.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
+Checks models, chat (plain and streamed with usage), completions (plain and streamed), and the
+client's typed errors for bad requests and a wrong key. Prints one line per check; exits 1 on the
+first failure.
+"""
+import sys
+
+import openai
+
+base, key, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
+QUESTION = "What is the capital of France?"
+
+
+def check(name, cond, detail=""):
+    if not cond:
+        print(f"FAIL {name}: {detail}")
+        sys.exit(1)
+    print(f"ok {name}")
+
+
+models = client.models.list()
+ids = [m.id for m in models.data]
+check("models", len(ids) == 1, ids)
+model = ids[0]
+
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0)
+c = r.choices[0]
+check("chat", c.message.role == "assistant" and c.message.content == expected, repr(c.message.content))
+check("chat finish_reason", c.finish_reason in ("stop", "length"), c.finish_reason)
+check("chat usage", r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage)
+
+text, usage, finish = "", None, None
+stream = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+)
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for ch in chunk.choices:
+        text += ch.delta.content or ""
+        finish = ch.finish_reason or finish
+check("chat stream text", text == expected, repr(text))
+check("chat stream finish", finish in ("stop", "length"), finish)
+check("chat stream usage", usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage)
+
+comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
+check("completion", comp.choices[0].text != "" and comp.usage.completion_tokens > 0, comp)
+pieces = "".join(ch.choices[0].text for ch in client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if ch.choices)
+check("completion stream", pieces == comp.choices[0].text, repr(pieces))
+
+try:
+    client.chat.completions.create(model=model, messages=[], max_tokens=4)
+    check("empty messages refused", False, "no error")
+except openai.BadRequestError as e:
+    check("empty messages refused", e.status_code == 400 and "empty" in str(e), e)
+
+try:
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], temperature=7)
+    check("bad temperature refused", False, "no error")
+except openai.BadRequestError as e:
+    check("bad temperature refused", "temperature" in str(e), e)
+
+bad = openai.OpenAI(base_url=base, api_key="wrong-" + key, max_retries=0)
+try:
+    bad.models.list()
+    check("wrong key refused", False, "no error")
+except openai.AuthenticationError as e:
+    check("wrong key refused", e.status_code == 401, e)
+print("all ok")
