@@ -243,11 +243,33 @@ fn a_client_that_disconnects_frees_its_slot_and_a_full_queue_is_503() {
         assert!(t.elapsed() < Duration::from_secs(10), "the slot stayed busy after the client left");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // so does one that leaves while waiting for a whole (not streamed) answer
+    {
+        use std::io::Write;
+        let body = chat_body("Tell me a very long story.", 3000);
+        let mut sock = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+        write!(
+            sock,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let t = Instant::now();
+        while slots_busy(&server) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "the request never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let t = Instant::now();
+    while slots_busy(&server) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the slot stayed busy after the client left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, v, _) = post(&chat, &chat_body("Hi", 2), None);
     assert_eq!(code, 200, "{v}");
     let (_, m, _) = get(&server.url("/metrics"), None);
     let m = m.as_str().unwrap_or_default().to_string();
-    assert!(m.contains("ferrite:requests_total 3") && m.contains("ferrite:requests_processing 0"), "{m}");
+    assert!(m.contains("ferrite:requests_total 4") && m.contains("ferrite:requests_processing 0"), "{m}");
 }
 
 #[test]
