@@ -384,13 +384,24 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn auth(State(st): State<St>, req: HttpRequest, next: Next) -> Response {
+/// Before a request is read: its key (when the server has one), and a body announced larger
+/// than the cap, refused from its Content-Length without reading it (a body without one is cut
+/// at the cap as it is read, `DefaultBodyLimit`).
+async fn gate(State(st): State<St>, req: HttpRequest, next: Next) -> Response {
     let open = matches!(req.uri().path(), "/health" | "/v1/health");
     if let (Some(key), false) = (&st.cfg.api_key, open) {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same_key(g.as_bytes(), key.as_bytes())) {
             return err(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API Key");
         }
+    }
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > st.cfg.body_limit as u64) {
+        let msg = format!("the request body is {} bytes; at most {} are accepted", announced.unwrap_or(0), st.cfg.body_limit);
+        let mut r = err(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", &msg);
+        // the body stays unread: the connection cannot carry another request
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     next.run(req).await
 }
@@ -432,7 +443,7 @@ fn router(st: St) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .layer(middleware::from_fn_with_state(st.clone(), gate))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             err(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error while handling the request")
         }))
