@@ -241,7 +241,7 @@ mod x86 {
     pub(super) unsafe fn rows<const G: usize>(a: &Rows) {
         let (q, k, v, m, d) = (a.t.q, a.t.k, a.t.v, a.t.m, a.t.d);
         let base = |t: &sys::ggml_tensor| t.data as *const u8;
-        // SAFETY (whole body): every offset below indexes an element the node's shapes hold
+        // SAFETY: (whole body) every offset below indexes an element the node's shapes hold
         // (checked when it was built); rows are 64 contiguous values.
         unsafe {
             let mut qf = [[_mm512_setzero_ps(); 4]; G];
