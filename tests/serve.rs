@@ -178,7 +178,7 @@ fn bad_input_wrong_keys_and_limits_get_their_status() {
     for (body, needle) in [
         ("{not json", "not valid JSON"),
         ("[]", "JSON object"),
-        (r#"{"messages": "hi"}"#, "'messages' is required"),
+        (r#"{"messages": "hi"}"#, "\"messages\" is required"),
         (r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}"#, "max_tokens"),
         (r#"{"messages": [{"role": "user", "content": "x"}], "top_k": "many"}"#, "top_k"),
         (r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"999999": 1}}"#, "999999"),

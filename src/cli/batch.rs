@@ -4,7 +4,7 @@
 //! writes what is finished and exits 130.
 
 use super::common::{self, SamplingArgs};
-use super::{files, output, ContextArgs, ModelArgs};
+use super::{fields, files, output, ContextArgs, ModelArgs};
 use anyhow::Result;
 use ferrite::chat::Message;
 use ferrite::engine::{Engine, EngineHandle, Prompt, Request, SeqEvent, SeqId, SeqParams};
@@ -269,23 +269,8 @@ fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams) -> R
         (None, None) => return Err("no \"prompt\" or \"messages\"".into()),
     };
     let mut p = defaults.clone();
-    let num = |k: &str| -> Result<Option<f64>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(_) => Err(format!("\"{k}\" must be a number")),
-        }
-    };
-    let int = |k: &str, min: i64| -> Result<Option<i64>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(x) if x >= min => Ok(Some(x)),
-                _ => Err(format!("\"{k}\" must be an integer of at least {min}")),
-            },
-            Some(_) => Err(format!("\"{k}\" must be an integer")),
-        }
-    };
+    let num = |k: &str| fields::num(o, k);
+    let int = |k: &str, min: i64| fields::int(o, k, min);
     if let Some(n) = int("max_tokens", -1)? {
         p.max_tokens = n.min(i32::MAX as i64) as i32;
     }
@@ -305,19 +290,8 @@ fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams) -> R
         p.sampling.seed = (s >= 0).then_some(s as u64);
     }
     p.sampling.validate().map_err(|e| ferrite::error::one_line(&e))?;
-    match o.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => p.stop = vec![s.clone()],
-        Some(Value::Array(a)) => {
-            p.stop = a
-                .iter()
-                .map(|v| v.as_str().map(String::from).ok_or("\"stop\" must be a string or an array of strings"))
-                .collect::<Result<_, _>>()?;
-        }
-        Some(_) => return Err("\"stop\" must be a string or an array of strings".into()),
-    }
-    if p.stop.iter().any(|s| s.is_empty()) {
-        return Err("an empty stop string would stop before the first token".into());
+    if let Some(stop) = fields::stop(o)? {
+        p.stop = stop;
     }
     Ok(Request { prompt, params: p })
 }

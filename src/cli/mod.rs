@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod chat;
 mod common;
+pub mod fields;
 mod files;
 mod info;
 pub mod output;

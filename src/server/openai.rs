@@ -2,6 +2,7 @@
 //! engine requests (unknown fields ignored, as OpenAI's own server and llama-server do; known ones
 //! checked), and the response objects and stream chunks out.
 
+use crate::cli::fields::{int, num};
 use ferrite::chat::Message;
 use ferrite::engine::{Finished, Prompt, Request, SeqParams};
 use ferrite::sampling::LogitBias;
@@ -25,30 +26,11 @@ pub struct Parsed {
 /// A request error: the message of a 400 answer.
 pub type BadRequest = String;
 
-fn num(o: &Map<String, Value>, k: &str) -> Result<Option<f64>, BadRequest> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(_) => Err(format!("'{k}' must be a number")),
-    }
-}
-
-fn int(o: &Map<String, Value>, k: &str, min: i64) -> Result<Option<i64>, BadRequest> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(x) if x >= min => Ok(Some(x)),
-            _ => Err(format!("'{k}' must be an integer of at least {min}")),
-        },
-        Some(_) => Err(format!("'{k}' must be an integer")),
-    }
-}
-
 fn boolean(o: &Map<String, Value>, k: &str) -> Result<Option<bool>, BadRequest> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(format!("'{k}' must be true or false")),
+        Some(_) => Err(format!("\"{k}\" must be true or false")),
     }
 }
 
@@ -62,13 +44,13 @@ fn content(v: &Value) -> Result<String, BadRequest> {
             for p in parts {
                 match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(t)) => text.push_str(t),
-                    (Some(other), _) => return Err(format!("message content of type '{other}' is not supported (text only)")),
-                    _ => return Err("each content part needs a 'type' and, for text, a 'text'".into()),
+                    (Some(other), _) => return Err(format!("message content of type \"{other}\" is not supported (text only)")),
+                    _ => return Err("each content part needs a \"type\" and, for text, a \"text\"".into()),
                 }
             }
             Ok(text)
         }
-        _ => Err("'content' must be a string or an array of text parts".into()),
+        _ => Err("\"content\" must be a string or an array of text parts".into()),
     }
 }
 
@@ -78,15 +60,15 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
     let prompt = match kind {
         Kind::Chat => {
             let Some(Value::Array(ms)) = o.get("messages") else {
-                return Err("'messages' is required: an array of {\"role\", \"content\"}".into());
+                return Err("\"messages\" is required: an array of {\"role\", \"content\"}".into());
             };
             if ms.is_empty() {
-                return Err("'messages' is empty".into());
+                return Err("\"messages\" is empty".into());
             }
             let mut out = Vec::with_capacity(ms.len());
             for (i, m) in ms.iter().enumerate() {
                 let Some(role) = m.get("role").and_then(Value::as_str) else {
-                    return Err(format!("messages[{i}]: 'role' must be a string"));
+                    return Err(format!("messages[{i}]: \"role\" must be a string"));
                 };
                 let text = content(m.get("content").unwrap_or(&Value::Null)).map_err(|e| format!("messages[{i}]: {e}"))?;
                 out.push(Message::new(role, text));
@@ -102,14 +84,14 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
                 let ids = a.iter().map(|v| v.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32).collect();
                 Prompt::Tokens(ids)
             }
-            Some(Value::Array(_)) => return Err("'prompt' must be a string, one string in an array, or an array of token ids".into()),
-            _ => return Err("'prompt' is required: a string".into()),
+            Some(Value::Array(_)) => return Err("\"prompt\" must be a string, one string in an array, or an array of token ids".into()),
+            _ => return Err("\"prompt\" is required: a string".into()),
         },
     };
     let mut p = defaults.clone();
     if let Some(n) = int(o, "n", 1)? {
         if n != 1 {
-            return Err("'n' must be 1 (one choice per request)".into());
+            return Err("\"n\" must be 1 (one choice per request)".into());
         }
     }
     // max_completion_tokens is OpenAI's current name, max_tokens the older one, n_predict
@@ -122,7 +104,7 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
     let s = &mut p.sampling;
     if let Some(t) = num(o, "temperature")? {
         if !(0.0..=2.0).contains(&t) {
-            return Err("'temperature' must be between 0 and 2".into());
+            return Err("\"temperature\" must be between 0 and 2".into());
         }
         s.temp = t as f32;
     }
@@ -141,7 +123,7 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
     for (k, slot) in [("presence_penalty", &mut s.presence_penalty), ("frequency_penalty", &mut s.frequency_penalty)] {
         if let Some(x) = num(o, k)? {
             if !(-2.0..=2.0).contains(&x) {
-                return Err(format!("'{k}' must be between -2 and 2"));
+                return Err(format!("\"{k}\" must be between -2 and 2"));
             }
             *slot = x as f32;
         }
@@ -150,14 +132,14 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
         match seed.as_i64() {
             Some(x) if x >= 0 => s.seed = Some(x as u64),
             Some(-1) => s.seed = None,
-            _ => return Err("'seed' must be a non-negative integer".into()),
+            _ => return Err("\"seed\" must be a non-negative integer".into()),
         }
     }
     match o.get("logit_bias") {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (k, v) in m {
-                let token: u32 = k.parse().map_err(|_| format!("logit_bias: key '{k}' is not a token id"))?;
+                let token: u32 = k.parse().map_err(|_| format!("logit_bias: key \"{k}\" is not a token id"))?;
                 let bias = v.as_f64().ok_or_else(|| format!("logit_bias: the bias of {k} must be a number"))?;
                 if !(-100.0..=100.0).contains(&bias) {
                     return Err(format!("logit_bias: the bias of {k} must be between -100 and 100"));
@@ -165,31 +147,20 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
                 s.logit_bias.push(LogitBias { token, bias: bias as f32 });
             }
         }
-        Some(_) => return Err("'logit_bias' must be an object of token id to bias".into()),
+        Some(_) => return Err("\"logit_bias\" must be an object of token id to bias".into()),
     }
     s.validate().map_err(|e| ferrite::error::one_line(&e))?;
     if boolean(o, "logprobs")? == Some(true) || int(o, "top_logprobs", 0)?.is_some_and(|n| n > 0) {
-        return Err("'logprobs' is not supported by this server yet".into());
+        return Err("\"logprobs\" is not supported by this server yet".into());
     }
-    match o.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => p.stop = vec![s.clone()],
-        Some(Value::Array(a)) => {
-            p.stop = a
-                .iter()
-                .map(|v| v.as_str().map(String::from).ok_or("'stop' must be a string or an array of strings"))
-                .collect::<Result<_, _>>()?;
-        }
-        Some(_) => return Err("'stop' must be a string or an array of strings".into()),
-    }
-    if p.stop.iter().any(String::is_empty) {
-        return Err("'stop': an empty stop string would stop before the first token".into());
+    if let Some(stop) = crate::cli::fields::stop(o)? {
+        p.stop = stop;
     }
     let stream = boolean(o, "stream")?.unwrap_or(false);
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(so)) => boolean(so, "include_usage")?.unwrap_or(false),
-        Some(_) => return Err("'stream_options' must be an object".into()),
+        Some(_) => return Err("\"stream_options\" must be an object".into()),
     };
     p.stream = stream;
     Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage })
@@ -278,8 +249,8 @@ mod tests {
         assert!(matches!(&ok.req.prompt, Prompt::Messages(m) if m[0].content == "hi"));
         for (body, needle) in [
             (json!({"messages": []}), "empty"),
-            (json!({}), "'messages' is required"),
-            (json!({"messages": [{"role": "user", "content": "x"}], "n": 2}), "'n' must be 1"),
+            (json!({}), "\"messages\" is required"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "n": 2}), "\"n\" must be 1"),
             (json!({"messages": [{"role": "user", "content": "x"}], "temperature": 9}), "temperature"),
             (json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}), "max_tokens"),
             (json!({"messages": [{"role": 3, "content": "x"}]}), "messages[0]"),
