@@ -468,18 +468,11 @@ fn set_input(
             sched.set_input(g, t, &ub.groups.iter().flat_map(|gr| kv.stream(gr.seq).v_idxs(kind, n_embd_v_gqa)).collect::<Vec<_>>())?
         }
         Input::Mask(kind, g0, m) => {
-            // a unit's rows are as wide as its longest stream's; the others' extra cells masked
-            let width = (g0..g0 + m).map(|gi| kv.stream(group(gi).seq).slot(kind).n_kv as usize).max().unwrap_or(0);
             let mut mask = Vec::new();
             for gi in g0..g0 + m {
                 let gr = group(gi);
                 let pos = &positions[gr.start as usize..(gr.start + gr.len) as usize];
-                let own = kv.stream(gr.seq).mask(kind, pos);
-                let n_kv = own.len() / pos.len().max(1);
-                for row in own.chunks(n_kv.max(1)) {
-                    mask.extend_from_slice(row);
-                    mask.resize(mask.len() + width - n_kv, f32::NEG_INFINITY);
-                }
+                mask.extend(kv.stream(gr.seq).mask(kind, pos));
             }
             if flash_attn {
                 let mut h = vec![0u16; mask.len()];

@@ -280,7 +280,7 @@ impl<'a> GraphBuilder<'a> {
         let mut units = Vec::new();
         for (g0, m) in self.attention_units(kind) {
             let g = self.groups[g0];
-            let n_kv = self.groups[g0..g0 + m].iter().map(|g| kv.stream(g.seq).slot(kind).n_kv).max().unwrap_or(0) as i64;
+            let n_kv = kv.stream(g.seq).slot(kind).n_kv as i64;
             let mask = self.input(mask_ty, &[n_kv, g.len as i64, 1, m as i64], "attn_inp_kq_mask", Input::Mask(kind, g0, m));
             units.push((g0, m, mask));
         }
@@ -292,12 +292,11 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// The micro-batch's groups as attention ops: (first group, number of groups). Runs of
-    /// single-token groups of consecutive sequences whose attention visits fewer than 512 cells
-    /// share one flash-attention op over their streams (a 4-D view, one stream per plane, over
-    /// as many cells as the longest visits, the others' extra cells masked): ggml computes each
-    /// query row alone there, with the routine a single sequence gets (it splits the cells among
-    /// threads only from 512 cells and for one plane, and tiles queries only from 64 rows), and
-    /// skips masked cells before reading them, so the bits are the same and the per-op cost is
+    /// single-token groups of consecutive sequences whose attention visits the same number of
+    /// cells, fewer than 512, share one flash-attention op over their streams (a 4-D view, one
+    /// stream per plane): ggml computes each query row alone there, with the routine a single
+    /// sequence gets (it splits the cells among threads only from 512 cells and for one plane,
+    /// and tiles queries only from 64 rows), so the bits are the same and the per-op cost is
     /// paid once. Every other group is an op of its own.
     fn attention_units(&self, kind: CacheKind) -> Vec<(usize, usize)> {
         let n_kv = |g: &Group| self.kv.stream(g.seq).slot(kind).n_kv;
@@ -307,8 +306,8 @@ impl<'a> GraphBuilder<'a> {
                 && b.len == 1
                 && b.seq == a.seq + 1
                 && b.start == a.start + 1
+                && n_kv(a) == n_kv(b)
                 && n_kv(a) < 512
-                && n_kv(b) < 512
         };
         let mut units = Vec::new();
         let mut g0 = 0;
@@ -816,9 +815,8 @@ impl<'a> GraphBuilder<'a> {
             let g = self.groups[*g0];
             let qg = if single { q.clone() } else { self.rows3(&q, g.start, g.len) };
             if *m == 1 {
-                let n_kv = mask.ne()[0];
-                let kc = self.get_k(il, g.seq, 1, n_kv);
-                let vc = self.get_v(il, g.seq, 1, n_kv);
+                let kc = self.get_k(il, g.seq, 1);
+                let vc = self.get_v(il, g.seq, 1);
                 outs.push(self.attn_mha(&qg, &kc, &vc, mask, kq_scale, il));
             } else {
                 outs.push(self.attn_streams(il, &q, g.start, g.seq, *m, mask, kq_scale));
@@ -862,26 +860,24 @@ impl<'a> GraphBuilder<'a> {
         self.ctx.set_rows(&v_view, &v_cur, v_idxs)
     }
 
-    /// K of layer `il` over the first `n_kv` cells of `m` streams from `seq`'s:
-    /// [head_k, n_head_kv, n_kv, m].
-    fn get_k(&self, il: usize, seq: u32, m: usize, n_kv: i64) -> Tensor {
+    /// K of layer `il` over the cells attention visits: [head_k, n_head_kv, n_kv].
+    fn get_k(&self, il: usize, seq: u32, m: usize) -> Tensor {
         let (hp, st) = (self.hp, self.kv.stream(seq));
         let (k, base) = st.k(il);
         let kind = self.kv.layer_kind(il);
-        let kv_size = st.size(kind) as i64;
+        let (n_kv, kv_size) = (st.n_kv(kind) as i64, st.size(kind) as i64);
         let ty = k.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_k as i64, hp.n_head_kv as i64, hp.n_embd_k_gqa() as i64);
         let nb = [ty.row_size(head), ty.row_size(gqa), ty.row_size(gqa * kv_size)];
         self.ctx.view(k, &[head, n_head_kv, n_kv, m as i64], &nb, base * ty.row_size(gqa))
     }
 
-    /// V of layer `il` as `get_k`: [head_v, n_head_kv, n_kv, m], or transposed
-    /// [n_kv, n_head_kv, head_v] (one stream).
-    fn get_v(&self, il: usize, seq: u32, m: usize, n_kv: i64) -> Tensor {
+    /// V of layer `il`: [head_v, n_head_kv, n_kv], or transposed [n_kv, n_head_kv, head_v].
+    fn get_v(&self, il: usize, seq: u32, m: usize) -> Tensor {
         let (hp, st) = (self.hp, self.kv.stream(seq));
         let (v, base) = st.v(il);
         let kind = self.kv.layer_kind(il);
-        let kv_size = st.size(kind) as i64;
+        let (n_kv, kv_size) = (st.n_kv(kind) as i64, st.size(kind) as i64);
         let ty = v.ty();
         let (head, n_head_kv, gqa) = (hp.n_embd_head_v as i64, hp.n_head_kv as i64, hp.n_embd_v_gqa() as i64);
         // this stream's rows (or, transposed, its block of gqa × kv_size elements)
@@ -908,10 +904,8 @@ impl<'a> GraphBuilder<'a> {
         // [head, n_head, 1, m]: each plane one token
         let q4 = ctx.view(q, &[qn[0], qn[1], 1, m as i64], &[qb[1], qb[2], qb[2]], row0 as usize * qb[2]);
         let q4 = ctx.permute(&q4, [0, 2, 1, 3]);
-        // the unit's cells: as many as its longest stream visits (the mask's width)
-        let n_kv = mask.ne()[0];
-        let k = ctx.permute(&self.get_k(il, seq0, m, n_kv), [0, 2, 1, 3]);
-        let v = ctx.permute(&self.get_v(il, seq0, m, n_kv), [0, 2, 1, 3]);
+        let k = ctx.permute(&self.get_k(il, seq0, m), [0, 2, 1, 3]);
+        let v = ctx.permute(&self.get_v(il, seq0, m), [0, 2, 1, 3]);
         let k = if k.ty() == Type::F32 { ctx.cast(&k, Type::F16) } else { k };
         let v = if v.ty() == Type::F32 { ctx.cast(&v, Type::F16) } else { v };
         let cur = self.flash_attn(&q4, &k, &v, mask, kq_scale, self.hp.f_attn_logit_softcapping);

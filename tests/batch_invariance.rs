@@ -19,10 +19,12 @@ fn argmax(l: &[f32]) -> u32 {
     best as u32
 }
 
-/// Prompts of assorted lengths (token ids drawn from the vocabulary), one crossing a micro-batch.
-fn prompts(n_vocab: u32, n_ubatch: usize) -> Vec<Vec<u32>> {
+/// Prompts of assorted lengths (token ids drawn from the vocabulary), one crossing a micro-batch,
+/// and with `long`, one of that length.
+fn prompts(n_vocab: u32, n_ubatch: usize, long: Option<usize>) -> Vec<Vec<u32>> {
     let mut s = 0x9e3779b97f4a7c15u64;
-    let lens = [1, 5, 17, 4, n_ubatch + 9, 33];
+    let mut lens = vec![1, 5, 17, 4, n_ubatch + 9, 33];
+    lens.extend(long);
     lens.iter()
         .map(|&n| {
             (0..n)
@@ -53,12 +55,16 @@ fn alone(model: &Rc<Model>, opts: &ContextOptions, prompt: &[u32], n_gen: usize)
 }
 
 fn check(model_path: &str, flash: FlashAttn, cache: ggml::Type, repack: bool) {
+    check_ctx(model_path, flash, cache, repack, 1024, None);
+}
+
+/// As `check` with a context of `n_ctx` cells a sequence and, with `long`, a prompt of that length.
+fn check_ctx(model_path: &str, flash: FlashAttn, cache: ggml::Type, repack: bool, n_ctx: u32, long: Option<usize>) {
     let lo = LoadOptions { use_extra_bufts: repack, ..LoadOptions::default() };
     let model = Rc::new(Model::load(std::path::Path::new(model_path), lo, &mut |_, _| {}).unwrap());
     let n_vocab = model.hparams.n_vocab;
-    let one =
-        ContextOptions { n_ctx: 1024, n_ubatch: 64, n_batch: 256, flash_attn: flash, type_k: cache, type_v: cache, ..Default::default() };
-    let ps = prompts(n_vocab, one.n_ubatch as usize);
+    let one = ContextOptions { n_ctx, n_ubatch: 64, n_batch: 256, flash_attn: flash, type_k: cache, type_v: cache, ..Default::default() };
+    let ps = prompts(n_vocab, one.n_ubatch as usize, long);
     let n_gen = 6;
     let want: Vec<_> = ps.iter().map(|p| alone(&model, &one, p, n_gen)).collect();
 
@@ -108,6 +114,11 @@ fn sequences_in_a_batch_get_their_logits_alone() {
     }
     // without ggml's repacked layouts, gemma3's K-quant weights meet ggml's tiled kernel instead
     check(MODELS[1], FlashAttn::Auto, ggml::Type::F16, false);
+    // a prompt of 280 among short ones: its attention visits 512 cells (a generated token's is
+    // then ggml's split-cells path, one chunk a thread), the others' 256
+    for m in MODELS {
+        check_ctx(m, FlashAttn::Auto, ggml::Type::F16, true, 320, Some(280));
+    }
 }
 
 /// A sequence whose stream is full gets a typed error the caller can act on; the other
