@@ -280,6 +280,7 @@ fn a_client_that_disconnects_frees_its_slot_and_a_full_queue_is_503() {
     }
     let (code, v, _) = post(&chat, &chat_body("Hi", 2), None);
     assert_eq!(code, 200, "{v}");
+    assert_eq!(server.log().matches("cancelled: its client went away").count(), 2, "{}", server.log());
     let (_, m, _) = get(&server.url("/metrics"), None);
     let m = m.as_str().unwrap_or_default().to_string();
     assert!(m.contains("ferrite:requests_total 4") && m.contains("ferrite:requests_processing 0"), "{m}");

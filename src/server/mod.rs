@@ -151,6 +151,12 @@ impl Drop for Live {
             if let Some(e) = self.st.engine.get() {
                 e.cancel(self.id);
             }
+            // the request's own access-log line may never come (its handler was dropped)
+            if self.st.cfg.log_json {
+                eprintln!("{}", json!({ "event": "cancelled", "seq": self.id, "reason": "client gone or timed out" }));
+            } else {
+                eprintln!("ferrite: sequence {} cancelled: its client went away or it timed out", self.id);
+            }
         }
     }
 }
