@@ -6,6 +6,7 @@ use crate::{err, sys, Result};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::fmt;
+use std::os::raw::{c_int, c_void};
 use std::ptr::NonNull;
 use std::rc::Rc;
 
@@ -457,25 +458,41 @@ impl Context {
             return self.mul_mat(a, b);
         };
         let xq = self.cast(b, Type(act)); // [k, n, ...] in Q8_1 or Q8_0
+                                          // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
+                                          // type the kernel handles, activations contiguous of the same k in that type's
+                                          // activation type) and writes its own F32 [m, n...] result.
+        unsafe { self.custom_f32([an[1], bn[1], bn[2], bn[3]], &[a, &xq], crate::kernels::mul_mat_op, std::ptr::null_mut()) }
+    }
+
+    /// A custom node computed by `op` on every thread (GGML_N_TASKS_MAX): F32 of shape `ne`
+    /// over `srcs`, with `user` passed to `op` (ggml copies the argument list into the node).
+    ///
+    /// # Safety
+    /// `op` reads only `srcs`, within the shapes and types they have, writes only its own F32
+    /// result of shape `ne`, and takes `user` as given.
+    unsafe fn custom_f32(
+        &self,
+        ne: [i64; 4],
+        srcs: &[&Tensor],
+        op: unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut c_void),
+        user: *mut c_void,
+    ) -> Tensor {
         self.ensure_room();
-        let mut args = [self.adopt(a), xq.raw()];
-        // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
-        // type the kernel handles, activations contiguous of the same k in that type's
-        // activation type) and writes its own F32 [m, n...] result; ggml copies the argument list
-        // into the node.
+        let mut args: Vec<*mut sys::ggml_tensor> = srcs.iter().map(|t| self.adopt(t)).collect();
+        // SAFETY: the caller's contract on `op`; the argument list lives through the call.
         self.wrap(unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
                 sys::GGML_TYPE_F32,
-                an[1],
-                bn[1],
-                bn[2],
-                bn[3],
+                ne[0],
+                ne[1],
+                ne[2],
+                ne[3],
                 args.as_mut_ptr(),
-                2,
-                Some(crate::kernels::mul_mat_op),
-                -1, // GGML_N_TASKS_MAX: every thread
-                std::ptr::null_mut(),
+                args.len() as c_int,
+                Some(op),
+                -1,
+                user,
             )
         })
     }
@@ -636,67 +653,22 @@ impl Context {
         if !applies {
             return self.flash_attn_f32(q, k, v, mask, scale, logit_softcap);
         }
-        self.ensure_room();
-        let mut args = [self.adopt(q), self.adopt(k), self.adopt(v), self.adopt(mask)];
-        let user = scale.to_bits() as usize as *mut std::os::raw::c_void;
-        if qn[1] == 1 && qn[3] == 1 && n_kv >= 512 {
-            // ggml's split-cells path: one chunk of cells a thread, then their combination
-            let chunks = n_threads.max(1) as i64;
-            // SAFETY: as below, the partials node writes its own F32 [2 + 64, chunks, n_head].
-            let partials = self.wrap(unsafe {
-                sys::ggml_custom_4d(
-                    self.raw(),
-                    sys::GGML_TYPE_F32,
-                    2 + vn[0],
-                    chunks,
-                    qn[2],
-                    1,
-                    args.as_mut_ptr(),
-                    4,
-                    Some(crate::flash_attn::flash_attn_partials_op),
-                    -1,
-                    user,
-                )
-            });
-            self.ensure_room();
-            let mut src = [self.adopt(&partials)];
-            // SAFETY: the reduce node reads the partials node above and writes its own F32
-            // [64, n_head, 1, 1] result.
-            return self.wrap(unsafe {
-                sys::ggml_custom_4d(
-                    self.raw(),
-                    sys::GGML_TYPE_F32,
-                    vn[0],
-                    qn[2],
-                    1,
-                    1,
-                    src.as_mut_ptr(),
-                    1,
-                    Some(crate::flash_attn::flash_attn_reduce_op),
-                    -1,
-                    std::ptr::null_mut(),
-                )
-            });
+        let user = scale.to_bits() as usize as *mut c_void;
+        let srcs = [q, k, v, mask];
+        // SAFETY: (all three nodes) they read q, k, v and the mask as checked above (types,
+        // 64-value contiguous rows, K/V heads that group the query heads, one K/V plane per query
+        // plane, a mask row of n_kv halves per query), and the scale travels in the user
+        // pointer's bits.
+        unsafe {
+            if qn[1] == 1 && qn[3] == 1 && n_kv >= 512 {
+                // ggml's split-cells path: one chunk of cells a thread ([2 + 64, chunks, n_head]
+                // partials), then their combination ([64, n_head]) from the partials alone
+                let chunks = n_threads.max(1) as i64;
+                let partials = self.custom_f32([2 + vn[0], chunks, qn[2], 1], &srcs, crate::flash_attn::flash_attn_partials_op, user);
+                return self.custom_f32([vn[0], qn[2], 1, 1], &[&partials], crate::flash_attn::flash_attn_reduce_op, std::ptr::null_mut());
+            }
+            self.custom_f32([vn[0], qn[2], qn[1], qn[3]], &srcs, crate::flash_attn::flash_attn_op, user)
         }
-        // SAFETY: the custom node reads its four sources (checked above: types, 64-value
-        // contiguous rows, K/V heads that group the query heads, one K/V plane per query plane,
-        // a mask row of n_kv halves per query) and writes its own F32 [64, n_head, n_q, planes]
-        // result; the scale travels in the user pointer's bits; ggml copies the argument list.
-        self.wrap(unsafe {
-            sys::ggml_custom_4d(
-                self.raw(),
-                sys::GGML_TYPE_F32,
-                vn[0],
-                qn[2],
-                qn[1],
-                qn[3],
-                args.as_mut_ptr(),
-                4,
-                Some(crate::flash_attn::flash_attn_op),
-                -1, // GGML_N_TASKS_MAX: every thread
-                user,
-            )
-        })
     }
 
     /// Indices of the `k` largest values of each row (I32 [k, rows]), in descending order.

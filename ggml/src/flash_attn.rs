@@ -158,7 +158,8 @@ pub(crate) unsafe extern "C" fn flash_attn_reduce_op(dst: *mut sys::ggml_tensor,
     let dv = width - 2;
     for h in share(n_head, ith, nth) {
         let (mut big_m, mut big_s) = (f32::NEG_INFINITY, 0f32);
-        let mut acc = vec![0f32; dv];
+        let mut acc = [0f32; HEAD as usize];
+        let acc = &mut acc[..dv];
         for chunk in 0..chunks {
             // SAFETY: partial (chunk, h) is `width` floats inside the source.
             let part = unsafe { std::slice::from_raw_parts((p.data as *const u8).add(chunk * p.nb[1] + h * p.nb[2]) as *const f32, width) };

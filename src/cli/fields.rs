@@ -1,5 +1,5 @@
 //! Typed reads of the JSON request fields `batch` lines and the server's bodies share: numbers,
-//! integers with a floor, and `stop` (a string or a list of them), each error naming the field.
+//! integers with a floor, booleans, and `stop` (a string or a list of them), each error naming the field.
 
 use serde_json::{Map, Value};
 
@@ -21,6 +21,15 @@ pub fn int(o: &Map<String, Value>, k: &str, min: i64) -> Result<Option<i64>, Str
             _ => Err(format!("\"{k}\" must be an integer of at least {min}")),
         },
         Some(_) => Err(format!("\"{k}\" must be an integer")),
+    }
+}
+
+/// A boolean, if present.
+pub fn boolean(o: &Map<String, Value>, k: &str) -> Result<Option<bool>, String> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("\"{k}\" must be true or false")),
     }
 }
 

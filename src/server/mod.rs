@@ -433,15 +433,11 @@ async fn access_log(State(st): State<St>, req: HttpRequest, next: Next) -> Respo
 
 fn router(st: St) -> Router {
     let limit = st.cfg.body_limit;
-    Router::new()
-        .route("/health", get(health))
-        .route("/v1/health", get(health))
-        .route("/v1/models", get(models))
-        .route("/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .route("/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/completions", post(completions))
+    // OpenAI's routes answer with and without the /v1 prefix, as llama-server's do
+    let openai =
+        [("/health", get(health)), ("/models", get(models)), ("/chat/completions", post(chat)), ("/completions", post(completions))];
+    let router = openai.into_iter().fold(Router::new(), |r, (path, m)| r.route(path, m.clone()).route(&format!("/v1{path}"), m));
+    router
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/props", get(props))

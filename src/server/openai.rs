@@ -2,12 +2,12 @@
 //! engine requests (unknown fields ignored, as OpenAI's own server and llama-server do; known ones
 //! checked), and the response objects and stream chunks out.
 
-use crate::cli::fields::{int, num};
+use crate::cli::fields::{boolean, int, num};
 use ferrite::chat::Message;
 use ferrite::engine::{Finished, Prompt, Request, SeqParams};
 use ferrite::sampling::LogitBias;
 use ferrite::session::StopReason;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// Which endpoint a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,14 +25,6 @@ pub struct Parsed {
 
 /// A request error: the message of a 400 answer.
 pub type BadRequest = String;
-
-fn boolean(o: &Map<String, Value>, k: &str) -> Result<Option<bool>, BadRequest> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(format!("\"{k}\" must be true or false")),
-    }
-}
 
 /// A message's content: a string, or an array of parts of which only text is understood.
 fn content(v: &Value) -> Result<String, BadRequest> {
