@@ -4,14 +4,16 @@
 //! (`ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q5_1_q8_1`, `ggml_vec_dot_q5_0_q8_0`).
 //!
 //! Why: ggml's mul_mat computes a single column (generation) one row at a time with the vector
-//! dot, whose loop carries its floating-point accumulator (and Q4_1's scalar `summs`) through every
-//! 32-value block, so it runs at an FMA's latency per block and leaves memory latency exposed; for
-//! Q4_1 and Q5_1 it does the same for prompts too (on x86 they have no repacked or llamafile
-//! kernel). Here
-//! one pass computes an R×C tile of outputs: the unpacked weight block is reused across C columns,
-//! the activation block across R rows, the R·C chains are independent, and a single column
-//! prefetches the weight rows two tiles ahead. Every output still goes through ggml's operations in
-//! ggml's order, so the results are identical:
+//! dot, whose loop carries its floating-point accumulator (and Q4_1's scalar `summs`) through
+//! every 32-value block, so it runs at an FMA's latency per block and leaves memory latency
+//! exposed; for Q4_1 and Q5_1 it does the same for prompts too (on x86 they have no repacked or
+//! llamafile kernel). Here one pass computes an R×C tile of outputs: the unpacked weight block is
+//! reused across C columns, the activation block across R rows, the R·C chains are independent,
+//! and the weight rows are prefetched ahead (two tiles for a single column, one for several:
+//! without it an 8-column SmolLM2 step waited on weight loads; +20 % with it). Several columns
+//! read their activations from a panel laid out once per node and thread, and the threads take
+//! rows a chunk at a time. Every output still goes through ggml's operations in ggml's order, so
+//! the results are identical:
 //!
 //! ```text
 //! per block b:  acc[0..8] = fma(d_w·d_x, f32(Σ_{4 lanes} q_w·q_x), acc)   (d_w·d_x of two f16: exact)
@@ -26,6 +28,7 @@
 
 use crate::sys;
 use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const QK: usize = 32;
 
@@ -67,22 +70,69 @@ pub(crate) fn activation_type(w: sys::ggml_type, n: i64) -> Option<sys::ggml_typ
     }
 }
 
+/// The rows of one custom product handed out to its threads a chunk at a time, so that a thread
+/// that runs slower (a busy sibling, a VM's scheduling) takes fewer chunks instead of holding
+/// the others at ggml's barrier after the node: with a fixed half each, two threads waited there
+/// ~10 % of an 8-sequence SmolLM2 step. Which thread computes a row changes none of its bits.
+///
+/// One counter per node, owned by the node's context (`Context::mul_mat_w`). ggml runs a custom
+/// node on every thread of the computation or on none (an abort is only seen between nodes), so
+/// the last thread to finish, counted by `done`, can rewind `next` for the next computation:
+/// no thread touches either again before ggml's barrier ends the node.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Chunks {
+    /// Calls `f` with chunks of `rows` (ranges of `size` rows) until none is left, then signs off
+    /// as one of `nth` threads.
+    fn run(&self, rows: usize, size: usize, nth: usize, mut f: impl FnMut(std::ops::Range<usize>)) {
+        loop {
+            let start = self.next.fetch_add(1, Ordering::Relaxed).saturating_mul(size);
+            if start >= rows {
+                break;
+            }
+            f(start..(start + size).min(rows));
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == nth {
+            self.next.store(0, Ordering::Relaxed);
+            self.done.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Rows per chunk: a multiple of the 4-row tile, about 16 chunks a thread, and at least ~2,048
+/// block·column products each (a chunk must outweigh the shared counter's cache-line trip).
+fn chunk_rows(m: usize, nb: usize, n: usize, nth: usize) -> usize {
+    let by_share = m.div_ceil(16 * nth.max(1));
+    let by_work = 2048usize.div_ceil((nb * n).max(1));
+    by_share.max(by_work).next_multiple_of(4).min(m.next_multiple_of(4)).max(4)
+}
+
 /// The operation ggml calls for the custom node: `dst` [m, n] F32 = src0 ([k, m])ᵀ · src1
-/// ([k, n], of `activation_type(src0)`); thread `ith` of `nth` computes its own contiguous range
-/// of rows.
+/// ([k, n], of `activation_type(src0)`); the threads take chunks of rows from `user`, the node's
+/// [`Chunks`] (null: thread `ith` of `nth` computes its own contiguous range of rows).
 ///
 /// # Safety
 /// ggml calls this only for nodes built by `Context::mul_mat_w`, whose shapes, types and
-/// contiguity were checked there, with `dst` and its sources allocated.
-pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _user: *mut c_void) {
+/// contiguity were checked there, with `dst` and its sources allocated, and `user` null or the
+/// node's `Chunks`, alive as long as the node.
+pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, user: *mut c_void) {
     // SAFETY: see the function's contract: dst and both sources are live, allocated tensors.
     let (d, w, x) = unsafe { (&*dst, &*(*dst).src[0], &*(*dst).src[1]) };
     let (k, m) = (w.ne[0] as usize, w.ne[1] as usize);
     let n = (x.ne[1] * x.ne[2] * x.ne[3]) as usize;
-    let rows = split(m, ith as usize, nth as usize);
-    if rows.is_empty() {
-        return;
-    }
+    let nth = nth.max(1) as usize;
+    // SAFETY: the contract: null or the node's live counter.
+    let chunks = unsafe { (user as *const Chunks).as_ref() };
+    // Every row range handed to the kernel: one chunk at a time from the counter, or this
+    // thread's share.
+    let for_rows = |f: &mut dyn FnMut(std::ops::Range<usize>)| match chunks {
+        Some(c) if n > 1 => c.run(m, chunk_rows(m, k / QK, n, nth), nth, f),
+        _ => f(split(m, ith as usize, nth)),
+    };
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the node exists only when `available()` found every feature the kernel enables and
     // `activation_type` accepted the weight type; pointers and strides describe the tensors'
@@ -98,16 +148,16 @@ pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_in
             nb: k / QK,
         };
         match w.type_ {
-            sys::GGML_TYPE_Q4_1 => x86::mul_mat::<x86::Q4_1>(&a, n, rows),
-            sys::GGML_TYPE_Q5_0 => x86::mul_mat::<x86::Q5_0>(&a, n, rows),
-            sys::GGML_TYPE_Q5_1 => x86::mul_mat::<x86::Q5_1>(&a, n, rows),
-            sys::GGML_TYPE_Q8_0 => x86::mul_mat::<x86::Q8_0>(&a, n, rows),
+            sys::GGML_TYPE_Q4_1 => x86::run::<x86::Q4_1>(&a, n, for_rows),
+            sys::GGML_TYPE_Q5_0 => x86::run::<x86::Q5_0>(&a, n, for_rows),
+            sys::GGML_TYPE_Q5_1 => x86::run::<x86::Q5_1>(&a, n, for_rows),
+            sys::GGML_TYPE_Q8_0 => x86::run::<x86::Q8_0>(&a, n, for_rows),
             t => unreachable!("custom mul_mat node with weight type {t}"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (d, x, k, n, rows);
+        let _ = (d, x, for_rows);
         unreachable!("the tiled kernel is built only on x86_64")
     }
 }
@@ -146,6 +196,21 @@ mod x86 {
         /// # Safety
         /// `p` points at one readable block; the CPU has the kernel's features.
         unsafe fn load(p: *const u8) -> (f32, f32, __m256i);
+
+        /// As `load`, the 32 bytes twice in a 512-bit vector (for two columns a register), signed
+        /// quants as w + 128.
+        ///
+        /// # Safety
+        /// As `load`; the CPU has the build's AVX-512.
+        #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
+        unsafe fn load_wide(p: *const u8) -> (f32, f32, __m512i) {
+            // SAFETY: the caller's block.
+            let (d, m, q) = unsafe { Self::load(p) };
+            let wide = _mm512_broadcast_i64x4(q);
+            (d, m, if Self::SIGNED { _mm512_xor_si512(wide, _mm512_set1_epi8(-128)) } else { wide })
+        }
     }
 
     /// f16 pair at `p` as f32 (d and m of Q4_1, or d and 16 bits that are ignored).
@@ -242,6 +307,23 @@ mod x86 {
                 (d, m, nibbles(p.add(4)))
             }
         }
+
+        /// # Safety
+        /// As [`Weight::load_wide`].
+        #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
+        unsafe fn load_wide(p: *const u8) -> (f32, f32, __m512i) {
+            // SAFETY: one readable block at p (caller).
+            unsafe {
+                let (d, m) = scales(p);
+                // the 16 bytes in each 128-bit lane, the high nibbles shifted down in lanes 1
+                // and 3: low nibbles, high nibbles, twice (`nibbles`' order)
+                let q = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(4) as *const __m128i));
+                let q = _mm512_mask_srli_epi16::<4>(q, 0xff00_ff00, q);
+                (d, m, _mm512_and_si512(q, _mm512_set1_epi8(0x0f)))
+            }
+        }
     }
 
     /// block_q5_1: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; value = d·q + m.
@@ -320,13 +402,127 @@ mod x86 {
         pub nb: usize,
     }
 
+    /// A 64-byte line (one 512-bit vector), the unit of the column panels.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    pub(super) struct Line([u8; 64]);
+
+    thread_local! {
+        /// This thread's column panels for the node it is computing (see `panels`).
+        static PANELS: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// The node's product for every row range `for_rows` hands out, after this thread laid out
+    /// its column panels.
+    ///
+    /// # Safety
+    /// As `mul_mat`, for every range given.
+    #[target_feature(enable = "fma,f16c,avx2")]
+    pub(super) unsafe fn run<W: Weight>(a: &Args, n: usize, for_rows: impl Fn(&mut dyn FnMut(std::ops::Range<usize>))) {
+        PANELS.with_borrow_mut(|buf| {
+            // SAFETY: the caller's activations and features.
+            unsafe { panels::<W>(a, n, buf) };
+            let panel = buf.as_ptr();
+            // SAFETY: as the function's contract, with the panels just laid out.
+            for_rows(&mut |rows| unsafe { mul_mat::<W>(a, panel, n, rows) });
+        })
+    }
+
+    /// Lines a block takes in the panel of `C` columns: per pair of columns their bytes, the lane
+    /// sums' start where the type has one (else zero) and their d; then the C s values.
+    const fn panel_lines<W: Weight>(c: usize) -> usize {
+        c / 2 * if W::OFFSET || W::SIGNED { 3 } else { 2 } + 1
+    }
+
+    /// Offset in lines of the panel of the 4 or 8 columns from `c0` (a multiple of 8: groups of
+    /// 8, then one of 4).
+    fn panel_offset<W: Weight>(a: &Args, c0: usize) -> usize {
+        c0 / 8 * a.nb * panel_lines::<W>(8)
+    }
+
+    /// Lays out in `buf` what the 512-bit tiles read of the activations, for every group of
+    /// 8 (then 4) columns, block by block: each pair of columns' 32 bytes side by side as one
+    /// vector, its lane sums' start, its d in each half, and the group's s, once for the node
+    /// instead of once per 4-row tile (the work of `columns` was ~40 % of the vector operations
+    /// of an 8-column tile). Nothing without the build's AVX-512, or under 4 columns.
+    ///
+    /// # Safety
+    /// `a` covers n columns of activations; the CPU has the kernel's features.
+    #[target_feature(enable = "fma,f16c,avx2")]
+    unsafe fn panels<W: Weight>(a: &Args, n: usize, buf: &mut Vec<Line>) {
+        buf.clear();
+        #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
+        if n >= 4 {
+            let groups = (0..n / 8).map(|g| (8 * g, 8)).chain((n % 8 >= 4).then_some((n / 8 * 8, 4)));
+            buf.resize(panel_offset::<W>(a, n / 8 * 8) + if n % 8 >= 4 { a.nb * panel_lines::<W>(4) } else { 0 }, Line([0; 64]));
+            for (c0, c) in groups {
+                // SAFETY: the group's columns are inside the activations; its lines inside buf.
+                unsafe {
+                    let out = buf.as_mut_ptr().add(panel_offset::<W>(a, c0));
+                    if c == 8 {
+                        panel::<W, 8>(a, c0, out)
+                    } else {
+                        panel::<W, 4>(a, c0, out)
+                    }
+                }
+            }
+        }
+        let _ = (a, n);
+    }
+
+    /// The panel of columns c0..c0+C (see `panels`) at `out`.
+    ///
+    /// # Safety
+    /// Those columns are inside the activations; `out` has `nb · panel_lines(C)` lines; the CPU
+    /// has the build's AVX-512.
+    #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
+    unsafe fn panel<W: Weight, const C: usize>(a: &Args, c0: usize, out: *mut Line) {
+        let pairs = C / 2;
+        let with_start = W::OFFSET || W::SIGNED;
+        let x = a.x.wrapping_add(c0 * a.x_stride);
+        let pair_i = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+        for b in 0..a.nb {
+            // SAFETY: columns 0..C, block b are inside the activations; the block's lines are
+            // inside `out` (caller).
+            unsafe {
+                let (qy, init, dy, sv) = columns::<W, C>(a, x, b);
+                let lines = out.add(b * panel_lines::<W>(C)) as *mut __m512i;
+                let mut i = 0;
+                for p in 0..pairs {
+                    let y = pair_i(qy[2 * p], qy[2 * p + 1]);
+                    _mm512_store_si512(lines.add(i), y);
+                    i += 1;
+                    if with_start {
+                        let start = if W::SIGNED {
+                            // signed weights as unsigned w + 128, the lane sums starting from
+                            // −128·Σx: Σ(w+128)·x − 128·Σx = Σw·x, the integers of ggml's sign
+                            // trick (VNNI's `vpdpbusd` does not saturate; AVX2's `maddubs`
+                            // would, hence the 256-bit tile keeps the sign trick)
+                            let zero = _mm512_setzero_si512();
+                            _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), y))
+                        } else {
+                            pair_i(init[2 * p], init[2 * p + 1])
+                        };
+                        _mm512_store_si512(lines.add(i), start);
+                        i += 1;
+                    }
+                    _mm512_store_ps(lines.add(i) as *mut f32, pair_f(dy[4 * p], dy[4 * p + 2]));
+                    i += 1;
+                }
+                _mm256_store_ps(lines.add(i) as *mut f32, sv);
+            }
+        }
+    }
+
     /// Rows `rows` of all `n` columns.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `a` covers m rows, n columns and the n×m
-    /// output.
+    /// output; `panel` holds `panels`' layout of those columns.
     #[target_feature(enable = "fma,f16c,avx2")]
-    pub(super) unsafe fn mul_mat<W: Weight>(a: &Args, n: usize, rows: std::ops::Range<usize>) {
+    unsafe fn mul_mat<W: Weight>(a: &Args, panel: *const Line, n: usize, rows: std::ops::Range<usize>) {
         let mut r = rows.start;
         while r < rows.end {
             let rt = (rows.end - r).min(4);
@@ -355,7 +551,7 @@ mod x86 {
                 ))]
                 if rt == 4 && n - c >= 8 {
                     // SAFETY: rows r..r+4 and columns c..c+8 are in range; the build's features hold.
-                    unsafe { tile4_zmm::<W, 8>(a, r, c) };
+                    unsafe { tile4_zmm::<W, 8>(a, panel.add(panel_offset::<W>(a, c)), r, c) };
                     c += 8;
                     continue;
                 }
@@ -368,7 +564,7 @@ mod x86 {
                             target_feature = "avx512dq",
                             target_feature = "avx512vnni"
                         ))]
-                        (4, 4) => tile4_zmm::<W, 4>(a, r, c),
+                        (4, 4) => tile4_zmm::<W, 4>(a, panel.add(panel_offset::<W>(a, c)), r, c),
                         #[cfg(not(all(
                             target_feature = "avx512f",
                             target_feature = "avx512bw",
@@ -448,57 +644,53 @@ mod x86 {
     }
 
     /// `tile::<W, 4, C, false>` (C = 4 or 8) with two columns a 512-bit register (where the
-    /// build has AVX-512): the lane sums, their conversion, the scale d_w·d_x and the FMA into
-    /// each column's 8 accumulator lanes are those of the 256-bit tile, lane by lane, so the
-    /// outputs are the same bits with half the instructions. Eight columns (several sequences
-    /// generating) unpack each weight block once for all of them.
+    /// build has AVX-512), the columns read from their panel (see `panels`): the lane sums, their
+    /// conversion, the scale d_w·d_x and the FMA into each column's 8 accumulator lanes are
+    /// those of the 256-bit tile, lane by lane, so the outputs are the same bits with half the
+    /// instructions. Eight columns (several sequences generating) unpack each weight block once
+    /// for all of them.
     ///
     /// # Safety
-    /// As `mul_mat`, for rows r0..r0+4 and columns c0..c0+C; the CPU has the build's AVX-512.
+    /// As `mul_mat`, for rows r0..r0+4 and columns c0..c0+C, whose panel is at `panel`; the CPU
+    /// has the build's AVX-512.
     #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c,avx2")]
-    unsafe fn tile4_zmm<W: Weight, const C: usize>(a: &Args, r0: usize, c0: usize) {
+    unsafe fn tile4_zmm<W: Weight, const C: usize>(a: &Args, panel: *const Line, r0: usize, c0: usize) {
         const R: usize = 4;
+        const PF_TILES: usize = 1;
         let pairs = C / 2;
+        let with_start = W::OFFSET || W::SIGNED;
         let w = a.w.wrapping_add(r0 * a.w_stride);
-        let x = a.x.wrapping_add(c0 * a.x_stride);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         let mut summs = [_mm256_setzero_ps(); R];
-        let pair_i = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let pair_f = |lo: f32, hi: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi));
         for b in 0..a.nb {
-            // SAFETY: columns 0..C, block b are inside the activations.
-            let (qy, init, dy, sv) = unsafe { columns::<W, C>(a, x, b) };
-            let mut y = [_mm512_setzero_si512(); 4];
-            let mut start = [_mm512_setzero_si512(); 4];
-            let mut dyp = [_mm512_setzero_ps(); 4];
-            for p in 0..pairs {
-                y[p] = pair_i(qy[2 * p], qy[2 * p + 1]);
-                start[p] = pair_i(init[2 * p], init[2 * p + 1]);
-                if W::SIGNED {
-                    // signed weights as unsigned w + 128, the lane sums starting from −128·Σx:
-                    // Σ(w+128)·x − 128·Σx = Σw·x, the integers of ggml's sign trick (VNNI's
-                    // `vpdpbusd` does not saturate; AVX2's `maddubs` would, hence the 256-bit
-                    // tile keeps the sign trick)
-                    let zero = _mm512_setzero_si512();
-                    start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), y[p]));
-                }
-                dyp[p] = pair_f(dy[4 * p], dy[4 * p + 2]);
-            }
+            // SAFETY: the panel's lines of block b (caller).
+            let lines = unsafe { panel.add(b * panel_lines::<W>(C)) } as *const __m512i;
+            // SAFETY: likewise; the last line holds the C s values.
+            let sv = unsafe { _mm256_load_ps(lines.add(panel_lines::<W>(C) - 1) as *const f32) };
             for (r, accr) in acc.iter_mut().enumerate() {
-                // SAFETY: row r, block b is inside the weights.
-                let (dw, mw, qx) = unsafe { W::load(w.add(r * a.w_stride + b * W::BLOCK)) };
+                // SAFETY: row r, block b is inside the weights; prefetching never faults.
+                let (dw, mw, u) = unsafe {
+                    let p = w.add(r * a.w_stride + b * W::BLOCK);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_TILES * R * a.w_stride) as *const i8);
+                    W::load_wide(p)
+                };
                 if W::MIN {
                     summs[r] = _mm256_fmadd_ps(_mm256_set1_ps(mw), sv, summs[r]);
                 }
-                let wide = _mm512_broadcast_i64x4(qx);
-                let u = if W::SIGNED { _mm512_xor_si512(wide, _mm512_set1_epi8(-128)) } else { wide };
                 // d_w·d_x per lane: the scalar product ggml broadcasts
                 let dwv = _mm512_set1_ps(dw);
-                for p in 0..pairs {
-                    let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], u, y[p]));
-                    accr[p] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dyp[p]), xy, accr[p]);
+                for (p, ap) in accr.iter_mut().enumerate().take(pairs) {
+                    let i = p * if with_start { 3 } else { 2 };
+                    // SAFETY: the pair's lines in the panel (see `panel_lines`).
+                    let (y, start, dyp) = unsafe {
+                        let y = _mm512_load_si512(lines.add(i));
+                        let start = if with_start { _mm512_load_si512(lines.add(i + 1)) } else { _mm512_setzero_si512() };
+                        (y, start, _mm512_load_ps(lines.add(i + if with_start { 2 } else { 1 }) as *const f32))
+                    };
+                    let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u, y));
+                    *ap = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dyp), xy, *ap);
                 }
             }
         }
@@ -568,6 +760,48 @@ mod x86 {
                 // SAFETY: output (r, c) of the tile is inside dst.
                 unsafe { *a.out.add((c0 + c) * a.m + r0 + r) = v };
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chunks;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Barrier;
+
+    /// Every computation of a node hands out each row exactly once, however the threads share
+    /// the chunks, and the counter is rewound for the next computation.
+    #[test]
+    fn chunks_cover_every_row_once_per_computation() {
+        let (rows, size, nth) = (1003, 16, 3);
+        let chunks = Chunks::default();
+        let seen: Vec<AtomicU32> = (0..rows).map(|_| AtomicU32::new(0)).collect();
+        let barrier = Barrier::new(nth);
+        std::thread::scope(|s| {
+            for _ in 0..nth {
+                s.spawn(|| {
+                    for round in 1..=50 {
+                        chunks.run(rows, size, nth, |r| {
+                            for i in r {
+                                seen[i].fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                        // ggml's barrier between computations
+                        barrier.wait();
+                        assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == round), "round {round}: a row missed or repeated");
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn chunk_sizes_are_whole_tiles() {
+        for (m, nb, n, nth) in [(960, 18, 8, 2), (49152, 18, 8, 2), (4, 18, 8, 2), (3, 18, 16, 2), (576, 48, 1, 1)] {
+            let s = super::chunk_rows(m, nb, n, nth);
+            assert!(s % 4 == 0 && s >= 4 && s <= m.next_multiple_of(4), "{m} rows: chunk {s}");
         }
     }
 }
