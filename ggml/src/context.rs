@@ -458,14 +458,10 @@ impl Context {
             return self.mul_mat(a, b);
         };
         let xq = self.cast(b, Type(act)); // [k, n, ...] in Q8_1 or Q8_0
-                                          // the node's chunk counter lives as long as this context, and so as the node
-        let chunks = Rc::new(crate::kernels::Chunks::default());
-        let user = Rc::as_ptr(&chunks) as *mut c_void;
-        self.inner.keep.borrow_mut().push(chunks);
-        // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
-        // type the kernel handles, activations contiguous of the same k in that type's activation
-        // type) and writes its own F32 [m, n...] result; `user` is its counter, kept above.
-        unsafe { self.custom_f32([an[1], bn[1], bn[2], bn[3]], &[a, &xq], crate::kernels::mul_mat_op, user) }
+                                          // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
+                                          // type the kernel handles, activations contiguous of the same k in that type's activation
+                                          // type) and writes its own F32 [m, n...] result.
+        unsafe { self.custom_f32([an[1], bn[1], bn[2], bn[3]], &[a, &xq], crate::kernels::mul_mat_op, std::ptr::null_mut()) }
     }
 
     /// A custom node computed by `op` on every thread (GGML_N_TASKS_MAX): F32 of shape `ne`

@@ -11,8 +11,7 @@
 //! reused across C columns, the activation block across R rows, the R·C chains are independent,
 //! and the weight rows are prefetched ahead (two tiles for a single column, one for several:
 //! without it an 8-column SmolLM2 step waited on weight loads; +20 % with it). Several columns
-//! read their activations from a panel laid out once per node and thread, and the threads take
-//! rows a chunk at a time. Every output still goes through ggml's operations in ggml's order, so
+//! read their activations from a panel laid out once per node and thread. Every output still goes through ggml's operations in ggml's order, so
 //! the results are identical:
 //!
 //! ```text
@@ -28,7 +27,6 @@
 
 use crate::sys;
 use std::os::raw::{c_int, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const QK: usize = 32;
 
@@ -70,69 +68,24 @@ pub(crate) fn activation_type(w: sys::ggml_type, n: i64) -> Option<sys::ggml_typ
     }
 }
 
-/// The rows of one custom product handed out to its threads a chunk at a time, so that a thread
-/// that runs slower (a busy sibling, a VM's scheduling) takes fewer chunks instead of holding
-/// the others at ggml's barrier after the node: with a fixed half each, two threads waited there
-/// ~10 % of an 8-sequence SmolLM2 step. Which thread computes a row changes none of its bits.
-///
-/// One counter per node, owned by the node's context (`Context::mul_mat_w`). ggml runs a custom
-/// node on every thread of the computation or on none (an abort is only seen between nodes), so
-/// the last thread to finish, counted by `done`, can rewind `next` for the next computation:
-/// no thread touches either again before ggml's barrier ends the node.
-#[derive(Default)]
-pub(crate) struct Chunks {
-    next: AtomicUsize,
-    done: AtomicUsize,
-}
-
-impl Chunks {
-    /// Calls `f` with chunks of `rows` (ranges of `size` rows) until none is left, then signs off
-    /// as one of `nth` threads.
-    fn run(&self, rows: usize, size: usize, nth: usize, mut f: impl FnMut(std::ops::Range<usize>)) {
-        loop {
-            let start = self.next.fetch_add(1, Ordering::Relaxed).saturating_mul(size);
-            if start >= rows {
-                break;
-            }
-            f(start..(start + size).min(rows));
-        }
-        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == nth {
-            self.next.store(0, Ordering::Relaxed);
-            self.done.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Rows per chunk: a multiple of the 4-row tile, about 16 chunks a thread, and at least ~2,048
-/// block·column products each (a chunk must outweigh the shared counter's cache-line trip).
-fn chunk_rows(m: usize, nb: usize, n: usize, nth: usize) -> usize {
-    let by_share = m.div_ceil(16 * nth.max(1));
-    let by_work = 2048usize.div_ceil((nb * n).max(1));
-    by_share.max(by_work).next_multiple_of(4).min(m.next_multiple_of(4)).max(4)
-}
-
 /// The operation ggml calls for the custom node: `dst` [m, n] F32 = src0 ([k, m])ᵀ · src1
-/// ([k, n], of `activation_type(src0)`); the threads take chunks of rows from `user`, the node's
-/// [`Chunks`] (null: thread `ith` of `nth` computes its own contiguous range of rows).
+/// ([k, n], of `activation_type(src0)`); thread `ith` of `nth` computes its own contiguous range
+/// of rows. (Handing rows out a chunk at a time from a shared counter instead cut the time the
+/// two threads wait at ggml's barrier after the node, but cost more in the kernel: 8-sequence
+/// SmolLM2 steps −9 %.)
 ///
 /// # Safety
 /// ggml calls this only for nodes built by `Context::mul_mat_w`, whose shapes, types and
-/// contiguity were checked there, with `dst` and its sources allocated, and `user` null or the
-/// node's `Chunks`, alive as long as the node.
-pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, user: *mut c_void) {
+/// contiguity were checked there, with `dst` and its sources allocated.
+pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _user: *mut c_void) {
     // SAFETY: see the function's contract: dst and both sources are live, allocated tensors.
     let (d, w, x) = unsafe { (&*dst, &*(*dst).src[0], &*(*dst).src[1]) };
     let (k, m) = (w.ne[0] as usize, w.ne[1] as usize);
     let n = (x.ne[1] * x.ne[2] * x.ne[3]) as usize;
-    let nth = nth.max(1) as usize;
-    // SAFETY: the contract: null or the node's live counter.
-    let chunks = unsafe { (user as *const Chunks).as_ref() };
-    // Every row range handed to the kernel: one chunk at a time from the counter, or this
-    // thread's share.
-    let for_rows = |f: &mut dyn FnMut(std::ops::Range<usize>)| match chunks {
-        Some(c) if n > 1 => c.run(m, chunk_rows(m, k / QK, n, nth), nth, f),
-        _ => f(split(m, ith as usize, nth)),
-    };
+    let rows = split(m, ith as usize, nth as usize);
+    if rows.is_empty() {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the node exists only when `available()` found every feature the kernel enables and
     // `activation_type` accepted the weight type; pointers and strides describe the tensors'
@@ -148,16 +101,16 @@ pub(crate) unsafe extern "C" fn mul_mat_op(dst: *mut sys::ggml_tensor, ith: c_in
             nb: k / QK,
         };
         match w.type_ {
-            sys::GGML_TYPE_Q4_1 => x86::run::<x86::Q4_1>(&a, n, for_rows),
-            sys::GGML_TYPE_Q5_0 => x86::run::<x86::Q5_0>(&a, n, for_rows),
-            sys::GGML_TYPE_Q5_1 => x86::run::<x86::Q5_1>(&a, n, for_rows),
-            sys::GGML_TYPE_Q8_0 => x86::run::<x86::Q8_0>(&a, n, for_rows),
+            sys::GGML_TYPE_Q4_1 => x86::run::<x86::Q4_1>(&a, n, rows),
+            sys::GGML_TYPE_Q5_0 => x86::run::<x86::Q5_0>(&a, n, rows),
+            sys::GGML_TYPE_Q5_1 => x86::run::<x86::Q5_1>(&a, n, rows),
+            sys::GGML_TYPE_Q8_0 => x86::run::<x86::Q8_0>(&a, n, rows),
             t => unreachable!("custom mul_mat node with weight type {t}"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (d, x, for_rows);
+        let _ = (d, x, k, n, rows);
         unreachable!("the tiled kernel is built only on x86_64")
     }
 }
@@ -412,19 +365,19 @@ mod x86 {
         static PANELS: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// The node's product for every row range `for_rows` hands out, after this thread laid out
-    /// its column panels.
+    /// The node's product for rows `rows`, after this thread laid out its column panels.
     ///
     /// # Safety
-    /// As `mul_mat`, for every range given.
+    /// As `mul_mat`.
     #[target_feature(enable = "fma,f16c,avx2")]
-    pub(super) unsafe fn run<W: Weight>(a: &Args, n: usize, for_rows: impl Fn(&mut dyn FnMut(std::ops::Range<usize>))) {
+    pub(super) unsafe fn run<W: Weight>(a: &Args, n: usize, rows: std::ops::Range<usize>) {
         PANELS.with_borrow_mut(|buf| {
-            // SAFETY: the caller's activations and features.
-            unsafe { panels::<W>(a, n, buf) };
-            let panel = buf.as_ptr();
-            // SAFETY: as the function's contract, with the panels just laid out.
-            for_rows(&mut |rows| unsafe { mul_mat::<W>(a, panel, n, rows) });
+            // SAFETY: the caller's activations and features; then as the function's contract,
+            // with the panels just laid out.
+            unsafe {
+                panels::<W>(a, n, buf);
+                mul_mat::<W>(a, buf.as_ptr(), n, rows)
+            }
         })
     }
 
@@ -760,48 +713,6 @@ mod x86 {
                 // SAFETY: output (r, c) of the tile is inside dst.
                 unsafe { *a.out.add((c0 + c) * a.m + r0 + r) = v };
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Chunks;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Barrier;
-
-    /// Every computation of a node hands out each row exactly once, however the threads share
-    /// the chunks, and the counter is rewound for the next computation.
-    #[test]
-    fn chunks_cover_every_row_once_per_computation() {
-        let (rows, size, nth) = (1003, 16, 3);
-        let chunks = Chunks::default();
-        let seen: Vec<AtomicU32> = (0..rows).map(|_| AtomicU32::new(0)).collect();
-        let barrier = Barrier::new(nth);
-        std::thread::scope(|s| {
-            for _ in 0..nth {
-                s.spawn(|| {
-                    for round in 1..=50 {
-                        chunks.run(rows, size, nth, |r| {
-                            for i in r {
-                                seen[i].fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                        // ggml's barrier between computations
-                        barrier.wait();
-                        assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == round), "round {round}: a row missed or repeated");
-                        barrier.wait();
-                    }
-                });
-            }
-        });
-    }
-
-    #[test]
-    fn chunk_sizes_are_whole_tiles() {
-        for (m, nb, n, nth) in [(960, 18, 8, 2), (49152, 18, 8, 2), (4, 18, 8, 2), (3, 18, 16, 2), (576, 48, 1, 1)] {
-            let s = super::chunk_rows(m, nb, n, nth);
-            assert!(s % 4 == 0 && s >= 4 && s <= m.next_multiple_of(4), "{m} rows: chunk {s}");
         }
     }
 }
