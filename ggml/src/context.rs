@@ -457,10 +457,11 @@ impl Context {
         let Some(act) = act.filter(|_| applies) else {
             return self.mul_mat(a, b);
         };
-        let xq = self.cast(b, Type(act)); // [k, n, ...] in Q8_1 or Q8_0
-                                          // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
-                                          // type the kernel handles, activations contiguous of the same k in that type's activation
-                                          // type) and writes its own F32 [m, n...] result.
+        // [k, n, ...] in Q8_1 or Q8_0
+        let xq = self.cast(b, Type(act));
+        // SAFETY: the custom node reads its two sources (checked above: rows of whole blocks of a
+        // type the kernel handles, activations contiguous of the same k in that type's activation
+        // type) and writes its own F32 [m, n...] result.
         unsafe { self.custom_f32([an[1], bn[1], bn[2], bn[3]], &[a, &xq], crate::kernels::mul_mat_op, std::ptr::null_mut()) }
     }
 
