@@ -1,8 +1,9 @@
 //! The many-sequences engine: continuous batching over one decoder. Each step decodes one token
 //! for every generating sequence plus pieces of pending prompts (up to `-b` tokens in all), then
 //! samples each sequence with its own sampler; sequences join between steps and leave (finished
-//! or cancelled) with their cells freed. It runs on one thread; [`EngineHandle`] drives it from
-//! others (the server, `ferrite batch`).
+//! or cancelled) with their slot free, whose cells a later sequence that starts the same way may
+//! reuse ([`PromptReuse`]). It runs on one thread; [`EngineHandle`] drives it from others (the
+//! server, `ferrite batch`).
 //!
 //! Batch invariance: a sequence's prompt is cut into the pieces it would be cut into alone
 //! (`n_batch` pieces, each in `n_ubatch` micro-batches), each sequence owns a stream of the KV
@@ -51,6 +52,36 @@ pub struct SeqParams {
     pub show_special: bool,
     /// Send the text as it is generated (`SeqEvent::Text`), not only at the end.
     pub stream: bool,
+    /// May start from cells a slot kept from an earlier sequence (the engine's
+    /// [`PromptReuse`]); false: the prompt is computed from its start.
+    pub cache_prompt: bool,
+}
+
+/// How a new sequence may reuse the cells a slot's last sequence left (prefix reuse).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PromptReuse {
+    /// Never: every prompt is computed from its start.
+    Off,
+    /// Only the last prompt's pieces that a new sequence computes the same way (the `-b`/`-ub`
+    /// pieces that ended before that prompt did), in the cache layout a new sequence has there:
+    /// the answer is bit for bit the one an empty slot gives (`ferrite run`'s), whatever the
+    /// slot served before. A long shared start (a system prompt, a document, a conversation's
+    /// history) is computed once a micro-batch at a time.
+    #[default]
+    Exact,
+    /// Every kept cell whose token matches, generated ones included (llama-server's
+    /// `cache_prompt`, `ferrite chat`'s next turn): a conversation's next turn computes only its
+    /// new tokens, but its logits may differ in their last bits from an empty slot's (cells
+    /// computed one token at a time, or in other micro-batches, than a prompt's).
+    All,
+}
+
+/// The tokens whose cells a free slot still holds (positions 0..len), and how long the prompt
+/// among them was.
+#[derive(Clone, Debug, Default)]
+struct Kept {
+    tokens: Vec<u32>,
+    prompt_len: usize,
 }
 
 /// A request for one sequence.
@@ -61,7 +92,7 @@ pub struct Request {
 }
 
 /// A finished sequence.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finished {
     pub text: String,
     pub tokens: Vec<u32>,
@@ -69,6 +100,8 @@ pub struct Finished {
     /// The end-of-generation token that ended it (stop reason `Eos`).
     pub stop_token: Option<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose cells came from the slot's earlier sequence (not computed).
+    pub cached_tokens: usize,
 }
 
 /// What the engine reports about a sequence.
@@ -90,6 +123,8 @@ struct Active {
     prompt: Vec<u32>,
     /// Prompt tokens in the cache.
     n_done: usize,
+    /// Of those, the ones kept from the slot's earlier sequence.
+    reused: usize,
     /// End of the prompt piece in this step's batch.
     piece_end: usize,
     /// The sampled token to decode next (generation phase).
@@ -119,6 +154,8 @@ struct Queued {
 pub struct EngineStats {
     pub steps: u64,
     pub prompt_tokens: u64,
+    /// Prompt tokens not computed: their cells were kept from an earlier sequence.
+    pub reused_tokens: u64,
     pub generated_tokens: u64,
     /// Time spent decoding.
     pub busy: std::time::Duration,
@@ -132,6 +169,10 @@ pub struct Engine {
     /// A system message put before every chat prompt that has none.
     pub system: Option<String>,
     slots: Vec<Option<Active>>,
+    /// What each slot's stream holds from its last sequence (empty while it runs one).
+    kept: Vec<Kept>,
+    /// How new sequences reuse kept cells.
+    pub prompt_reuse: PromptReuse,
     queue: VecDeque<Queued>,
     next_id: SeqId,
     pub stats: EngineStats,
@@ -148,6 +189,8 @@ impl Engine {
             template,
             system: None,
             slots: (0..n).map(|_| None).collect(),
+            kept: vec![Kept::default(); n],
+            prompt_reuse: PromptReuse::default(),
             queue: VecDeque::new(),
             next_id: 0,
             stats: EngineStats::default(),
@@ -184,6 +227,7 @@ impl Engine {
                 stop_reason: StopReason::Interrupted,
                 stop_token: None,
                 prompt_tokens: 0,
+                cached_tokens: 0,
             };
             (q.sink)(id, SeqEvent::Done(Ok(fin)));
             return true;
@@ -206,8 +250,8 @@ impl Engine {
             (q.sink)(q.id, SeqEvent::Done(Err(mk())));
         }
         for slot in 0..self.slots.len() {
+            self.forget(slot);
             if let Some(mut a) = self.slots[slot].take() {
-                self.dec.kv.seq_rm(slot as u32, 0, -1);
                 (a.sink)(a.id, SeqEvent::Done(Err(mk())));
             }
         }
@@ -257,19 +301,28 @@ impl Engine {
     }
 
     /// Moves queued requests into free slots: tokenizes their prompts and sets up their
-    /// samplers. A request that cannot start ends at once with its error.
+    /// samplers. A request that cannot start ends at once with its error. Each goes to the free
+    /// slot whose kept cells save it the most (then an empty one, then the first).
     fn admit(&mut self) {
-        while let Some(slot) = self.slots.iter().position(|s| s.is_none()) {
+        while self.slots.iter().any(|s| s.is_none()) {
             let Some(mut q) = self.queue.pop_front() else { break };
             match self.start(&q.req) {
                 Ok(prep) => {
-                    self.dec.kv.seq_rm(slot as u32, 0, -1);
                     let (prompt, sampler, reply) = prep;
+                    let mode = if q.req.params.cache_prompt { self.prompt_reuse } else { PromptReuse::Off };
+                    let (slot, keep) = (0..self.slots.len())
+                        .filter(|&s| self.slots[s].is_none())
+                        .map(|s| (s, self.reusable(s, &prompt, mode)))
+                        .max_by_key(|&(s, keep)| (keep, std::cmp::Reverse(self.kept[s].tokens.len()), std::cmp::Reverse(s)))
+                        .expect("a free slot exists");
+                    let keep = self.keep(slot, keep, mode);
+                    self.stats.reused_tokens += keep as u64;
                     self.slots[slot] = Some(Active {
                         id: q.id,
                         prompt,
-                        n_done: 0,
-                        piece_end: 0,
+                        n_done: keep,
+                        reused: keep,
+                        piece_end: keep,
                         next: None,
                         sampler,
                         reply,
@@ -281,6 +334,62 @@ impl Engine {
                 Err(e) => (q.sink)(q.id, SeqEvent::Done(Err(e))),
             }
         }
+    }
+
+    /// Prompt tokens of `prompt` that slot `slot`'s kept cells may stand for under `mode` (at
+    /// most all but the last: its logits are needed).
+    fn reusable(&self, slot: usize, prompt: &[u32], mode: PromptReuse) -> usize {
+        let kept = &self.kept[slot];
+        let common = kept.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let most = common.min(prompt.len().saturating_sub(1));
+        match mode {
+            PromptReuse::Off => 0,
+            PromptReuse::All => most,
+            PromptReuse::Exact => {
+                // the ends of the kept prompt's pieces before its last one: a new sequence's
+                // pieces of this prompt end there too (its pieces end at the same boundaries,
+                // and it is longer than `most`)
+                let (mut from, mut best) = (0, 0);
+                while from < kept.prompt_len {
+                    let end = self.piece_end(from, kept.prompt_len);
+                    if end >= kept.prompt_len || end > most {
+                        break;
+                    }
+                    (best, from) = (end, end);
+                }
+                best
+            }
+        }
+    }
+
+    /// Empties slot `slot`'s cells from position `keep` on and returns how many it keeps: `keep`,
+    /// or 0 where the cells left would not serve (`Exact`: not in a new sequence's layout; a
+    /// sliding window that no longer holds the window before `keep`).
+    fn keep(&mut self, slot: usize, keep: usize, mode: PromptReuse) -> usize {
+        self.kept[slot] = Kept::default();
+        let seq = slot as u32;
+        self.dec.kv.seq_rm(seq, keep as i32, -1);
+        let serves = keep > 0
+            && match mode {
+                PromptReuse::Off => false,
+                PromptReuse::Exact => self.dec.kv.seq_is_fresh_prefix(seq, keep as i32),
+                PromptReuse::All => {
+                    let need = keep.saturating_sub(self.dec.model.hparams.n_swa as usize) as i32;
+                    !self.dec.model.hparams.has_swa() || self.dec.kv.seq_holds_range(seq, need, keep as i32)
+                }
+            };
+        if serves {
+            keep
+        } else {
+            self.dec.kv.seq_rm(seq, 0, -1);
+            0
+        }
+    }
+
+    /// Forgets what slot `slot` holds.
+    fn forget(&mut self, slot: usize) {
+        self.dec.kv.seq_rm(slot as u32, 0, -1);
+        self.kept[slot] = Kept::default();
     }
 
     /// A request's prompt ids, sampler and reply text.
@@ -440,13 +549,25 @@ impl Engine {
     /// Ends slot `slot`'s sequence: the rest of its text, its answer, its cells freed.
     fn finish(&mut self, slot: usize, reason: StopReason, stop_token: Option<u32>) {
         let Some(mut a) = self.slots[slot].take() else { return };
-        self.dec.kv.seq_rm(slot as u32, 0, -1);
+        // the cells stay for a later sequence that starts the same way (see `PromptReuse`)
+        let held = (self.dec.kv.seq_pos_range(slot as u32).1 + 1) as usize;
+        let mut tokens = a.prompt.clone();
+        tokens.extend_from_slice(&a.tokens);
+        tokens.truncate(held);
+        self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len() };
         let rest = a.reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
         if a.params.stream && !rest.is_empty() {
             let text = a.reply.text[rest].to_string();
             (a.sink)(a.id, SeqEvent::Text(text));
         }
-        let fin = Finished { text: a.reply.text, tokens: a.tokens, stop_reason: reason, stop_token, prompt_tokens: a.prompt.len() };
+        let fin = Finished {
+            text: a.reply.text,
+            tokens: a.tokens,
+            stop_reason: reason,
+            stop_token,
+            prompt_tokens: a.prompt.len(),
+            cached_tokens: a.reused,
+        };
         (a.sink)(a.id, SeqEvent::Done(Ok(fin)));
     }
 }

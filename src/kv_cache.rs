@@ -373,6 +373,24 @@ impl KvCache {
         self.streams[dst as usize].read_state(&state)
     }
 
+    /// Whether sequence `seq` holds exactly positions 0..n, position i in cell i, in each of its
+    /// caches, its next cell search starting at n: the state a new sequence is in after its
+    /// first n tokens, so that what comes next is placed and visited as it would be there.
+    pub fn seq_is_fresh_prefix(&self, seq: u32, n: i32) -> bool {
+        let s = &self.streams[seq as usize];
+        let fresh = |c: &Cells| {
+            c.head as i64 == (n as i64).min(c.size() as i64)
+                && c.pos.iter().enumerate().all(|(i, &p)| if (i as i64) < n as i64 { p == i as i32 } else { p < 0 })
+        };
+        fresh(&s.full) && s.swa.as_ref().is_none_or(fresh)
+    }
+
+    /// Whether sequence `seq` holds every position in [p0, p1) in every cache (a sliding-window
+    /// cache loses positions that left its window).
+    pub fn seq_holds_range(&self, seq: u32, p0: i32, p1: i32) -> bool {
+        self.streams[seq as usize].holds_range(p0, p1)
+    }
+
     /// Lowest and highest position of sequence `seq` (-1, -1: empty).
     pub fn seq_pos_range(&self, seq: u32) -> (i32, i32) {
         let s = &self.streams[seq as usize];

@@ -157,6 +157,7 @@ fn params(max_tokens: i32) -> SeqParams {
         stop: Vec::new(),
         show_special: false,
         stream: false,
+        cache_prompt: true,
     }
 }
 
@@ -240,4 +241,60 @@ fn sequence_cache_operations() {
     d.kv.seq_keep(2);
     assert_eq!(d.kv.seq_pos_range(0), (-1, -1));
     assert_eq!(d.kv.seq_pos_range(2), (0, 6));
+}
+
+/// Prefix reuse: a slot keeps its last sequence's cells. `Exact` reuses whole micro-batches of
+/// the last prompt only, and the answer is the one an empty slot gives; `All` reuses every
+/// matching cell (the last answer's too), and `cache_prompt: false` none.
+#[test]
+fn kept_cells_serve_the_next_prompt() {
+    use ferrite::engine::{Finished, PromptReuse};
+    for path in [SMOLLM2, GEMMA3] {
+        let (model, tok) = load(path);
+        // small pieces so that a short prompt spans several: 16-token micro-batches
+        let ctx = ContextOptions { n_ctx: 512, n_threads: 2, n_seq: 1, n_batch: 64, n_ubatch: 16, ..Default::default() };
+        let doc = "The lighthouse stood on a rock at the end of the bay, and every night its keeper climbed \
+                   the hundred steps to light the lamp, whatever the weather, for ships he would never see.";
+        let first = tok.encode(&format!("{doc} Who climbed the steps?"), true, true).unwrap();
+        let second = tok.encode(&format!("{doc} Why did the keeper light the lamp?"), true, true).unwrap();
+        let common = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+        assert!(common > 32, "{path}: the prompts share {common} tokens");
+        let run = |e: &mut Engine, prompt: &[u32], cache_prompt: bool| -> Finished {
+            let got: Rc<RefCell<Option<Finished>>> = Rc::default();
+            let g = got.clone();
+            let sink = Box::new(move |_, ev| {
+                if let SeqEvent::Done(r) = ev {
+                    *g.borrow_mut() = Some(r.unwrap());
+                }
+            });
+            e.submit(Request { prompt: Prompt::Tokens(prompt.to_vec()), params: SeqParams { cache_prompt, ..params(16) } }, sink);
+            e.run_until_idle().unwrap();
+            let f = got.borrow_mut().take().unwrap();
+            f
+        };
+        let mut fresh = Engine::new(model.clone(), tok.clone(), None, &ctx).unwrap();
+        let alone = run(&mut fresh, &second, false);
+        assert_eq!(alone.cached_tokens, 0);
+
+        let mut e = Engine::new(model.clone(), tok.clone(), None, &ctx).unwrap();
+        assert_eq!(e.prompt_reuse, PromptReuse::Exact, "the default");
+        let a1 = run(&mut e, &first, true);
+        let a2 = run(&mut e, &second, true);
+        assert_eq!(a2.cached_tokens, common / 16 * 16, "{path}: whole micro-batches of the shared start");
+        assert_eq!(a2.tokens, alone.tokens, "{path}: the answer of an empty slot");
+        assert_eq!(e.stats.reused_tokens, a2.cached_tokens as u64);
+        // a request that asks for no reuse computes everything, and answers the same
+        assert_eq!(run(&mut e, &second, false), Finished { cached_tokens: 0, ..a2.clone() });
+
+        // All: the next turn of a conversation computes only its new tokens (the last answer's
+        // final token was sampled, never decoded)
+        e.prompt_reuse = PromptReuse::All;
+        let _ = run(&mut e, &first, true);
+        let mut turn = first.clone();
+        turn.extend(&a1.tokens);
+        turn.extend(tok.encode(" And then?", false, false).unwrap());
+        let a3 = run(&mut e, &turn, true);
+        assert_eq!(a3.cached_tokens, first.len() + a1.tokens.len() - 1, "{path}: all but the new tokens");
+        assert_eq!(a3.tokens.len(), 16);
+    }
 }

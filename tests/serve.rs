@@ -351,3 +351,52 @@ fn load_of_64_requests_8_at_a_time_has_no_errors() {
     );
     assert_eq!(lat.len(), 64);
 }
+
+/// Prefix reuse: a long shared start (a document) is computed once; with the default
+/// `--prompt-reuse exact` only whole micro-batches of it are reused, so the answer is still
+/// `ferrite run`'s; with `all` a conversation's next turn computes only its new tokens. The usage
+/// says how many prompt tokens came from the cache (OpenAI's `prompt_tokens_details`).
+#[test]
+fn a_shared_start_is_computed_once() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let doc: String =
+        (1..=30).map(|i| format!("Note {i}: the shipment of crate {} left dock {} on day {}. ", i * 7, i % 5, i * 3)).collect();
+    let (q1, q2) = (format!("{doc}\nHow many notes are there?"), format!("{doc}\nWhich dock did crate 14 leave from?"));
+    let server = Server::start(&["-np", "2", "-c", "2048"]);
+    let url = server.url("/v1/chat/completions");
+    let (c1, v1, _) = post(&url, &chat_body(&q1, 12), None);
+    assert_eq!(c1, 200, "{v1}");
+    assert!(
+        (600..1000).contains(&v1["usage"]["prompt_tokens"].as_u64().unwrap()),
+        "a prompt of one micro-batch and a piece: {}",
+        v1["usage"]
+    );
+    assert_eq!(v1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let (c2, v2, _) = post(&url, &chat_body(&q2, 12), None);
+    assert_eq!(c2, 200, "{v2}");
+    assert_eq!(v2["usage"]["prompt_tokens_details"]["cached_tokens"], 512, "the first micro-batch of the shared document");
+    assert_eq!(v2["choices"][0]["message"]["content"], run_answer(&q2, 12), "the answer of an empty slot");
+    drop(server);
+
+    let server = Server::start(&["-np", "1", "-c", "2048", "--prompt-reuse", "all"]);
+    let url = server.url("/v1/chat/completions");
+    let (c1, v1, _) = post(&url, &chat_body(&q1, 12), None);
+    assert_eq!(c1, 200, "{v1}");
+    let first = v1["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let turn = json!({ "messages": [
+        { "role": "user", "content": q1 },
+        { "role": "assistant", "content": first },
+        { "role": "user", "content": "And which dock did crate 14 leave from?" },
+    ], "max_tokens": 12, "temperature": 0 });
+    let (c2, v2, _) = post(&url, &turn.to_string(), None);
+    assert_eq!(c2, 200, "{v2}");
+    let (cached, prompt1) =
+        (v2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap(), v1["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert!(cached > prompt1, "the second turn reuses the first prompt and its answer: {cached} cached, first prompt {prompt1}");
+    // and a request may refuse it
+    let mut again = turn.clone();
+    again["cache_prompt"] = json!(false);
+    let (c3, v3, _) = post(&url, &again.to_string(), None);
+    assert_eq!(c3, 200, "{v3}");
+    assert_eq!(v3["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+}

@@ -49,6 +49,9 @@ pub struct Args {
     /// No progress bar or summary on stderr
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// How a prompt reuses the cells its slot kept from the one before (prompts that start alike)
+    #[arg(long = "prompt-reuse", value_enum, default_value = "exact", value_name = "MODE")]
+    pub prompt_reuse: common::PromptReuseArg,
 }
 
 /// The most input read (a line is a request; this is ~a million short prompts).
@@ -74,8 +77,14 @@ pub fn main(a: Args) -> Result<()> {
     if let Some(s) = a.stop.iter().find(|s| s.is_empty()) {
         ferrite::bail_input!("--stop {s:?}: an empty stop string would stop before the first token");
     }
-    let defaults =
-        SeqParams { max_tokens: a.n_predict, sampling: a.sampling.config()?, stop: a.stop.clone(), show_special: a.special, stream: false };
+    let defaults = SeqParams {
+        max_tokens: a.n_predict,
+        sampling: a.sampling.config()?,
+        stop: a.stop.clone(),
+        show_special: a.special,
+        stream: false,
+        cache_prompt: true,
+    };
     let hint = "split the input into several runs";
     let input = match &a.file {
         Some(f) if f.as_os_str() != "-" => files::utf8(files::read_capped(f, INPUT_CAP, "input file", hint)?, &f.display().to_string())?,
@@ -93,7 +102,7 @@ pub fn main(a: Args) -> Result<()> {
 
     // the engine, with its model, lives on its own thread
     let (ma, ca, flag, quiet, system) = (a.model.clone(), a.ctx.clone(), a.chat_template.clone(), a.quiet, a.system.clone());
-    let (parallel, raw) = (a.parallel, a.raw);
+    let (parallel, raw, reuse) = (a.parallel, a.raw, a.prompt_reuse);
     let (handle, thread) = EngineHandle::spawn(move || {
         let loaded = common::load(&ma, &ca, quiet)?;
         let (template, reason) = common::template(&loaded.model.file, flag.as_deref())?;
@@ -103,6 +112,7 @@ pub fn main(a: Args) -> Result<()> {
         let opts = ferrite::decoder::ContextOptions { n_seq: parallel, ..ca.options()? };
         let mut engine = Engine::new(loaded.model.clone(), loaded.tok.clone(), template, &opts)?;
         engine.system = system;
+        engine.prompt_reuse = reuse.into();
         engine.set_interrupt(&common::INTERRUPTED);
         Ok(engine)
     })?;

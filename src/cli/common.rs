@@ -105,6 +105,29 @@ fn non_empty_stop(s: &str) -> Result<String, String> {
 pub const CHAT_TEMPLATE_HELP: &str = "Chat template: a built-in name (chatml, llama2, llama2-sys, llama3, mistral, mistral-v7, \
      mistral-v7-tekken, gemma, phi3, phi4, zephyr), a Jinja file, or `none`";
 
+/// `--prompt-reuse` of `batch` and `serve`: how a sequence may reuse the cells its slot kept from
+/// the last one (`ferrite::engine::PromptReuse`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptReuseArg {
+    /// Whole micro-batches of the last prompt: answers bit-identical to an empty slot's
+    Exact,
+    /// Every matching token, generated ones too: a conversation's next turn computes only its
+    /// new tokens (logits may differ in their last bits from an empty slot's)
+    All,
+    /// None: every prompt computed from its start
+    Off,
+}
+
+impl From<PromptReuseArg> for ferrite::engine::PromptReuse {
+    fn from(a: PromptReuseArg) -> Self {
+        match a {
+            PromptReuseArg::Exact => Self::Exact,
+            PromptReuseArg::All => Self::All,
+            PromptReuseArg::Off => Self::Off,
+        }
+    }
+}
+
 /// Generation and chat flags shared by `run` and `chat`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenArgs {

@@ -47,6 +47,16 @@ pub struct Args {
     pub n_predict: i32,
     #[arg(long = "chat-template", value_name = "NAME|FILE", help = common::CHAT_TEMPLATE_HELP)]
     pub chat_template: Option<String>,
+    /// How a request reuses the cells its slot kept from the one before (a request's
+    /// "cache_prompt": false turns it off for that request)
+    #[arg(long = "prompt-reuse", value_enum, default_value = "exact", value_name = "MODE")]
+    pub prompt_reuse: common::PromptReuseArg,
+    /// llama-server's switch: no prompt reuse (--prompt-reuse off)
+    #[arg(long = "no-cache-prompt")]
+    pub no_cache_prompt: bool,
+    /// llama-server's switch, the default here (accepted for its scripts)
+    #[arg(long = "cache-prompt", hide = true, conflicts_with = "no_cache_prompt")]
+    pub cache_prompt: bool,
     /// Access log on stderr as text or one JSON object a line
     #[arg(long = "log-format", default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]
     pub log_format: String,
@@ -75,8 +85,14 @@ pub fn main(a: Args) -> Result<()> {
     let opts = ferrite::decoder::ContextOptions { n_seq: a.parallel, ..a.ctx.options()? };
     let path = ferrite::catalogue::resolve(a.model.model.as_deref())?;
     let name = a.alias.clone().unwrap_or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-    let defaults =
-        SeqParams { max_tokens: a.n_predict, sampling: a.sampling.config()?, stop: Vec::new(), show_special: false, stream: false };
+    let defaults = SeqParams {
+        max_tokens: a.n_predict,
+        sampling: a.sampling.config()?,
+        stop: Vec::new(),
+        show_special: false,
+        stream: false,
+        cache_prompt: true,
+    };
     let config = crate::server::Config {
         host: a.host.clone(),
         port: a.port,
@@ -92,12 +108,15 @@ pub fn main(a: Args) -> Result<()> {
         n_parallel: a.parallel as usize,
     };
     let (ma, ca, flag) = (a.model.clone(), a.ctx.clone(), a.chat_template.clone());
+    let reuse = if a.no_cache_prompt { common::PromptReuseArg::Off } else { a.prompt_reuse };
     crate::server::run(config, move || {
         let loaded = common::load(&ma, &ca, false)?;
         let (template, reason) = common::template(&loaded.model.file, flag.as_deref())?;
         if template.is_none() {
             eprintln!("ferrite: {reason}; chat requests will be refused, completions work");
         }
-        Engine::new(loaded.model.clone(), loaded.tok.clone(), template, &opts)
+        let mut engine = Engine::new(loaded.model.clone(), loaded.tok.clone(), template, &opts)?;
+        engine.prompt_reuse = reuse.into();
+        Ok(engine)
     })
 }

@@ -355,6 +355,7 @@ async fn metrics(State(st): State<St>) -> Result<Response, Response> {
     let lines = [
         ("requests_total", "counter", "Completion requests received.", st.requests.load(Ordering::Relaxed) as f64),
         ("prompt_tokens_total", "counter", "Prompt tokens processed.", stats.prompt_tokens as f64),
+        ("prompt_tokens_cached_total", "counter", "Prompt tokens whose cells a slot kept (not computed).", stats.reused_tokens as f64),
         ("tokens_predicted_total", "counter", "Generated tokens.", stats.generated_tokens as f64),
         ("engine_steps_total", "counter", "Engine steps (batched decodes).", stats.steps as f64),
         ("engine_busy_seconds_total", "counter", "Seconds the engine spent decoding.", busy),

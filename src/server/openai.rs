@@ -155,6 +155,9 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
         Some(_) => return Err("\"stream_options\" must be an object".into()),
     };
     p.stream = stream;
+    if let Some(c) = boolean(o, "cache_prompt")? {
+        p.cache_prompt = c;
+    }
     Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage })
 }
 
@@ -167,7 +170,12 @@ pub fn finish_reason(r: StopReason) -> &'static str {
 }
 
 pub fn usage(f: &Finished) -> Value {
-    json!({ "prompt_tokens": f.prompt_tokens, "completion_tokens": f.tokens.len(), "total_tokens": f.prompt_tokens + f.tokens.len() })
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.tokens.len(),
+        "total_tokens": f.prompt_tokens + f.tokens.len(),
+        "prompt_tokens_details": { "cached_tokens": f.cached_tokens },
+    })
 }
 
 /// The whole answer of a request that does not stream.
@@ -224,7 +232,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> SeqParams {
-        SeqParams { max_tokens: -1, sampling: Default::default(), stop: vec![], show_special: false, stream: false }
+        SeqParams { max_tokens: -1, sampling: Default::default(), stop: vec![], show_special: false, stream: false, cache_prompt: true }
     }
 
     #[test]
