@@ -55,6 +55,46 @@ pub struct SeqParams {
     /// May start from cells a slot kept from an earlier sequence (the engine's
     /// [`PromptReuse`]); false: the prompt is computed from its start.
     pub cache_prompt: bool,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (OpenAI's `logprobs`/`top_logprobs`); None: not at all.
+    pub logprobs: Option<u32>,
+}
+
+/// A token and its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprob {
+    pub token: u32,
+    /// The token's bytes (a piece of a UTF-8 character possibly).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely tokens at its place, from the
+/// log-softmax of the model's logits before any sampling stage (llama-server's default, and
+/// what OpenAI reports): the same numbers whatever the sampling settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub chosen: Logprob,
+    /// Most likely first (ties: the lower id).
+    pub top: Vec<Logprob>,
+}
+
+/// The log-probability of `id` and the `k` most likely tokens under `logits` (log-softmax, the
+/// normaliser summed in f64).
+pub fn logprobs(logits: &[f32], id: u32, k: usize, piece: impl Fn(u32) -> Vec<u8>) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |t: u32| Logprob { token: t, bytes: piece(t), logprob: (logits[t as usize] as f64 - lse) as f32 };
+    let k = k.min(logits.len());
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, order);
+    }
+    ids.truncate(k);
+    ids.sort_by(order);
+    TokenLogprob { chosen: lp(id), top: ids.into_iter().map(lp).collect() }
 }
 
 /// How a new sequence may reuse the cells a slot's last sequence left (prefix reuse).
@@ -102,6 +142,8 @@ pub struct Finished {
     pub prompt_tokens: usize,
     /// Prompt tokens whose cells came from the slot's earlier sequence (not computed).
     pub cached_tokens: usize,
+    /// Per generated token, with `SeqParams::logprobs`.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What the engine reports about a sequence.
@@ -109,6 +151,9 @@ pub struct Finished {
 pub enum SeqEvent {
     /// Generated text that became final (with `SeqParams::stream`).
     Text(String),
+    /// A generated token's log-probabilities (with `SeqParams::stream` and `logprobs`), sent
+    /// before the text it belongs to.
+    Logprob(TokenLogprob),
     /// The end: the answer, or why there is none (a prompt that does not fit, a template that
     /// fails, the engine stopping). Always the last event of a sequence.
     Done(Result<Finished>),
@@ -132,6 +177,7 @@ struct Active {
     sampler: Sampler,
     reply: ReplyText,
     tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
     params: SeqParams,
     sink: Sink,
 }
@@ -228,6 +274,7 @@ impl Engine {
                 stop_token: None,
                 prompt_tokens: 0,
                 cached_tokens: 0,
+                logprobs: Vec::new(),
             };
             (q.sink)(id, SeqEvent::Done(Ok(fin)));
             return true;
@@ -327,6 +374,7 @@ impl Engine {
                         sampler,
                         reply,
                         tokens: Vec::new(),
+                        logprobs: Vec::new(),
                         params: q.req.params,
                         sink: q.sink,
                     });
@@ -530,6 +578,13 @@ impl Engine {
         }
         // room for the token in the context (as `Session::generate` checks)
         let full = a.n_done + a.tokens.len() + 1 > n_ctx - 1;
+        if let Some(k) = a.params.logprobs {
+            let lp = logprobs(logits, id, k as usize, |t| self.tok.token_to_piece(t, a.params.show_special));
+            if a.params.stream {
+                (a.sink)(a.id, SeqEvent::Logprob(lp.clone()));
+            }
+            a.logprobs.push(lp);
+        }
         a.tokens.push(id);
         let (new, stopped) = a.reply.push(id);
         if a.params.stream && !new.is_empty() {
@@ -567,6 +622,7 @@ impl Engine {
             stop_token,
             prompt_tokens: a.prompt.len(),
             cached_tokens: a.reused,
+            logprobs: a.logprobs,
         };
         (a.sink)(a.id, SeqEvent::Done(Ok(fin)));
     }
@@ -700,5 +756,26 @@ fn apply(engine: &mut Engine, cmd: Cmd) {
             engine.cancel(id);
         }
         Cmd::Call(f) => f(engine),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logprobs;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_its_top() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let lse = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+        let lp = logprobs(&logits, 4, 3, |t| vec![b'a' + t as u8]);
+        assert_eq!(lp.chosen.token, 4);
+        assert_eq!(lp.chosen.bytes, b"e");
+        assert!((lp.chosen.logprob as f64 - (0.5 - lse)).abs() < 1e-6);
+        // most likely first, ties by the lower id
+        assert_eq!(lp.top.iter().map(|l| l.token).collect::<Vec<_>>(), [1, 3, 0]);
+        let total: f64 = (0..5).map(|t| (logprobs(&logits, t, 0, |_| vec![]).chosen.logprob as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(logprobs(&logits, 0, 0, |_| vec![]).top.is_empty());
+        assert_eq!(logprobs(&logits, 0, 9, |_| vec![]).top.len(), 5);
     }
 }

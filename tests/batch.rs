@@ -158,6 +158,7 @@ fn params(max_tokens: i32) -> SeqParams {
         show_special: false,
         stream: false,
         cache_prompt: true,
+        logprobs: None,
     }
 }
 

@@ -182,6 +182,8 @@ fn bad_input_wrong_keys_and_limits_get_their_status() {
         (r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}"#, "max_tokens"),
         (r#"{"messages": [{"role": "user", "content": "x"}], "top_k": "many"}"#, "top_k"),
         (r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"999999": 1}}"#, "999999"),
+        (r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#, "needs \"logprobs\": true"),
+        (r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#, "between 0 and 20"),
     ] {
         let (code, v, _) = post(&chat, body, k);
         assert_eq!(code, 400, "{body}: {v}");

@@ -1,7 +1,7 @@
 """The official `openai` Python client against a running `ferrite serve` (driven by tests/serve.rs).
 
 usage: python3 tests/serve_openai.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
-Checks models, chat (plain and streamed with usage), completions (plain and streamed), and the
+Checks models, chat (plain and streamed with usage), completions (plain and streamed), log-probabilities, and the
 client's typed errors for bad requests and a wrong key. Prints one line per check; exits 1 on the
 first failure.
 """
@@ -50,6 +50,28 @@ comp = client.completions.create(model=model, prompt="The capital of France is",
 check("completion", comp.choices[0].text != "" and comp.usage.completion_tokens > 0, comp)
 pieces = "".join(ch.choices[0].text for ch in client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if ch.choices)
 check("completion stream", pieces == comp.choices[0].text, repr(pieces))
+
+# log-probabilities: greedy picks the most likely token; the tokens spell the content; a stream
+# carries the same numbers chunk by chunk
+r = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0, logprobs=True, top_logprobs=3
+)
+lp = r.choices[0].logprobs.content
+check("chat logprobs", r.choices[0].message.content == expected and "".join(t.token for t in lp) == expected, lp)
+check("chat top_logprobs", all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in lp), lp)
+check("chat logprobs bytes", bytes(b for t in lp for b in t.bytes).decode() == expected, lp)
+streamed = []
+for chunk in client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0, logprobs=True, top_logprobs=3, stream=True
+):
+    for ch in chunk.choices:
+        if ch.logprobs is not None and ch.logprobs.content:
+            streamed += ch.logprobs.content
+check("chat stream logprobs", [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in lp], streamed)
+comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2)
+l = comp.choices[0].logprobs
+check("completion logprobs", "".join(l.tokens) == comp.choices[0].text and len(l.token_logprobs) == len(l.tokens), l)
+check("completion top_logprobs", all(len(d) == 2 for d in l.top_logprobs) and l.text_offset == sorted(l.text_offset), l)
 
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=4)

@@ -84,6 +84,7 @@ pub fn main(a: Args) -> Result<()> {
         show_special: a.special,
         stream: false,
         cache_prompt: true,
+        logprobs: None,
     };
     let hint = "split the input into several runs";
     let input = match &a.file {

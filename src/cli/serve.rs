@@ -92,6 +92,7 @@ pub fn main(a: Args) -> Result<()> {
         show_special: false,
         stream: false,
         cache_prompt: true,
+        logprobs: None,
     };
     let config = crate::server::Config {
         host: a.host.clone(),

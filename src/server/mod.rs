@@ -195,6 +195,7 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let rid = format!("{prefix}-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
     let (created, model) = (now_s(), st.cfg.model_name.clone());
+    let want_logprobs = parsed.want_logprobs;
 
     if !parsed.stream {
         let wait = async {
@@ -213,7 +214,7 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
         live.done = true;
         drop(admitted);
         let f = done.map_err(|e| engine_error(&e))?;
-        let mut r = Json(openai::response(kind, &rid, created, &model, &f)).into_response();
+        let mut r = Json(openai::response(kind, &rid, created, &model, &f, want_logprobs)).into_response();
         r.extensions_mut().insert(Tokens(f.tokens.len()));
         return Ok(r);
     }
@@ -227,13 +228,19 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
         // the whole guards move into the task (not only the fields it touches)
         let (_admitted, mut live) = (admitted, live);
         let send = |v: Value| out_tx.send(Ok(Event::default().data(v.to_string()))).is_ok();
-        if kind == Kind::Chat && !send(openai::chunk(kind, &rid, created, &model, None, None)) {
+        if kind == Kind::Chat && !send(openai::chunk(kind, &rid, created, &model, None, None, Value::Null)) {
             return;
         }
+        // log-probabilities of tokens whose text has not gone out yet, and the characters sent
+        let (mut pending, mut sent) = (Vec::new(), 0usize);
+        let take = |pending: &mut Vec<_>, sent: usize| openai::logprobs(kind, want_logprobs, &std::mem::take(pending), sent);
         while let Some(ev) = rx.recv().await {
             match ev {
+                SeqEvent::Logprob(lp) => pending.push(lp),
                 SeqEvent::Text(t) => {
-                    if !send(openai::chunk(kind, &rid, created, &model, Some(&t), None)) {
+                    let lps = take(&mut pending, sent);
+                    sent += t.chars().count();
+                    if !send(openai::chunk(kind, &rid, created, &model, Some(&t), None, lps)) {
                         return;
                     }
                 }
@@ -241,7 +248,8 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
                     live.done = true;
                     match r {
                         Ok(f) => {
-                            send(openai::chunk(kind, &rid, created, &model, None, Some(openai::finish_reason(f.stop_reason))));
+                            let lps = if pending.is_empty() { Value::Null } else { take(&mut pending, sent) };
+                            send(openai::chunk(kind, &rid, created, &model, None, Some(openai::finish_reason(f.stop_reason)), lps));
                             if include_usage {
                                 send(openai::usage_chunk(kind, &rid, created, &model, &f));
                             }

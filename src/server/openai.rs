@@ -4,7 +4,7 @@
 
 use crate::cli::fields::{boolean, int, num};
 use ferrite::chat::Message;
-use ferrite::engine::{Finished, Prompt, Request, SeqParams};
+use ferrite::engine::{Finished, Logprob, Prompt, Request, SeqParams, TokenLogprob};
 use ferrite::sampling::LogitBias;
 use ferrite::session::StopReason;
 use serde_json::{json, Value};
@@ -21,6 +21,8 @@ pub struct Parsed {
     pub req: Request,
     pub stream: bool,
     pub include_usage: bool,
+    /// Answers carry `logprobs` (else null).
+    pub want_logprobs: bool,
 }
 
 /// A request error: the message of a 400 answer.
@@ -142,8 +144,28 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
         Some(_) => return Err("\"logit_bias\" must be an object of token id to bias".into()),
     }
     s.validate().map_err(|e| ferrite::error::one_line(&e))?;
-    if boolean(o, "logprobs")? == Some(true) || int(o, "top_logprobs", 0)?.is_some_and(|n| n > 0) {
-        return Err("\"logprobs\" is not supported by this server yet".into());
+    p.logprobs = match kind {
+        // chat: "logprobs": true, then "top_logprobs": 0..=20 alternatives
+        Kind::Chat => {
+            let top = int(o, "top_logprobs", 0)?;
+            match boolean(o, "logprobs")? {
+                Some(true) => Some(top.unwrap_or(0)),
+                _ if top.is_some() => return Err("\"top_logprobs\" needs \"logprobs\": true".into()),
+                _ => None,
+            }
+        }
+        // legacy completions: "logprobs": 0..=5 alternatives
+        Kind::Completion => match o.get("logprobs") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(0),
+            Some(_) => int(o, "logprobs", 0)?,
+        },
+    }
+    .map(|n| n.min(u32::MAX as i64) as u32);
+    let most = if kind == Kind::Chat { 20 } else { 5 };
+    if p.logprobs.is_some_and(|n| n > most) {
+        let field = if kind == Kind::Chat { "top_logprobs" } else { "logprobs" };
+        return Err(format!("\"{field}\" must be between 0 and {most}"));
     }
     if let Some(stop) = crate::cli::fields::stop(o)? {
         p.stop = stop;
@@ -158,7 +180,8 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
     if let Some(c) = boolean(o, "cache_prompt")? {
         p.cache_prompt = c;
     }
-    Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage })
+    let want_logprobs = p.logprobs.is_some();
+    Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs })
 }
 
 /// OpenAI's finish_reason for a stop reason.
@@ -179,24 +202,61 @@ pub fn usage(f: &Finished) -> Value {
 }
 
 /// The whole answer of a request that does not stream.
-pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished) -> Value {
+pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished, want: bool) -> Value {
     let reason = finish_reason(f.stop_reason);
     match kind {
         Kind::Chat => json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": f.text }, "logprobs": null, "finish_reason": reason }],
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": f.text }, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
             "usage": usage(f),
         }),
         Kind::Completion => json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{ "index": 0, "text": f.text, "logprobs": null, "finish_reason": reason }],
+            "choices": [{ "index": 0, "text": f.text, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
             "usage": usage(f),
         }),
     }
 }
 
-/// One stream chunk: text (or, for chat, the opening role), and the finish reason on the last.
-pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, text: Option<&str>, finish: Option<&str>) -> Value {
+/// OpenAI's `logprobs` of a choice (null unless the request asked): chat's
+/// `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the legacy completion's
+/// `{tokens, token_logprobs, top_logprobs, text_offset}` with offsets (in characters of the
+/// generated text) from `offset`.
+pub fn logprobs(kind: Kind, want: bool, entries: &[TokenLogprob], offset: usize) -> Value {
+    if !want {
+        return Value::Null;
+    }
+    let text = |l: &Logprob| String::from_utf8_lossy(&l.bytes).into_owned();
+    let one = |l: &Logprob| json!({ "token": text(l), "logprob": l.logprob, "bytes": l.bytes });
+    match kind {
+        Kind::Chat => json!({ "content": entries.iter().map(|e| {
+            let mut v = one(&e.chosen);
+            v["top_logprobs"] = e.top.iter().map(one).collect();
+            v
+        }).collect::<Vec<_>>() }),
+        Kind::Completion => {
+            let mut at = offset;
+            let offsets: Vec<usize> = entries
+                .iter()
+                .map(|e| {
+                    let here = at;
+                    at += text(&e.chosen).chars().count();
+                    here
+                })
+                .collect();
+            json!({
+                "tokens": entries.iter().map(|e| text(&e.chosen)).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e.chosen.logprob).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|e| e.top.iter().map(|l| (text(l), json!(l.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+/// One stream chunk: text (or, for chat, the opening role), the finish reason on the last, and
+/// the log-probabilities of the tokens since the last chunk where asked (`logprobs`, else null).
+pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, text: Option<&str>, finish: Option<&str>, logprobs: Value) -> Value {
     match kind {
         Kind::Chat => {
             let delta = match (text, finish) {
@@ -206,12 +266,12 @@ pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, text: Option<&str>
             };
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+                "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
             })
         }
         Kind::Completion => json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish }],
         }),
     }
 }
@@ -232,7 +292,15 @@ mod tests {
     use super::*;
 
     fn defaults() -> SeqParams {
-        SeqParams { max_tokens: -1, sampling: Default::default(), stop: vec![], show_special: false, stream: false, cache_prompt: true }
+        SeqParams {
+            max_tokens: -1,
+            sampling: Default::default(),
+            stop: vec![],
+            show_special: false,
+            stream: false,
+            cache_prompt: true,
+            logprobs: None,
+        }
     }
 
     #[test]
