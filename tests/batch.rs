@@ -86,6 +86,39 @@ fn bad_lines_are_error_lines_and_order_holds() {
 
 /// Plain prompts through the chat template (smollm2) or raw (gemma3's file has none, and `run`
 /// then completes the text raw): the same answers as `ferrite run`.
+/// A line may ask for log-probabilities: per generated token its id, text, log-probability and
+/// the most likely alternatives (greedy: the first of them is the token itself).
+#[test]
+fn lines_may_ask_for_logprobs() {
+    let input = [
+        r#"{"id": "lp", "prompt": "The capital of France is", "raw": true, "max_tokens": 5, "logprobs": 3}"#,
+        r#"{"id": "plain", "prompt": "The capital of France is", "raw": true, "max_tokens": 5}"#,
+        r#"{"id": "bad", "prompt": "x", "logprobs": 21}"#,
+    ]
+    .join("\n");
+    let f = scratch("logprobs.jsonl", &input);
+    let (code, lines, err) = batch(&["--temp", "0", "-np", "2", "-c", "256", "-q"], &f, SMOLLM2);
+    std::fs::remove_file(&f).ok();
+    assert_eq!(code, 0, "{err}");
+    let (lp, plain) = (&lines[0], &lines[1]);
+    assert_eq!(lp["tokens"], plain["tokens"], "asking changes no token");
+    assert!(plain.get("logprobs").is_none());
+    let entries = lp["logprobs"].as_array().unwrap();
+    assert_eq!(entries.len(), 5);
+    let mut text = String::new();
+    for (e, t) in entries.iter().zip(lp["tokens"].as_array().unwrap()) {
+        assert_eq!(&e["token"], t);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        let top = e["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], e["token"], "greedy picks the most likely");
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        text.push_str(e["text"].as_str().unwrap());
+    }
+    assert_eq!(text, lp["text"].as_str().unwrap());
+    assert!(lines[2]["error"].as_str().unwrap().contains("between 0 and 20"), "{}", lines[2]);
+}
+
 #[test]
 fn chat_requests_answer_as_run_does() {
     let prompts = ["Name three colours.", "What is 2+2?"];

@@ -49,6 +49,10 @@ pub struct Args {
     /// No progress bar or summary on stderr
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Give each generated token's log-probability and its N most likely alternatives (0..=20;
+    /// a line's "logprobs" overrides it)
+    #[arg(long = "logprobs", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_LOGPROBS))]
+    pub logprobs: Option<u32>,
     /// How a prompt reuses the cells its slot kept from the one before (prompts that start alike)
     #[arg(long = "prompt-reuse", value_enum, default_value = "exact", value_name = "MODE")]
     pub prompt_reuse: common::PromptReuseArg,
@@ -58,7 +62,11 @@ pub struct Args {
 const INPUT_CAP: u64 = 256 << 20;
 
 /// The fields a request line may have.
-const FIELDS: &[&str] = &["id", "prompt", "messages", "raw", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop"];
+const FIELDS: &[&str] =
+    &["id", "prompt", "messages", "raw", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "logprobs"];
+
+/// Most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` bound).
+const MAX_LOGPROBS: i64 = 20;
 
 /// One input line: its id (the line's "id", else its line number) and its request or error.
 struct Item {
@@ -84,7 +92,7 @@ pub fn main(a: Args) -> Result<()> {
         show_special: a.special,
         stream: false,
         cache_prompt: true,
-        logprobs: None,
+        logprobs: a.logprobs,
     };
     let hint = "split the input into several runs";
     let input = match &a.file {
@@ -122,10 +130,12 @@ pub fn main(a: Args) -> Result<()> {
     let mut lines: Vec<Option<String>> = vec![None; total];
     let mut index_of: HashMap<SeqId, usize> = HashMap::new();
     let mut ids: Vec<Value> = Vec::with_capacity(total);
+    let mut logprobs_asked = vec![false; total];
     for (i, item) in items.into_iter().enumerate() {
         ids.push(item.id.clone());
         match item.req {
             Ok(req) => {
+                logprobs_asked[i] = req.params.logprobs.is_some();
                 let sid = handle.submit(req, tx.clone())?;
                 index_of.insert(sid, i);
             }
@@ -172,14 +182,18 @@ pub fn main(a: Args) -> Result<()> {
             Ok(f) => {
                 done += 1;
                 generated += f.tokens.len();
-                json!({
+                let mut v = json!({
                     "id": ids[i],
                     "text": f.text,
                     "tokens": f.tokens,
                     "stop_reason": f.stop_reason.name(),
                     "prompt_tokens": f.prompt_tokens,
                     "completion_tokens": f.tokens.len(),
-                })
+                });
+                if logprobs_asked[i] {
+                    v["logprobs"] = logprobs_json(&f.logprobs);
+                }
+                v
             }
             Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
                 interrupted = true;
@@ -304,5 +318,24 @@ fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams) -> R
     if let Some(stop) = fields::stop(o)? {
         p.stop = stop;
     }
+    if let Some(n) = int("logprobs", 0)? {
+        if n > MAX_LOGPROBS {
+            return Err(format!("\"logprobs\" must be between 0 and {MAX_LOGPROBS}"));
+        }
+        p.logprobs = Some(n as u32);
+    }
     Ok(Request { prompt, params: p })
+}
+
+/// A line's `logprobs`: per generated token its id, text, log-probability and alternatives.
+fn logprobs_json(entries: &[ferrite::engine::TokenLogprob]) -> Value {
+    let one = |l: &ferrite::engine::Logprob| json!({ "token": l.token, "text": String::from_utf8_lossy(&l.bytes), "logprob": l.logprob });
+    entries
+        .iter()
+        .map(|e| {
+            let mut v = one(&e.chosen);
+            v["top"] = e.top.iter().map(one).collect();
+            v
+        })
+        .collect()
 }
