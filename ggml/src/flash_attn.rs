@@ -29,6 +29,10 @@
 //! Whether GCC contracted ggml's scalar `a + b*c` and `S*ms + vs` into FMAs is part of those bits;
 //! the unit tests compare against ggml's own node, bit for bit, on this machine's build.
 
+// Without AVX-512 FP16 the nodes are never built (`available()` is false), so what only the
+// kernel reads is unused there.
+#![cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx512fp16", target_feature = "avx512f")), allow(dead_code))]
+
 use crate::sys;
 use std::os::raw::{c_int, c_void};
 
@@ -59,29 +63,32 @@ enum Out {
 /// Runs the query heads of K/V head `hk` (for query i1 of plane i3) over `cells`, at most four
 /// heads a pass.
 fn group_pass(t: Tensors, i1: usize, i3: usize, hk: usize, cells: std::ops::Range<usize>, scale: f32, out: Out) {
-    let group = (t.q.ne[2] / t.k.ne[2]) as usize;
-    let mut h = hk * group;
-    while h < (hk + 1) * group {
-        let g = ((hk + 1) * group - h).min(4);
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512fp16", target_feature = "avx512f"))]
-        // SAFETY: the nodes exist only where `available()` holds; (i1, h.., i3) index rows of q,
-        // of the mask and of the output, hk (= h / group) a head of k and v, and `cells` cells of
-        // k, v and the mask, all inside the tensors as checked when the node was built.
-        unsafe {
-            let a = x86::Rows { t, i1, i3, h, hk, cells: cells.clone(), scale, out };
-            match g {
-                4 => x86::rows::<4>(&a),
-                3 => x86::rows::<3>(&a),
-                2 => x86::rows::<2>(&a),
-                _ => x86::rows::<1>(&a),
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512fp16", target_feature = "avx512f"))]
+    {
+        let group = (t.q.ne[2] / t.k.ne[2]) as usize;
+        let mut h = hk * group;
+        while h < (hk + 1) * group {
+            let g = ((hk + 1) * group - h).min(4);
+            // SAFETY: the nodes exist only where `available()` holds; (i1, h.., i3) index rows of
+            // q, of the mask and of the output, hk (= h / group) a head of k and v, and `cells`
+            // cells of k, v and the mask, all inside the tensors as checked when the node was
+            // built.
+            unsafe {
+                let a = x86::Rows { t, i1, i3, h, hk, cells: cells.clone(), scale, out };
+                match g {
+                    4 => x86::rows::<4>(&a),
+                    3 => x86::rows::<3>(&a),
+                    2 => x86::rows::<2>(&a),
+                    _ => x86::rows::<1>(&a),
+                }
             }
+            h += g;
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512fp16", target_feature = "avx512f")))]
-        {
-            let _ = (t, i1, i3, &cells, scale, out);
-            unreachable!("the flash-attention kernel is built only with AVX-512 FP16")
-        }
-        h += g;
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512fp16", target_feature = "avx512f")))]
+    {
+        let _ = (t, i1, i3, hk, &cells, scale, out);
+        unreachable!("the flash-attention kernel is built only with AVX-512 FP16")
     }
 }
 

@@ -11,8 +11,8 @@
 //! reused across C columns, the activation block across R rows, the R·C chains are independent,
 //! and the weight rows are prefetched ahead (two tiles for a single column, one for several:
 //! without it an 8-column SmolLM2 step waited on weight loads; +20 % with it). Several columns
-//! read their activations from a panel laid out once per node and thread. Every output still goes through ggml's operations in ggml's order, so
-//! the results are identical:
+//! read their activations from a panel laid out once per node and thread. Every output still goes
+//! through ggml's operations in ggml's order, so the results are identical:
 //!
 //! ```text
 //! per block b:  acc[0..8] = fma(d_w·d_x, f32(Σ_{4 lanes} q_w·q_x), acc)   (d_w·d_x of two f16: exact)
@@ -383,12 +383,14 @@ mod x86 {
 
     /// Lines a block takes in the panel of `C` columns: per pair of columns their bytes, the lane
     /// sums' start where the type has one (else zero) and their d; then the C s values.
+    #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
     const fn panel_lines<W: Weight>(c: usize) -> usize {
         c / 2 * if W::OFFSET || W::SIGNED { 3 } else { 2 } + 1
     }
 
     /// Offset in lines of the panel of the 4 or 8 columns from `c0` (a multiple of 8: groups of
     /// 8, then one of 4).
+    #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512dq", target_feature = "avx512vnni"))]
     fn panel_offset<W: Weight>(a: &Args, c0: usize) -> usize {
         c0 / 8 * a.nb * panel_lines::<W>(8)
     }
@@ -476,6 +478,13 @@ mod x86 {
     /// output; `panel` holds `panels`' layout of those columns.
     #[target_feature(enable = "fma,f16c,avx2")]
     unsafe fn mul_mat<W: Weight>(a: &Args, panel: *const Line, n: usize, rows: std::ops::Range<usize>) {
+        #[cfg(not(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512dq",
+            target_feature = "avx512vnni"
+        )))]
+        let _ = panel;
         let mut r = rows.start;
         while r < rows.end {
             let rt = (rows.end - r).min(4);
