@@ -604,12 +604,17 @@ impl Engine {
     /// Ends slot `slot`'s sequence: the rest of its text, its answer, its cells freed.
     fn finish(&mut self, slot: usize, reason: StopReason, stop_token: Option<u32>) {
         let Some(mut a) = self.slots[slot].take() else { return };
-        // the cells stay for a later sequence that starts the same way (see `PromptReuse`)
-        let held = (self.dec.kv.seq_pos_range(slot as u32).1 + 1) as usize;
-        let mut tokens = a.prompt.clone();
-        tokens.extend_from_slice(&a.tokens);
-        tokens.truncate(held);
-        self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len() };
+        // the cells stay for a later sequence that starts the same way (see `PromptReuse`), a
+        // cancelled one's too (a client that retries)
+        if self.prompt_reuse == PromptReuse::Off {
+            self.forget(slot);
+        } else {
+            let held = (self.dec.kv.seq_pos_range(slot as u32).1 + 1) as usize;
+            let mut tokens = a.prompt.clone();
+            tokens.extend_from_slice(&a.tokens);
+            tokens.truncate(held);
+            self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len() };
+        }
         let rest = a.reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
         if a.params.stream && !rest.is_empty() {
             let text = a.reply.text[rest].to_string();
