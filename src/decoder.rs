@@ -40,6 +40,8 @@ pub struct ContextOptions {
     pub swa_full: bool,
     /// Sequences decoded together (`-np`); each has its own stream of `n_ctx` cells.
     pub n_seq: u32,
+    /// LoRA adapters (files) and their scales (see `model::lora`), loaded with the context.
+    pub loras: Vec<(std::path::PathBuf, f32)>,
 }
 
 impl Default for ContextOptions {
@@ -55,6 +57,7 @@ impl Default for ContextOptions {
             own_kernels: true,
             swa_full: false,
             n_seq: 1,
+            loras: Vec::new(),
         }
     }
 }
@@ -212,8 +215,12 @@ impl Decoder {
                 crate::bail_input!("cache type {t} needs head sizes that are multiples of {}", t.block_size());
             }
         }
-        let cparams =
-            CParams { own_kernels: opts.own_kernels, n_threads: opts.n_threads, ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash) };
+        let cparams = CParams {
+            own_kernels: opts.own_kernels,
+            n_threads: opts.n_threads,
+            loras: load_loras(&model, &opts.loras)?,
+            ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash)
+        };
         if opts.n_seq == 0 || opts.n_seq > MAX_SEQ {
             crate::bail_input!("--parallel: {} is out of range 1..={MAX_SEQ}", opts.n_seq);
         }
@@ -223,7 +230,7 @@ impl Decoder {
         backend.set_n_threads(opts.n_threads);
         let sched = Sched::new(
             std::slice::from_ref(&backend),
-            crate::graph::graph_size(model.n_tensors(), opts.n_seq as usize, hp.n_layer as usize),
+            crate::graph::graph_size(model.n_tensors() + lora_tensors(&cparams.loras), opts.n_seq as usize, hp.n_layer as usize),
             false,
         )?;
         Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None })
@@ -416,7 +423,8 @@ impl Decoder {
             let model = self.model.clone();
             let ub = UBatch { tokens, positions, outputs, groups };
             let built = {
-                let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, model.n_tensors())?;
+                let n_tensors = model.n_tensors() + lora_tensors(&self.cparams.loras);
+                let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, n_tensors)?;
                 let logits = model.arch.build_graph(&mut g);
                 g.finish(logits)
             };
@@ -485,4 +493,26 @@ fn set_input(
         Input::Rotation(n) => sched.set_input(g, t, &hadamard(n as usize))?,
     }
     Ok(())
+}
+
+/// Tensors the adapters add to a graph's budget (its products: A·x, B·(A·x), scale, add — within
+/// the eight nodes a tensor `graph::graph_size` allows, counting each pair twice).
+fn lora_tensors(loras: &crate::model::lora::Loras) -> usize {
+    loras.iter().map(|(a, _)| 2 * a.n_targets()).sum()
+}
+
+/// Loads and checks every adapter against `model`; those of scale 0 are then dropped (exactly no
+/// adapter, as llama.cpp does), after their check.
+fn load_loras(model: &Model, specs: &[(std::path::PathBuf, f32)]) -> Result<crate::model::lora::Loras> {
+    let mut out = Vec::new();
+    for (path, scale) in specs {
+        if !scale.is_finite() {
+            crate::bail_input!("{}: the adapter's scale {scale} is not a finite number", path.display());
+        }
+        let a = crate::model::lora::LoraAdapter::load(path, &model.file)?;
+        if *scale != 0.0 {
+            out.push((Rc::new(a), *scale));
+        }
+    }
+    Ok(out)
 }

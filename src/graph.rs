@@ -30,6 +30,8 @@ pub struct CParams {
     /// Threads the graphs are computed with: ggml's flash attention of one token over 512 cells
     /// or more cuts the cells into one chunk a thread, which ferrite's kernel reproduces.
     pub n_threads: usize,
+    /// LoRA adapters added to the products of the weights they adapt.
+    pub loras: crate::model::lora::Loras,
 }
 
 impl CParams {
@@ -59,6 +61,7 @@ impl CParams {
             yarn_beta_slow: 1.0,
             own_kernels: true,
             n_threads: 1,
+            loras: Vec::new(),
         }
     }
 }
@@ -343,7 +346,29 @@ impl<'a> GraphBuilder<'a> {
     /// Single-row groups (generating sequences) go together as planes of one column each: ggml
     /// picks its routine by the columns of a plane, so they get the one-column routine, in a
     /// single op that still reads each weight row once for all of them.
+    ///
+    /// Each LoRA adapter of `w` adds `s · B(A·x)` after the product, as llama.cpp's
+    /// `build_lora_mm` does (mul_mat by A, by B, scale, add), the A and B products by the same
+    /// rules. Adapters are added last given first: llama.cpp walks its `unordered_map` of
+    /// adapters, which with libstdc++ yields the last inserted first, and float additions in
+    /// another order would change the bits (checked against llama.cpp with two adapters).
     pub fn mm(&self, w: &Tensor, cur: &Tensor) -> Tensor {
+        let mut res = self.mm_weight(w, cur);
+        if !self.cparams.loras.is_empty() {
+            let name = w.name();
+            for (adapter, scale) in self.cparams.loras.iter().rev() {
+                if let Some((a, b, rank)) = adapter.pair(&name) {
+                    let ab = self.mm_weight(b, &self.mm_weight(a, cur));
+                    let ab = self.ctx.scale(&ab, adapter.scale(*scale, rank));
+                    res = self.ctx.add(&res, &ab);
+                }
+            }
+        }
+        res
+    }
+
+    /// `mm` without adapters.
+    fn mm_weight(&self, w: &Tensor, cur: &Tensor) -> Tensor {
         if self.groups.len() > 1 && width_dependent(w) {
             if let Some(lens) = self.row_groups(cur.ne()[1]) {
                 return self.mm_grouped(w, cur, &lens);

@@ -89,13 +89,40 @@ pub struct ContextArgs {
     /// Copy the weights into memory (transparent huge pages) instead of mapping the file
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
+    /// LoRA adapter (GGUF) at scale 1; repeatable, or a comma-separated list
+    #[arg(long = "lora", value_name = "FILE")]
+    pub lora: Vec<String>,
+    /// LoRA adapter at a scale: FILE:SCALE, repeatable or comma-separated
+    #[arg(long = "lora-scaled", value_name = "FILE:SCALE")]
+    pub lora_scaled: Vec<String>,
 }
 
 impl ContextArgs {
     pub fn load_options(&self) -> ferrite::model::LoadOptions {
         use ferrite::model::{LoadOptions, WeightMemory};
         let weights = if self.no_mmap { WeightMemory::Copied } else { WeightMemory::Mapped };
-        LoadOptions { weights, ..Default::default() }
+        // adapters name the file's tensors, so adapted models keep [q|k|v] and [gate|up] apart
+        let fuse = self.lora.is_empty() && self.lora_scaled.is_empty();
+        LoadOptions { weights, fuse, ..Default::default() }
+    }
+
+    /// The adapters of `--lora` and `--lora-scaled`, in order, with their scales.
+    pub fn loras(&self) -> anyhow::Result<Vec<(std::path::PathBuf, f32)>> {
+        let mut out = Vec::new();
+        for f in self.lora.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
+            out.push((f.into(), 1.0));
+        }
+        for spec in self.lora_scaled.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
+            let Some((file, scale)) = spec.rsplit_once(':') else {
+                ferrite::bail_input!("--lora-scaled {spec:?}: give FILE:SCALE");
+            };
+            let scale: f32 = match scale.trim().parse() {
+                Ok(s) if f32::is_finite(s) => s,
+                _ => ferrite::bail_input!("--lora-scaled {spec:?}: the scale {scale:?} is not a number"),
+            };
+            out.push((file.into(), scale));
+        }
+        Ok(out)
     }
 
     pub fn options(&self) -> anyhow::Result<ferrite::decoder::ContextOptions> {
@@ -141,6 +168,7 @@ impl ContextArgs {
             own_kernels: std::env::var_os("FERRITE_GGML_MATMUL").is_none_or(|v| v == "0"),
             swa_full: self.swa_full,
             n_seq: 1,
+            loras: self.loras()?,
         })
     }
 }

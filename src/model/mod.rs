@@ -3,6 +3,7 @@
 
 pub mod hparams;
 pub mod loader;
+pub mod lora;
 pub mod weights;
 
 pub use hparams::{HParams, RopeScaling};
