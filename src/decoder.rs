@@ -187,6 +187,9 @@ pub struct Decoder {
     pub n_graph_reuses: u64,
     /// Stops a running computation when set (Ctrl-C).
     pub interrupt: Option<&'static AtomicBool>,
+    /// Every LoRA adapter loaded and its scale now (those of scale 0 are left out of
+    /// `cparams.loras`, which the graphs use).
+    adapters: crate::model::lora::Loras,
 }
 
 impl Decoder {
@@ -215,10 +218,11 @@ impl Decoder {
                 crate::bail_input!("cache type {t} needs head sizes that are multiples of {}", t.block_size());
             }
         }
+        let adapters = load_loras(&model, &opts.loras)?;
         let cparams = CParams {
             own_kernels: opts.own_kernels,
             n_threads: opts.n_threads,
-            loras: load_loras(&model, &opts.loras)?,
+            loras: active(&adapters),
             ..CParams::new(hp, n_ctx, n_batch, n_ubatch, flash)
         };
         if opts.n_seq == 0 || opts.n_seq > MAX_SEQ {
@@ -230,10 +234,33 @@ impl Decoder {
         backend.set_n_threads(opts.n_threads);
         let sched = Sched::new(
             std::slice::from_ref(&backend),
-            crate::graph::graph_size(model.n_tensors() + lora_tensors(&cparams.loras), opts.n_seq as usize, hp.n_layer as usize),
+            crate::graph::graph_size(model.n_tensors() + lora_tensors(&adapters), opts.n_seq as usize, hp.n_layer as usize),
             false,
         )?;
-        Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None })
+        Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None, adapters })
+    }
+
+    /// The LoRA adapters loaded, with their scales now.
+    pub fn adapters(&self) -> &crate::model::lora::Loras {
+        &self.adapters
+    }
+
+    /// The adapters' scales now, one per adapter loaded.
+    pub fn lora_scales(&self) -> Vec<f32> {
+        self.adapters.iter().map(|(_, s)| *s).collect()
+    }
+
+    /// Sets the adapters' scales (one per adapter loaded; 0 leaves one out) from the next
+    /// micro-batch; graphs are rebuilt when they change.
+    pub fn set_lora_scales(&mut self, scales: &[f32]) {
+        assert_eq!(scales.len(), self.adapters.len(), "one scale per adapter");
+        if scales.iter().zip(&self.adapters).any(|(s, (_, now))| s.to_bits() != now.to_bits()) {
+            for ((_, now), s) in self.adapters.iter_mut().zip(scales) {
+                *now = *s;
+            }
+            self.cparams.loras = active(&self.adapters);
+            self.last = None;
+        }
     }
 
     pub fn n_ctx(&self) -> u32 {
@@ -423,7 +450,7 @@ impl Decoder {
             let model = self.model.clone();
             let ub = UBatch { tokens, positions, outputs, groups };
             let built = {
-                let n_tensors = model.n_tensors() + lora_tensors(&self.cparams.loras);
+                let n_tensors = model.n_tensors() + lora_tensors(&self.adapters);
                 let mut g = GraphBuilder::new(&model.hparams, &model.weights, &self.cparams, &self.kv, &ub, n_tensors)?;
                 let logits = model.arch.build_graph(&mut g);
                 g.finish(logits)
@@ -501,18 +528,20 @@ fn lora_tensors(loras: &crate::model::lora::Loras) -> usize {
     loras.iter().map(|(a, _)| 2 * a.n_targets()).sum()
 }
 
-/// Loads and checks every adapter against `model`; those of scale 0 are then dropped (exactly no
-/// adapter, as llama.cpp does), after their check.
+/// Loads and checks every adapter against `model`.
 fn load_loras(model: &Model, specs: &[(std::path::PathBuf, f32)]) -> Result<crate::model::lora::Loras> {
     let mut out = Vec::new();
     for (path, scale) in specs {
         if !scale.is_finite() {
             crate::bail_input!("{}: the adapter's scale {scale} is not a finite number", path.display());
         }
-        let a = crate::model::lora::LoraAdapter::load(path, &model.file)?;
-        if *scale != 0.0 {
-            out.push((Rc::new(a), *scale));
-        }
+        out.push((Rc::new(crate::model::lora::LoraAdapter::load(path, &model.file)?), *scale));
     }
     Ok(out)
+}
+
+/// The adapters a graph adds: those of a scale other than 0 (a zero scale is exactly no adapter;
+/// llama.cpp drops them too).
+fn active(adapters: &crate::model::lora::Loras) -> crate::model::lora::Loras {
+    adapters.iter().filter(|(_, s)| *s != 0.0).cloned().collect()
 }

@@ -58,6 +58,9 @@ pub struct SeqParams {
     /// Report each generated token's log-probability and this many most likely alternatives
     /// (OpenAI's `logprobs`/`top_logprobs`); None: not at all.
     pub logprobs: Option<u32>,
+    /// Scales of the engine's LoRA adapters for this sequence, by adapter index (llama-server's
+    /// `"lora": [{"id", "scale"}]`: adapters not named get 0); None: the engine's defaults.
+    pub lora: Option<Vec<(usize, f32)>>,
 }
 
 /// A token and its log-probability.
@@ -122,6 +125,8 @@ pub enum PromptReuse {
 struct Kept {
     tokens: Vec<u32>,
     prompt_len: usize,
+    /// The adapter scales the cells were computed with.
+    lora: Vec<f32>,
 }
 
 /// A request for one sequence.
@@ -170,6 +175,8 @@ struct Active {
     n_done: usize,
     /// Of those, the ones kept from the slot's earlier sequence.
     reused: usize,
+    /// Its LoRA adapters' scales (one per adapter of the engine).
+    lora: Vec<f32>,
     /// End of the prompt piece in this step's batch.
     piece_end: usize,
     /// The sampled token to decode next (generation phase).
@@ -219,6 +226,8 @@ pub struct Engine {
     kept: Vec<Kept>,
     /// How new sequences reuse kept cells.
     pub prompt_reuse: PromptReuse,
+    /// The adapters' scales for a sequence that names none (llama-server's global scales).
+    pub lora_defaults: Vec<f32>,
     queue: VecDeque<Queued>,
     next_id: SeqId,
     pub stats: EngineStats,
@@ -229,6 +238,7 @@ impl Engine {
     pub fn new(model: Rc<Model>, tok: Rc<Tokenizer>, template: Option<ChatTemplate>, ctx: &ContextOptions) -> Result<Engine> {
         let dec = Decoder::new(model, ctx)?;
         let n = dec.kv.n_seq() as usize;
+        let lora_defaults = dec.lora_scales();
         Ok(Engine {
             dec,
             tok,
@@ -237,6 +247,7 @@ impl Engine {
             slots: (0..n).map(|_| None).collect(),
             kept: vec![Kept::default(); n],
             prompt_reuse: PromptReuse::default(),
+            lora_defaults,
             queue: VecDeque::new(),
             next_id: 0,
             stats: EngineStats::default(),
@@ -355,11 +366,11 @@ impl Engine {
             let Some(mut q) = self.queue.pop_front() else { break };
             match self.start(&q.req) {
                 Ok(prep) => {
-                    let (prompt, sampler, reply) = prep;
+                    let (prompt, sampler, reply, lora) = prep;
                     let mode = if q.req.params.cache_prompt { self.prompt_reuse } else { PromptReuse::Off };
                     let (slot, keep) = (0..self.slots.len())
                         .filter(|&s| self.slots[s].is_none())
-                        .map(|s| (s, self.reusable(s, &prompt, mode)))
+                        .map(|s| (s, if self.kept[s].lora == lora { self.reusable(s, &prompt, mode) } else { 0 }))
                         .max_by_key(|&(s, keep)| (keep, std::cmp::Reverse(self.kept[s].tokens.len()), std::cmp::Reverse(s)))
                         .expect("a free slot exists");
                     let keep = self.keep(slot, keep, mode);
@@ -369,6 +380,7 @@ impl Engine {
                         prompt,
                         n_done: keep,
                         reused: keep,
+                        lora,
                         piece_end: keep,
                         next: None,
                         sampler,
@@ -440,8 +452,8 @@ impl Engine {
         self.kept[slot] = Kept::default();
     }
 
-    /// A request's prompt ids, sampler and reply text.
-    fn start(&self, req: &Request) -> Result<(Vec<u32>, Sampler, ReplyText)> {
+    /// A request's prompt ids, sampler, reply text and adapter scales.
+    fn start(&self, req: &Request) -> Result<(Vec<u32>, Sampler, ReplyText, Vec<f32>)> {
         let tok = &self.tok;
         let chat = |messages: Vec<Message>| -> Result<Vec<u32>> {
             let Some(t) = &self.template else {
@@ -475,7 +487,23 @@ impl Engine {
         }
         let sampler = Sampler::new(req.params.sampling.clone(), self.dec.n_vocab())?;
         let stops = stop_strings(tok, if templated { self.template.as_ref() } else { None }, &req.params.stop);
-        Ok((prompt, sampler, ReplyText::new(tok.clone(), req.params.show_special, stops)))
+        let lora = match &req.params.lora {
+            None => self.lora_defaults.clone(),
+            Some(named) => {
+                let mut scales = vec![0.0; self.lora_defaults.len()];
+                for &(id, scale) in named {
+                    if id >= scales.len() {
+                        crate::bail_input!("lora: there is no adapter {id} ({} loaded)", scales.len());
+                    }
+                    if !scale.is_finite() {
+                        crate::bail_input!("lora: the scale of adapter {id} is not a finite number");
+                    }
+                    scales[id] = scale;
+                }
+                scales
+            }
+        };
+        Ok((prompt, sampler, ReplyText::new(tok.clone(), req.params.show_special, stops), lora))
     }
 
     /// Where the prompt piece starting at `from` ends: the pieces `ferrite run` decodes a prompt
@@ -497,8 +525,14 @@ impl Engine {
         let mut batch = Batch::default();
         // rows of logits: the slot each output belongs to
         let mut rows: Vec<usize> = Vec::new();
+        // Sequences with other adapter scales take turns: a step computes those whose scales are
+        // the oldest sequence's (the adapters' products are the graph's, for every row).
+        let Some(lora) = self.slots.iter().flatten().min_by_key(|a| a.id).map(|a| a.lora.clone()) else {
+            return Ok(());
+        };
+        self.dec.set_lora_scales(&lora);
         for (slot, a) in self.slots.iter().enumerate() {
-            if let Some(a) = a {
+            if let Some(a) = a.as_ref().filter(|a| a.lora == lora) {
                 if let Some(t) = a.next {
                     batch.add(t, a.n_past() as i32, slot as u32, true);
                     rows.push(slot);
@@ -507,7 +541,7 @@ impl Engine {
         }
         for slot in 0..self.slots.len() {
             let Some(a) = &self.slots[slot] else { continue };
-            if a.next.is_some() || a.n_done >= a.prompt.len() {
+            if a.next.is_some() || a.n_done >= a.prompt.len() || a.lora != lora {
                 continue;
             }
             let end = self.piece_end(a.n_done, a.prompt.len());
@@ -541,7 +575,7 @@ impl Engine {
             return Err(e);
         }
         self.stats.steps += 1;
-        for a in self.slots.iter_mut().flatten() {
+        for a in self.slots.iter_mut().flatten().filter(|a| a.lora == lora) {
             if a.next.take().is_some() {
                 self.stats.generated_tokens += 1;
             } else if a.piece_end > a.n_done {
@@ -613,7 +647,7 @@ impl Engine {
             let mut tokens = a.prompt.clone();
             tokens.extend_from_slice(&a.tokens);
             tokens.truncate(held);
-            self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len() };
+            self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len(), lora: a.lora.clone() };
         }
         let rest = a.reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
         if a.params.stream && !rest.is_empty() {

@@ -192,6 +192,7 @@ fn params(max_tokens: i32) -> SeqParams {
         stream: false,
         cache_prompt: true,
         logprobs: None,
+        lora: None,
     }
 }
 

@@ -402,3 +402,83 @@ fn a_shared_start_is_computed_once() {
     assert_eq!(c3, 200, "{v3}");
     assert_eq!(v3["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
+
+/// `ferrite run`'s greedy chat answer with extra flags (adapters).
+fn run_answer_with(prompt: &str, n: u32, flags: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "--json", "-m"])
+        .arg(root().join(SMOLLM2))
+        .args(["-c", "1024", "-t", "2", "--temp", "0", "-n", &n.to_string()])
+        .args(flags)
+        .arg(prompt)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferrite run");
+    assert!(o.status.success(), "ferrite run: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("run --json prints JSON");
+    v["text"].as_str().expect("a text").to_string()
+}
+
+/// LoRA adapters per request (llama-server's `"lora": [{"id", "scale"}]` and `/lora-adapters`):
+/// four requests with four adapter sets in flight at once, each answer `ferrite run`'s with the
+/// same adapters.
+#[test]
+fn adapters_switch_per_request() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ferrite-serve-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let make = |name: &str, args: &[&str]| {
+        let out = dir.join(name);
+        let o = Command::new("python3")
+            .arg(root().join("scripts/make-lora.py"))
+            .arg(root().join(SMOLLM2))
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "make-lora.py: {}", String::from_utf8_lossy(&o.stderr));
+        out.to_str().unwrap().to_string()
+    };
+    let a = make("a.gguf", &["--seed", "11", "--targets", "attn_q,attn_v,ffn_up"]);
+    let b = make("b.gguf", &["--seed", "12", "--rank", "4", "--alpha", "0", "--type", "f16", "--targets", "attn_output,ffn_down"]);
+    let q = "Write one sentence about the sea.";
+    let cases: Vec<(Value, Vec<String>)> = vec![
+        (Value::Null, vec!["--lora".into(), a.clone()]),
+        (json!([{ "id": 1, "scale": 0.7 }]), vec!["--lora-scaled".into(), format!("{b}:0.7")]),
+        (json!([]), vec![]),
+        (json!([{ "id": 0, "scale": 0.5 }, { "id": 1, "scale": 0.7 }]), vec!["--lora-scaled".into(), format!("{a}:0.5,{b}:0.7")]),
+    ];
+    let expected: Vec<String> =
+        cases.iter().map(|(_, f)| run_answer_with(q, 16, &f.iter().map(String::as_str).collect::<Vec<_>>())).collect();
+    assert!(expected[0] != expected[2] && expected[1] != expected[2], "the adapters change the answers: {expected:?}");
+    let server = Server::start(&["-np", "4", "-c", "1024", "--lora", &a, "--lora-scaled", &format!("{b}:0")]);
+    let (code, list, _) = get(&server.url("/lora-adapters"), None);
+    assert_eq!(code, 200);
+    assert_eq!(list.as_array().unwrap().iter().map(|x| x["scale"].as_f64().unwrap()).collect::<Vec<_>>(), [1.0, 0.0], "{list}");
+    let url = server.url("/v1/chat/completions");
+    let body = |lora: &Value| {
+        let mut v: Value = serde_json::from_str(&chat_body(q, 16)).unwrap();
+        if !lora.is_null() {
+            v["lora"] = lora.clone();
+        }
+        v.to_string()
+    };
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = cases.iter().map(|(l, _)| s.spawn(|| post(&url, &body(l), None))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).map(|(c, v, _)| (c, v)).collect()
+    });
+    for (i, (code, v)) in answers.iter().enumerate() {
+        assert_eq!(*code, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], expected[i], "adapter set {}", cases[i].0);
+    }
+    let (code, v, _) = post(&url, &body(&json!([{ "id": 5, "scale": 1 }])), None);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no adapter 5"), "{v}");
+    // new global scales serve the requests that name none
+    let (code, v, _) = post(&server.url("/lora-adapters"), r#"[{"id": 1, "scale": 0.7}]"#, None);
+    assert_eq!(code, 200, "{v}");
+    let (code, v, _) = post(&url, &body(&Value::Null), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], expected[1]);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -93,6 +93,7 @@ pub fn main(a: Args) -> Result<()> {
         stream: false,
         cache_prompt: true,
         logprobs: a.logprobs,
+        lora: None,
     };
     let hint = "split the input into several runs";
     let input = match &a.file {

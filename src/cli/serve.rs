@@ -93,6 +93,7 @@ pub fn main(a: Args) -> Result<()> {
         stream: false,
         cache_prompt: true,
         logprobs: None,
+        lora: None,
     };
     let config = crate::server::Config {
         host: a.host.clone(),

@@ -353,6 +353,40 @@ async fn slots(State(st): State<St>) -> Result<Response, Response> {
         .into_response())
 }
 
+/// `GET /lora-adapters`: the adapters loaded and their scales for requests that name none
+/// (llama-server's route).
+async fn lora_adapters(State(st): State<St>) -> Result<Response, Response> {
+    let list = on_engine(&st, |e| {
+        e.dec
+            .adapters()
+            .iter()
+            .zip(&e.lora_defaults)
+            .enumerate()
+            .map(|(i, ((a, _), s))| json!({ "id": i, "path": a.path, "scale": s }))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `POST /lora-adapters` with `[{"id", "scale"}]`: the scales for requests that name none
+/// (adapters not listed: 0, as in a request's own `"lora"`).
+async fn set_lora_adapters(State(st): State<St>, body: Bytes) -> Result<Response, Response> {
+    let v = parse_json(&body)?;
+    let named = openai::lora_list(&v).map_err(|e| bad_request(&e))?;
+    let set = on_engine(&st, move |e| {
+        let mut scales = vec![0.0; e.lora_defaults.len()];
+        for (id, scale) in named {
+            *scales.get_mut(id).ok_or(format!("there is no adapter {id} ({} loaded)", e.lora_defaults.len()))? = scale;
+        }
+        e.lora_defaults = scales;
+        Ok::<_, String>(())
+    })
+    .await?;
+    set.map_err(|m| bad_request(&m))?;
+    lora_adapters(State(st)).await
+}
+
 async fn metrics(State(st): State<St>) -> Result<Response, Response> {
     if !st.cfg.metrics {
         return Err(err(StatusCode::NOT_IMPLEMENTED, "not_supported_error", "this server was started without --metrics"));
@@ -451,6 +485,7 @@ fn router(st: St) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/props", get(props))
         .route("/slots", get(slots))
+        .route("/lora-adapters", get(lora_adapters).post(set_lora_adapters))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))

@@ -180,6 +180,10 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
     if let Some(c) = boolean(o, "cache_prompt")? {
         p.cache_prompt = c;
     }
+    match o.get("lora") {
+        None | Some(Value::Null) => {}
+        Some(v) => p.lora = Some(lora_list(v)?),
+    }
     let want_logprobs = p.logprobs.is_some();
     Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs })
 }
@@ -216,6 +220,27 @@ pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished, w
             "usage": usage(f),
         }),
     }
+}
+
+/// llama-server's adapter list `[{"id": N, "scale": X}]` (a request's `"lora"`, or the body of
+/// `POST /lora-adapters`).
+pub fn lora_list(v: &Value) -> Result<Vec<(usize, f32)>, BadRequest> {
+    let Some(items) = v.as_array() else {
+        return Err("\"lora\" must be a list of {\"id\", \"scale\"}".into());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(o) = item.as_object() else {
+            return Err("\"lora\" must be a list of {\"id\", \"scale\"}".into());
+        };
+        let id = int(o, "id", 0)?.ok_or("lora: every entry needs an \"id\"")?;
+        let scale = num(o, "scale")?.ok_or("lora: every entry needs a \"scale\"")?;
+        if !scale.is_finite() || scale.abs() > 1e6 {
+            return Err(format!("lora: the scale of adapter {id} is out of range"));
+        }
+        out.push((usize::try_from(id).unwrap_or(usize::MAX), scale as f32));
+    }
+    Ok(out)
 }
 
 /// OpenAI's `logprobs` of a choice (null unless the request asked): chat's
@@ -300,6 +325,7 @@ mod tests {
             stream: false,
             cache_prompt: true,
             logprobs: None,
+            lora: None,
         }
     }
 
