@@ -63,6 +63,24 @@ pub struct SeqParams {
     pub lora: Option<Vec<(usize, f32)>>,
 }
 
+impl SeqParams {
+    /// Settings of `max_tokens` tokens sampled by `sampling`, the rest as a plain request has
+    /// them: no stop strings, no special tokens shown, no streaming, prompt reuse allowed, no
+    /// log-probabilities, the engine's adapter scales.
+    pub fn new(max_tokens: i32, sampling: SamplerConfig) -> SeqParams {
+        SeqParams {
+            max_tokens,
+            sampling,
+            stop: Vec::new(),
+            show_special: false,
+            stream: false,
+            cache_prompt: true,
+            logprobs: None,
+            lora: None,
+        }
+    }
+}
+
 /// A token and its log-probability.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Logprob {

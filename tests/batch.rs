@@ -184,16 +184,7 @@ fn interrupt_writes_what_is_finished() {
 }
 
 fn params(max_tokens: i32) -> SeqParams {
-    SeqParams {
-        max_tokens,
-        sampling: SamplerConfig { temp: 0.0, ..Default::default() },
-        stop: Vec::new(),
-        show_special: false,
-        stream: false,
-        cache_prompt: true,
-        logprobs: None,
-        lora: None,
-    }
+    SeqParams::new(max_tokens, SamplerConfig { temp: 0.0, ..Default::default() })
 }
 
 fn load(path: &str) -> (Rc<Model>, Rc<ferrite::tokenizer::Tokenizer>) {

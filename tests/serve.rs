@@ -106,16 +106,7 @@ fn chat_body(prompt: &str, max_tokens: u32) -> String {
 
 /// `ferrite run`'s greedy answer to a chat prompt (its exact text, from `--json`).
 fn run_answer(prompt: &str, n: u32) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["run", "--json", "-m"])
-        .arg(root().join(SMOLLM2))
-        .args(["-c", "1024", "-t", "2", "--temp", "0", "-n", &n.to_string(), prompt])
-        .stdin(Stdio::null())
-        .output()
-        .expect("ferrite run");
-    assert!(o.status.success(), "ferrite run: {}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).expect("run --json prints JSON");
-    v["text"].as_str().expect("a text").to_string()
+    run_answer_with(prompt, n, &[])
 }
 
 const PROMPTS: [&str; 8] = [
@@ -403,7 +394,7 @@ fn a_shared_start_is_computed_once() {
     assert_eq!(v3["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
 
-/// `ferrite run`'s greedy chat answer with extra flags (adapters).
+/// `ferrite run`'s greedy chat answer with extra flags (adapters), its exact text from `--json`.
 fn run_answer_with(prompt: &str, n: u32, flags: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
         .args(["run", "--json", "-m"])

@@ -86,14 +86,10 @@ pub fn main(a: Args) -> Result<()> {
         ferrite::bail_input!("--stop {s:?}: an empty stop string would stop before the first token");
     }
     let defaults = SeqParams {
-        max_tokens: a.n_predict,
-        sampling: a.sampling.config()?,
         stop: a.stop.clone(),
         show_special: a.special,
-        stream: false,
-        cache_prompt: true,
         logprobs: a.logprobs,
-        lora: None,
+        ..SeqParams::new(a.n_predict, a.sampling.config()?)
     };
     let hint = "split the input into several runs";
     let input = match &a.file {

@@ -317,16 +317,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> SeqParams {
-        SeqParams {
-            max_tokens: -1,
-            sampling: Default::default(),
-            stop: vec![],
-            show_special: false,
-            stream: false,
-            cache_prompt: true,
-            logprobs: None,
-            lora: None,
-        }
+        SeqParams::new(-1, Default::default())
     }
 
     #[test]
