@@ -34,6 +34,8 @@ pub struct Report {
     pub compute_bytes: u64,
     pub available_bytes: Option<u64>,
     pub extras: Vec<(&'static str, String)>,
+    /// LoRA adapters checked against the model: (path, alpha, weights adapted, bytes).
+    pub adapters: Vec<(String, f32, usize, u64)>,
 }
 
 impl Report {
@@ -81,11 +83,17 @@ impl Report {
             compute_bytes: compute_estimate(hp, n_ctx),
             available_bytes: available_memory(),
             extras: arch.describe(hp),
+            adapters: Vec::new(),
         })
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.weights_bytes + self.kv_bytes + self.compute_bytes
+        self.weights_bytes + self.adapter_bytes() + self.kv_bytes + self.compute_bytes
+    }
+
+    /// Bytes of the adapters' tensors.
+    pub fn adapter_bytes(&self) -> u64 {
+        self.adapters.iter().map(|a| a.3).sum()
     }
 
     pub fn fits(&self) -> Option<bool> {
@@ -132,9 +140,11 @@ impl Report {
                     Some(Err(e)) => json!({"ok": false, "error": e}),
                 },
             },
+            "adapters": self.adapters.iter().map(|(path, alpha, n, bytes)| json!({ "path": path, "alpha": alpha, "weights": n, "bytes": bytes })).collect::<Vec<_>>(),
             "memory": {
                 "n_ctx": self.n_ctx,
                 "weights": self.weights_bytes,
+                "adapters": self.adapter_bytes(),
                 "kv_cache": self.kv_bytes,
                 "compute_estimate": self.compute_bytes,
                 "total": self.total_bytes(),
@@ -188,8 +198,14 @@ impl Report {
             (None, false) => "none (base model)".into(),
         };
         line("chat template", template);
+        for (path, alpha, n, bytes) in &self.adapters {
+            line("LoRA adapter", format!("{path}: {n} weights, alpha {alpha}, {}", gib(*bytes)));
+        }
         line("memory at n_ctx", self.n_ctx.to_string());
         line("  weights", gib(self.weights_bytes));
+        if !self.adapters.is_empty() {
+            line("  LoRA adapters", gib(self.adapter_bytes()));
+        }
         line("  KV cache (f16)", gib(self.kv_bytes));
         line("  compute (estimate)", gib(self.compute_bytes));
         let verdict = match (self.available_bytes, self.fits()) {

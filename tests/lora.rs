@@ -157,3 +157,19 @@ fn broken_adapters_are_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("FILE:SCALE"));
 }
+
+/// `info --lora` checks an adapter against the model and counts its memory.
+#[test]
+fn info_reports_adapters() {
+    let smollm2 = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let a = make_lora(&smollm2, "info.gguf", &["--rank", "4", "--targets", "attn_q"]);
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_ferrite")).args(["info", "--json", "-m"]).arg(&smollm2).arg("--lora").arg(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ad = &v["adapters"][0];
+    assert_eq!(ad["weights"], 30, "{v}");
+    // 30 pairs of F32: A [576, 4] and B [4, 576]
+    assert_eq!(ad["bytes"], 30 * 2 * 576 * 4 * 4);
+    assert_eq!(v["memory"]["adapters"], ad["bytes"]);
+}

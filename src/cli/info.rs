@@ -17,6 +17,10 @@ pub struct Args {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    /// Check a LoRA adapter against the model and count its memory (repeatable, or a
+    /// comma-separated list)
+    #[arg(long = "lora", value_name = "FILE")]
+    pub lora: Vec<String>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -28,6 +32,10 @@ pub fn main(a: Args) -> Result<()> {
     let tok = Tokenizer::from_gguf(&file)?;
     let mut report = info::Report::new(&file, arch, &hp, a.ctx)?;
     report.template_check = info::check_chat_template(&file, &tok)?;
+    for f in a.lora.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
+        let ad = ferrite::model::lora::LoraAdapter::load(std::path::Path::new(f), &file)?;
+        report.adapters.push((ad.path.clone(), ad.alpha, ad.n_targets(), ad.bytes as u64));
+    }
     if a.json {
         let v = report.to_json();
         super::output::println(&serde_json::to_string_pretty(&v)?)?;
