@@ -108,9 +108,12 @@ pub fn logprobs(logits: &[f32], id: u32, k: usize, piece: impl Fn(u32) -> Vec<u8
     let lse = max as f64 + sum.ln();
     let lp = |t: u32| Logprob { token: t, bytes: piece(t), logprob: (logits[t as usize] as f64 - lse) as f32 };
     let k = k.min(logits.len());
+    if k == 0 {
+        return TokenLogprob { chosen: lp(id), top: Vec::new() };
+    }
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-    if k > 0 && k < ids.len() {
+    if k < ids.len() {
         ids.select_nth_unstable_by(k - 1, order);
     }
     ids.truncate(k);
@@ -451,10 +454,7 @@ impl Engine {
             && match mode {
                 PromptReuse::Off => false,
                 PromptReuse::Exact => self.dec.kv.seq_is_fresh_prefix(seq, keep as i32),
-                PromptReuse::All => {
-                    let need = keep.saturating_sub(self.dec.model.hparams.n_swa as usize) as i32;
-                    !self.dec.model.hparams.has_swa() || self.dec.kv.seq_holds_range(seq, need, keep as i32)
-                }
+                PromptReuse::All => self.dec.kv.seq_holds_window(seq, keep as i32),
             };
         if serves {
             keep
@@ -507,21 +507,25 @@ impl Engine {
         let stops = stop_strings(tok, if templated { self.template.as_ref() } else { None }, &req.params.stop);
         let lora = match &req.params.lora {
             None => self.lora_defaults.clone(),
-            Some(named) => {
-                let mut scales = vec![0.0; self.lora_defaults.len()];
-                for &(id, scale) in named {
-                    if id >= scales.len() {
-                        crate::bail_input!("lora: there is no adapter {id} ({} loaded)", scales.len());
-                    }
-                    if !scale.is_finite() {
-                        crate::bail_input!("lora: the scale of adapter {id} is not a finite number");
-                    }
-                    scales[id] = scale;
-                }
-                scales
-            }
+            Some(named) => self.lora_scales(named)?,
         };
         Ok((prompt, sampler, ReplyText::new(tok.clone(), req.params.show_special, stops), lora))
+    }
+
+    /// The scale of every adapter of the engine from a list of (adapter index, scale):
+    /// llama-server's `"lora"`, where adapters not named get 0.
+    pub fn lora_scales(&self, named: &[(usize, f32)]) -> Result<Vec<f32>> {
+        let mut scales = vec![0.0; self.lora_defaults.len()];
+        for &(id, scale) in named {
+            if id >= scales.len() {
+                crate::bail_input!("lora: there is no adapter {id} ({} loaded)", scales.len());
+            }
+            if !scale.is_finite() {
+                crate::bail_input!("lora: the scale of adapter {id} is not a finite number");
+            }
+            scales[id] = scale;
+        }
+        Ok(scales)
     }
 
     /// Where the prompt piece starting at `from` ends: the pieces `ferrite run` decodes a prompt
@@ -656,16 +660,17 @@ impl Engine {
     /// Ends slot `slot`'s sequence: the rest of its text, its answer, its cells freed.
     fn finish(&mut self, slot: usize, reason: StopReason, stop_token: Option<u32>) {
         let Some(mut a) = self.slots[slot].take() else { return };
+        let prompt_len = a.prompt.len();
         // the cells stay for a later sequence that starts the same way (see `PromptReuse`), a
         // cancelled one's too (a client that retries)
         if self.prompt_reuse == PromptReuse::Off {
             self.forget(slot);
         } else {
             let held = (self.dec.kv.seq_pos_range(slot as u32).1 + 1) as usize;
-            let mut tokens = a.prompt.clone();
+            let mut tokens = std::mem::take(&mut a.prompt);
             tokens.extend_from_slice(&a.tokens);
             tokens.truncate(held);
-            self.kept[slot] = Kept { tokens, prompt_len: a.prompt.len(), lora: a.lora.clone() };
+            self.kept[slot] = Kept { tokens, prompt_len, lora: std::mem::take(&mut a.lora) };
         }
         let rest = a.reply.finish(reason != StopReason::Stop && reason != StopReason::Interrupted);
         if a.params.stream && !rest.is_empty() {
@@ -677,7 +682,7 @@ impl Engine {
             tokens: a.tokens,
             stop_reason: reason,
             stop_token,
-            prompt_tokens: a.prompt.len(),
+            prompt_tokens: prompt_len,
             cached_tokens: a.reused,
             logprobs: a.logprobs,
         };

@@ -326,11 +326,6 @@ impl KvCache {
         self.streams[0].remove_range(p0, i32::MAX);
     }
 
-    /// Whether sequence 0 holds every position in [p0, p1).
-    pub fn holds_range(&self, p0: i32, p1: i32) -> bool {
-        self.streams[0].holds_range(p0, p1)
-    }
-
     /// Highest position sequence 0 stores (-1: empty).
     pub fn pos_max(&self) -> i32 {
         self.streams[0].pos_max()
@@ -385,10 +380,12 @@ impl KvCache {
         fresh(&s.full) && s.swa.as_ref().is_none_or(fresh)
     }
 
-    /// Whether sequence `seq` holds every position in [p0, p1) in every cache (a sliding-window
-    /// cache loses positions that left its window).
-    pub fn seq_holds_range(&self, seq: u32, p0: i32, p1: i32) -> bool {
-        self.streams[seq as usize].holds_range(p0, p1)
+    /// Whether sequence `seq`, cut back to its first `n` positions, can go on from there: a
+    /// sliding-window cache must still hold the window before `n` (it drops the positions that
+    /// leave it); a full cache holds them all.
+    pub fn seq_holds_window(&self, seq: u32, n: i32) -> bool {
+        let s = &self.streams[seq as usize];
+        s.swa.as_ref().is_none_or(|c| s.holds_range((n - c.n_swa as i32).max(0), n))
     }
 
     /// Lowest and highest position of sequence `seq` (-1, -1: empty).

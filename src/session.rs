@@ -226,13 +226,9 @@ impl Session {
     /// Rewinds the cache to its first `n` tokens. A sliding-window cache may no longer hold
     /// the window before `n`; then everything is recomputed.
     fn rewind(&mut self, mut n: usize) {
-        let hp = &self.dec.model.hparams;
-        if n < self.cached.len() && hp.has_swa() && n > 0 {
-            // the window of the next token must still be in the cache
-            let need = n.saturating_sub(hp.n_swa as usize) as i32;
-            if !self.dec.kv.holds_range(need, n as i32) {
-                n = 0;
-            }
+        // the window of the next token must still be in the cache
+        if n < self.cached.len() && n > 0 && !self.dec.kv.seq_holds_window(0, n as i32) {
+            n = 0;
         }
         self.cached.truncate(n);
         self.dec.kv.truncate(n as i32);

@@ -374,16 +374,8 @@ async fn lora_adapters(State(st): State<St>) -> Result<Response, Response> {
 async fn set_lora_adapters(State(st): State<St>, body: Bytes) -> Result<Response, Response> {
     let v = parse_json(&body)?;
     let named = openai::lora_list(&v).map_err(|e| bad_request(&e))?;
-    let set = on_engine(&st, move |e| {
-        let mut scales = vec![0.0; e.lora_defaults.len()];
-        for (id, scale) in named {
-            *scales.get_mut(id).ok_or(format!("there is no adapter {id} ({} loaded)", e.lora_defaults.len()))? = scale;
-        }
-        e.lora_defaults = scales;
-        Ok::<_, String>(())
-    })
-    .await?;
-    set.map_err(|m| bad_request(&m))?;
+    let set = on_engine(&st, move |e| e.lora_scales(&named).map(|scales| e.lora_defaults = scales)).await?;
+    set.map_err(|m| bad_request(&ferrite::error::one_line(&m)))?;
     lora_adapters(State(st)).await
 }
 
