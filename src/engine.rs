@@ -61,6 +61,9 @@ pub struct SeqParams {
     /// Scales of the engine's LoRA adapters for this sequence, by adapter index (llama-server's
     /// `"lora": [{"id", "scale"}]`: adapters not named get 0); None: the engine's defaults.
     pub lora: Option<Vec<(usize, f32)>>,
+    /// A grammar or JSON schema the answer must follow, bound to the engine's vocabulary when
+    /// the sequence starts (a `sampling.grammar` already bound takes precedence).
+    pub constraint: Option<crate::grammar::Constraint>,
 }
 
 impl SeqParams {
@@ -77,6 +80,7 @@ impl SeqParams {
             cache_prompt: true,
             logprobs: None,
             lora: None,
+            constraint: None,
         }
     }
 }
@@ -503,7 +507,11 @@ impl Engine {
         if let Some(&bad) = prompt.iter().find(|&&t| t >= n_vocab) {
             crate::bail_input!("token id {bad} is outside the vocabulary ({n_vocab} tokens)");
         }
-        let sampler = Sampler::new(req.params.sampling.clone(), self.dec.n_vocab())?;
+        let mut sampling = req.params.sampling.clone();
+        if let (None, Some(c)) = (&sampling.grammar, &req.params.constraint) {
+            sampling.grammar = Some(c.compile(tok)?);
+        }
+        let sampler = Sampler::new(sampling, self.dec.n_vocab())?;
         let stops = stop_strings(tok, if templated { self.template.as_ref() } else { None }, &req.params.stop);
         let lora = match &req.params.lora {
             None => self.lora_defaults.clone(),
@@ -627,7 +635,17 @@ impl Engine {
         if a.params.max_tokens >= 0 && a.tokens.len() >= a.params.max_tokens as usize {
             return self.finish(slot, StopReason::Length, None);
         }
-        let id = a.sampler.sample(logits);
+        let id = match a.sampler.sample(logits) {
+            Ok(id) => id,
+            Err(e) => {
+                // the sequence's grammar allows nothing: that sequence ends with the error
+                self.forget(slot);
+                if let Some(mut a) = self.slots[slot].take() {
+                    (a.sink)(a.id, SeqEvent::Done(Err(e)));
+                }
+                return;
+            }
+        };
         a.sampler.accept(id);
         if self.tok.is_eog(id) {
             return self.finish(slot, StopReason::Eos, Some(id));
@@ -699,7 +717,7 @@ pub type Call = Box<dyn FnOnce(&mut Engine) + Send>;
 
 /// A command to the engine's thread.
 enum Cmd {
-    Submit(SeqId, Request, SendSink),
+    Submit(SeqId, Box<Request>, SendSink),
     Cancel(SeqId),
     Call(Call),
 }
@@ -765,7 +783,7 @@ impl EngineHandle {
     /// Queues a request; its events go to `sink`, called on the engine's thread.
     pub fn submit_with(&self, req: Request, sink: SendSink) -> Result<SeqId> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tx.send(Cmd::Submit(id, req, sink)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        self.tx.send(Cmd::Submit(id, Box::new(req), sink)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
         Ok(id)
     }
 
@@ -813,7 +831,7 @@ fn serve(engine: &mut Engine, rx: mpsc::Receiver<Cmd>) -> Result<()> {
 
 fn apply(engine: &mut Engine, cmd: Cmd) {
     match cmd {
-        Cmd::Submit(id, req, sink) => engine.submit_as(id, req, sink),
+        Cmd::Submit(id, req, sink) => engine.submit_as(id, *req, sink),
         Cmd::Cancel(id) => {
             engine.cancel(id);
         }

@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod grammar;
 pub mod graph;
 pub mod info;
 pub mod kv_cache;

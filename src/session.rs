@@ -375,7 +375,7 @@ impl Session {
                 reason = StopReason::Length;
                 break;
             }
-            let id = self.sampler.sample(&logits);
+            let id = self.sampler.sample(&logits)?;
             self.sampler.accept(id);
             if self.tok.is_eog(id) {
                 reason = StopReason::Eos;

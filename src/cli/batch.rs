@@ -89,6 +89,7 @@ pub fn main(a: Args) -> Result<()> {
         stop: a.stop.clone(),
         show_special: a.special,
         logprobs: a.logprobs,
+        constraint: a.sampling.constraint()?.map(|(_, c)| c),
         ..SeqParams::new(a.n_predict, a.sampling.config()?)
     };
     let hint = "split the input into several runs";

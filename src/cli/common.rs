@@ -65,7 +65,22 @@ pub struct SamplingArgs {
     /// Random seed (default or -1: random, reported with --verbose and in --json)
     #[arg(short = 's', long, value_name = "N", allow_negative_numbers = true)]
     pub seed: Option<i64>,
+    /// Constrain the answer with a GBNF grammar (llama.cpp's syntax, root rule `root`)
+    #[arg(long, value_name = "GBNF", group = "constraint")]
+    pub grammar: Option<String>,
+    /// Constrain the answer with the GBNF grammar in FILE
+    #[arg(long = "grammar-file", value_name = "FILE", group = "constraint")]
+    pub grammar_file: Option<std::path::PathBuf>,
+    /// Constrain the answer to JSON valid under this JSON schema (`{}`: any JSON object)
+    #[arg(short = 'j', long = "json-schema", value_name = "SCHEMA", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// Constrain the answer to JSON valid under the JSON schema in FILE (also `-jf`)
+    #[arg(long = "json-schema-file", value_name = "FILE", group = "constraint")]
+    pub json_schema_file: Option<std::path::PathBuf>,
 }
+
+/// Largest grammar or schema file read (a grammar is a program, not data).
+const CONSTRAINT_FILE_CAP: u64 = ferrite::grammar::MAX_GRAMMAR_BYTES as u64;
 
 impl SamplingArgs {
     pub fn config(&self) -> Result<SamplerConfig> {
@@ -81,6 +96,7 @@ impl SamplingArgs {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias,
+            grammar: None,
             // llama.cpp's LLAMA_DEFAULT_SEED: -1 means a random seed
             seed: match self.seed {
                 None | Some(-1) => None,
@@ -90,6 +106,40 @@ impl SamplingArgs {
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// [`config`](Self::config) with the grammar of `--grammar`, `--grammar-file`,
+    /// `--json-schema` or `--json-schema-file` bound to `tok`'s vocabulary.
+    pub fn config_for(&self, tok: &Tokenizer) -> Result<SamplerConfig> {
+        let mut c = self.config()?;
+        if let Some((what, constraint)) = self.constraint()? {
+            c.grammar = Some(constraint.compile(tok).map_err(|e| e.context(what))?);
+        }
+        Ok(c)
+    }
+
+    /// The constraint the flags ask for, if any, with the name of where it came from.
+    pub fn constraint(&self) -> Result<Option<(String, ferrite::grammar::Constraint)>> {
+        use ferrite::grammar::{json_schema, Constraint};
+        let read = |p: &std::path::Path, what: &str| -> Result<String> {
+            let bytes = super::files::read_capped(p, CONSTRAINT_FILE_CAP, what, "simplify it")?;
+            super::files::utf8(bytes, &p.display().to_string())
+        };
+        let schema = |text: &str, what: String| -> Result<Option<(String, Constraint)>> {
+            let v = json_schema::parse_schema(text).map_err(|e| e.context(what.clone()))?;
+            Ok(Some((what, Constraint::JsonSchema(v))))
+        };
+        if let Some(g) = &self.grammar {
+            Ok(Some(("--grammar".into(), Constraint::Gbnf(g.clone()))))
+        } else if let Some(p) = &self.grammar_file {
+            Ok(Some((p.display().to_string(), Constraint::Gbnf(read(p, "grammar")?))))
+        } else if let Some(s) = &self.json_schema {
+            schema(s, "--json-schema".into())
+        } else if let Some(p) = &self.json_schema_file {
+            schema(&read(p, "JSON schema")?, p.display().to_string())
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -243,7 +293,7 @@ pub fn session(l: &Loaded, ctx: &ContextArgs, s: &SamplingArgs, g: &GenArgs, tem
     if let Some(c) = ctx.ctx_size.filter(|&c| c > n_ctx_train && !g.quiet) {
         eprintln!("ferrite: warning: --ctx-size {c} is above the {n_ctx_train} tokens the model was trained on; expect its answers to degrade past that");
     }
-    let mut sess = Session::new(l.model.clone(), l.tok.clone(), &ctx.options()?, s.config()?, opts, template)?;
+    let mut sess = Session::new(l.model.clone(), l.tok.clone(), &ctx.options()?, s.config_for(&l.tok)?, opts, template)?;
     sess.system = g.system.clone();
     sess.dec.set_interrupt(&INTERRUPTED);
     Ok(sess)

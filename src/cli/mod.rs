@@ -188,6 +188,7 @@ const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
     ("-npl", "--parallel"),
     ("-npp", "--n-prompt"),
     ("-ntg", "--n-gen"),
+    ("-jf", "--json-schema-file"),
 ];
 
 /// The command line with llama.cpp's multi-letter short flags in their long forms, or the

@@ -85,7 +85,7 @@ pub fn main(a: Args) -> Result<()> {
     let opts = ferrite::decoder::ContextOptions { n_seq: a.parallel, ..a.ctx.options()? };
     let path = ferrite::catalogue::resolve(a.model.model.as_deref())?;
     let name = a.alias.clone().unwrap_or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-    let defaults = SeqParams::new(a.n_predict, a.sampling.config()?);
+    let defaults = SeqParams { constraint: a.sampling.constraint()?.map(|(_, c)| c), ..SeqParams::new(a.n_predict, a.sampling.config()?) };
     let config = crate::server::Config {
         host: a.host.clone(),
         port: a.port,

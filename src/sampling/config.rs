@@ -88,6 +88,8 @@ pub struct SamplerConfig {
     pub logit_bias: Vec<LogitBias>,
     /// RNG seed; None draws a random one, which `Sampler::seed` then reports.
     pub seed: Option<u64>,
+    /// Only tokens this grammar allows may be sampled (see [`crate::grammar`]); None = free.
+    pub grammar: Option<std::sync::Arc<crate::grammar::Grammar>>,
 }
 
 impl Default for SamplerConfig {
@@ -104,6 +106,7 @@ impl Default for SamplerConfig {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: None,
+            grammar: None,
         }
     }
 }

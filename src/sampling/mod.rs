@@ -28,7 +28,7 @@
 //! let mut sampler = Sampler::new(config, 32000)?;
 //! eprintln!("seed: {}", sampler.seed());
 //! # let logits = vec![0.0f32; 32000];
-//! let token = sampler.sample(&logits);
+//! let token = sampler.sample(&logits)?;
 //! sampler.accept(token);
 //! # Ok(()) }
 //! ```
@@ -76,6 +76,8 @@ pub use config::{LogitBias, SamplerConfig};
 pub use penalties::Penalties;
 pub use rng::Xoshiro256;
 
+use crate::grammar::GrammarState;
+
 use crate::bail_input;
 use anyhow::Result;
 
@@ -90,6 +92,8 @@ pub struct Sampler {
     /// Working copy of the logits (biases and penalties are applied here).
     logits: Vec<f32>,
     cands: Candidates,
+    /// Where the sequence stands in the grammar, when one constrains it.
+    grammar: Option<GrammarState>,
 }
 
 impl Sampler {
@@ -103,6 +107,11 @@ impl Sampler {
         }
         if let Some(b) = config.logit_bias.iter().find(|b| b.token as usize >= n_vocab) {
             bail_input!("logit bias {b}: token {} is outside the vocabulary (0..{n_vocab})", b.token);
+        }
+        if let Some(g) = &config.grammar {
+            if g.n_vocab() != n_vocab {
+                bail_input!("the grammar was made for a vocabulary of {} tokens, not {n_vocab}", g.n_vocab());
+            }
         }
         let seed = config.seed.unwrap_or_else(rng::random_seed);
         let penalties =
@@ -125,6 +134,7 @@ impl Sampler {
             penalties,
             logits: Vec::with_capacity(if adjusted { n_vocab } else { 0 }),
             cands,
+            grammar: config.grammar.as_ref().map(|g| g.start()),
             config,
         })
     }
@@ -148,17 +158,51 @@ impl Sampler {
     }
 
     /// Runs the chain over `logits` (one per token id; normally `n_vocab` of them) and returns
-    /// the chosen id. The caller's logits are not modified. Does not record the token: call
-    /// [`accept`](Self::accept) with the token actually used. Empty logits yield token 0.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        // Biases and penalties go to a copy; without them the caller's logits are read in
+    /// the chosen id. The caller's logits are not modified. Does not record the token for the
+    /// penalties: call [`accept`](Self::accept) with the token actually used. Empty logits yield
+    /// token 0.
+    ///
+    /// Under a grammar the pick is checked and, if the grammar refuses it, the chain runs again
+    /// on the logits with every refused token at -inf (llama.cpp's `common_sampler_sample`:
+    /// the same token as masking first when greedy, and the mask is computed only when needed);
+    /// the grammar then advances past the token. A grammar that allows no token is an error
+    /// ([`BadInput`](crate::error::BadInput)), never an unconstrained token.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        let Some(mut g) = self.grammar.take() else {
+            return Ok(self.run_chain(logits, None));
+        };
+        let mut id = self.run_chain(logits, None);
+        if !g.allows(id) {
+            let mask = g.mask();
+            id = self.run_chain(logits, Some(mask));
+            if !mask.get(id as usize).copied().unwrap_or(false) {
+                self.grammar = Some(g);
+                bail_input!("the grammar allows no token here (or logit biases exclude every token it allows)");
+            }
+        }
+        let accepted = g.accept(id);
+        self.grammar = Some(g);
+        accepted?;
+        Ok(id)
+    }
+
+    /// The chain itself; `allowed` (one flag per token) sets every other token to -inf first.
+    fn run_chain(&mut self, logits: &[f32], allowed: Option<&[bool]>) -> u32 {
+        // Biases, penalties and masks go to a copy; without them the caller's logits are read in
         // place. Either way NaN (a broken model) ends up as -inf: replaced here, skipped by
         // `argmax` and `fill_top_k`, replaced by `fill`.
-        let adjusted = !self.config.logit_bias.is_empty() || self.penalties.is_enabled();
+        let adjusted = !self.config.logit_bias.is_empty() || self.penalties.is_enabled() || allowed.is_some();
         let src: &[f32] = if adjusted {
             let buf = &mut self.logits;
             buf.clear();
             buf.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
+            if let Some(allowed) = allowed {
+                for (l, &ok) in buf.iter_mut().zip(allowed) {
+                    if !ok {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             for b in &self.config.logit_bias {
                 if let Some(l) = buf.get_mut(b.token as usize) {
                     *l += b.bias;
@@ -211,6 +255,9 @@ impl Sampler {
     /// then behaves exactly as a new one with the same seed.
     pub fn reset(&mut self) {
         self.penalties.reset();
+        if let Some(g) = &mut self.grammar {
+            g.reset();
+        }
         self.rng = Xoshiro256::from_seed(self.seed);
     }
 

@@ -430,7 +430,7 @@ fn chain_tables() {
     for (config, history, ids, probs) in rows {
         let mut s = Sampler::new(config.clone(), 4).unwrap();
         s.set_history(history);
-        let t = s.sample(&ln4());
+        let t = s.sample(&ln4()).unwrap();
         assert!(ids.contains(&t));
         assert_eq!(s.candidates().ids(), *ids);
         assert_probs(s.candidates(), probs, &format!("{config:?}"));
@@ -454,7 +454,7 @@ fn chain_with_every_step() {
     for t in [11, 20, 20, 29, 3, 5, 5, 5] {
         s.accept(t);
     }
-    s.sample(&logits);
+    s.sample(&logits).unwrap();
     let ids: &[u32] = &[92, 83, 74, 65, 56, 47, 38, 93, 91, 84, 75, 82, 66, 57, 2, 73, 48, 39, 64, 30, 21, 55, 12, 46, 37];
     let probs: &[f32] = &[
         0.107175, 0.094169, 0.082642, 0.072437, 0.063416, 0.055452, 0.048429, 0.039975, 0.038285, 0.036800, 0.033845, 0.032119, 0.031098,
@@ -473,7 +473,7 @@ fn same_seed_same_tokens() {
         let mut s = Sampler::new(config, 1000).unwrap();
         let mut out = Vec::new();
         for r in &rows {
-            let t = s.sample(r);
+            let t = s.sample(r).unwrap();
             s.accept(t);
             out.push(t);
         }
@@ -489,7 +489,7 @@ fn same_seed_same_tokens() {
     let again: Vec<u32> = rows
         .iter()
         .map(|r| {
-            let t = s.sample(r);
+            let t = s.sample(r).unwrap();
             s.accept(t);
             t
         })
@@ -508,7 +508,7 @@ fn copied_and_in_place_logits_agree() {
         let mut plain = Sampler::new(base.clone(), 3000).unwrap();
         let mut copied = Sampler::new(SamplerConfig { repeat_penalty: 1.3, ..base }, 3000).unwrap();
         for r in &rows {
-            assert_eq!(plain.sample(r), copied.sample(r));
+            assert_eq!(plain.sample(r).unwrap(), copied.sample(r).unwrap());
             assert_eq!(plain.candidates().data, copied.candidates().data);
         }
     }
@@ -520,16 +520,16 @@ fn random_seed_is_reported_and_reproduces() {
     let mut s = Sampler::new(SamplerConfig::default(), 500).unwrap();
     let mut r = Sampler::new(cfg(s.seed()), 500).unwrap();
     for _ in 0..20 {
-        assert_eq!(s.sample(&logits), r.sample(&logits));
+        assert_eq!(s.sample(&logits).unwrap(), r.sample(&logits).unwrap());
     }
 }
 
 #[test]
 fn greedy_ties_go_to_the_lowest_id() {
     let mut s = Sampler::new(SamplerConfig::greedy(), 6).unwrap();
-    assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0, 3.0, -1.0]), 1);
+    assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0, 3.0, -1.0]).unwrap(), 1);
     let mut s = Sampler::new(SamplerConfig { temp: -1.0, ..SamplerConfig::default() }, 3).unwrap();
-    assert_eq!(s.sample(&[f32::NAN, 2.0, 2.0]), 1);
+    assert_eq!(s.sample(&[f32::NAN, 2.0, 2.0]).unwrap(), 1);
     assert_eq!(ops::greedy(&Candidates::from_logits(&[5.0, 5.0])), Some(0));
 }
 
@@ -538,14 +538,14 @@ fn greedy_after_bias_and_penalties() {
     let logits = [1.0, 4.0, 3.0, 2.0];
     let config = SamplerConfig { logit_bias: vec![LogitBias::parse("1-inf").unwrap()], ..SamplerConfig::greedy() };
     let mut s = Sampler::new(config, 4).unwrap();
-    assert_eq!(s.sample(&logits), 2);
+    assert_eq!(s.sample(&logits).unwrap(), 2);
     let config = SamplerConfig { repeat_penalty: 2.0, ..SamplerConfig::greedy() };
     let mut s = Sampler::new(config, 4).unwrap();
     s.set_history(&[1, 2]);
     // 4/2 = 2 and 3/2 = 1.5 fall below token 3's 2.0; 1 ties it at 2.0 and has the lower id.
-    assert_eq!(s.sample(&logits), 1);
+    assert_eq!(s.sample(&logits).unwrap(), 1);
     s.set_history(&[1]);
-    assert_eq!(s.sample(&logits), 2);
+    assert_eq!(s.sample(&logits).unwrap(), 2);
 }
 
 #[test]
@@ -557,14 +557,14 @@ fn banned_token_is_never_drawn() {
     let mut s = Sampler::new(config, 50).unwrap();
     let mut seen = [false; 50];
     for _ in 0..10_000 {
-        seen[s.sample(&logits) as usize] = true;
+        seen[s.sample(&logits).unwrap() as usize] = true;
     }
     assert!(!seen[7]);
     assert!(seen.iter().filter(|&&x| x).count() == 49);
     // Everything banned: still a token, no panic.
     let all: Vec<LogitBias> = (0..3).map(|t| LogitBias { token: t, bias: f32::NEG_INFINITY }).collect();
     let mut s = Sampler::new(SamplerConfig { logit_bias: all, ..cfg(1) }, 3).unwrap();
-    assert!(s.sample(&[1.0, 2.0, 3.0]) < 3);
+    assert!(s.sample(&[1.0, 2.0, 3.0]).unwrap() < 3);
 }
 
 #[test]
@@ -576,7 +576,7 @@ fn draw_frequencies_match_probabilities() {
     const N: usize = 100_000;
     let mut counts = [0usize; 5];
     for _ in 0..N {
-        counts[s.sample(&logits) as usize] += 1;
+        counts[s.sample(&logits).unwrap() as usize] += 1;
     }
     for (c, p) in counts.iter().zip(probs) {
         let f = *c as f32 / N as f32;
@@ -590,7 +590,7 @@ fn default_chain_draws_only_inside_top_k() {
     let logits: Vec<f32> = (0..1000).map(|i| i as f32 * 0.001).collect();
     let mut s = Sampler::new(SamplerConfig { temp: 5.0, top_p: 1.0, min_p: 0.0, ..cfg(5) }, 1000).unwrap();
     for _ in 0..2000 {
-        assert!(s.sample(&logits) >= 960);
+        assert!(s.sample(&logits).unwrap() >= 960);
     }
     assert_eq!(s.candidates().len(), 40);
 }
@@ -613,7 +613,7 @@ fn sample_leaves_the_callers_logits_alone() {
     let config = SamplerConfig { repeat_penalty: 3.0, logit_bias: vec![LogitBias::parse("3+1").unwrap()], ..cfg(1) };
     let mut s = Sampler::new(config, 4).unwrap();
     s.accept(3);
-    s.sample(&logits);
+    s.sample(&logits).unwrap();
     assert_eq!(logits[..2], before[..2]);
     assert!(logits[2].is_nan());
     assert_eq!(logits[3], before[3]);
@@ -810,7 +810,7 @@ fn bench_sample() {
         eprintln!(
             "{name:>22}: {:8.1} us/token",
             best_us(|| {
-                std::hint::black_box(s.sample(&logits));
+                std::hint::black_box(s.sample(&logits).unwrap());
             })
         );
     }

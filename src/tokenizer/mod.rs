@@ -94,6 +94,8 @@ pub struct Tokenizer {
     clean_spaces: bool,
     pre: Option<String>,
     chat_template: Option<String>,
+    /// How grammars see this vocabulary, made on first use ([`Tokenizer::grammar_table`]).
+    grammar_table: std::sync::OnceLock<std::sync::Arc<crate::grammar::TokenTable>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -224,7 +226,13 @@ impl Tokenizer {
             chat_template: meta.chat_template.clone(),
             tokens,
             attrs,
+            grammar_table: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Every token's text as grammars match it, computed once (a few ms per 100k tokens).
+    pub fn grammar_table(&self) -> std::sync::Arc<crate::grammar::TokenTable> {
+        self.grammar_table.get_or_init(|| std::sync::Arc::new(crate::grammar::TokenTable::new(self))).clone()
     }
 
     /// Token ids of `text`. `add_special`: add BOS/EOS where the vocabulary asks for them.
