@@ -33,7 +33,7 @@ models/fetch.sh
 
 # tiny random-weight models of every architecture, seeds 1234, 7 and 99 (deterministic bytes;
 # ~30 s a seed). The avx512 goldens hold their SHA-256 (the bytes are the same on every CPU).
-python3 -c 'import gguf, numpy, openai' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check gguf numpy openai
+python3 -c 'import gguf, numpy, openai, jsonschema' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check gguf numpy openai jsonschema
 phase "tiny models"
 for seed in 1234 7 99; do
   if [ "$seed" = 1234 ]; then d="$root/target/tiny-models"; else d="$root/target/tiny-models-seed$seed"; fi

@@ -2,8 +2,9 @@
 //! --grammar-file G` gives exactly the greedy ids of llama.cpp's grammar sampler (`greedy_ref`
 //! with `REF_GRAMMAR_FILE`) for the grammars in `tests/grammars/` (lists, JSON, arithmetic,
 //! non-ASCII classes that tokens end inside of, `.` and negated classes, bounded repetitions,
-//! whole-token elements), on both models; JSON-schema answers sampled at temperature 1 parse,
-//! validate and end by the grammar; broken grammars and schemas are one-line errors (exit 2).
+//! whole-token elements), on both models; JSON-schema answers (`tests/schemas/`) sampled at
+//! temperature 1 parse, validate and end by the grammar; broken grammars and schemas are
+//! one-line errors (exit 2).
 
 mod heavy;
 mod paths;
@@ -111,4 +112,60 @@ fn broken_grammars_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     let o = ferrite().args(["run", "-m"]).arg(model).args(["--grammar", "root ::= \"a\"", "-j", "{}", "hi"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "two constraints at once: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// JSON-schema answers sampled at temperature 1 with several seeds: every one parses, is valid
+/// under its schema (checked by Python's `jsonschema`) and ended by the grammar (`eos`).
+#[test]
+fn json_schema_answers_validate() {
+    let mut answers = Vec::new();
+    for model in models() {
+        for (schema, prompt) in [("person.json", "Describe a person as JSON."), ("call.json", "Call the weather tool as JSON.")] {
+            let path = root().join("tests/schemas").join(schema);
+            for seed in 1..=5 {
+                let mut cmd = ferrite();
+                cmd.args(["run", "--json", "--temp", "1", "-t", "2", "-n", "600", "-s", &seed.to_string(), "-m"])
+                    .arg(&model)
+                    .arg("-jf")
+                    .arg(&path)
+                    .arg(prompt);
+                let o = heavy::output(&mut cmd, "ferrite run -jf", heavy::LIMIT);
+                assert!(o.status.success(), "{schema} seed {seed}: {}", String::from_utf8_lossy(&o.stderr));
+                let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                assert_eq!(v["stop_reason"], "eos", "{schema} seed {seed} on {}: not ended by the grammar: {v}", model.display());
+                let text = v["text"].as_str().unwrap().to_string();
+                answers.push(serde_json::json!({"schema": path, "text": text}));
+            }
+        }
+    }
+    let check = r#"
+import json, sys, jsonschema
+for line in sys.stdin:
+    a = json.loads(line)
+    jsonschema.validate(json.loads(a["text"]), json.load(open(a["schema"])))
+print("ok")
+"#;
+    let list = std::env::temp_dir().join(format!("ferrite-schema-answers-{}.jsonl", std::process::id()));
+    std::fs::write(&list, answers.iter().map(|a| format!("{a}\n")).collect::<String>()).unwrap();
+    let o = Command::new("python3").args(["-c", check]).stdin(std::fs::File::open(&list).unwrap()).output().unwrap();
+    assert!(o.status.success(), "an answer does not validate: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Broken schemas: exit 2 with a message, before the model loads.
+#[test]
+fn broken_schemas_are_refused() {
+    let model = &models()[0];
+    for (schema, needle) in [
+        ("{", "not JSON"),
+        ("[1]", "object"),
+        (r#"{"type":"string","pattern":"a+"}"#, "pattern"),
+        (r##"{"$ref":"#/$defs/nope"}"##, "points nowhere"),
+        (r#"{"type":"integer","minimum":5,"maximum":2}"#, "no integer"),
+        (r#"{"type":"frog"}"#, "frog"),
+    ] {
+        let o = ferrite().args(["run", "-n", "2", "-m"]).arg(model).args(["-j", schema, "hi"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{schema}: {err}");
+        assert!(err.contains(needle), "{schema}: {err}");
+    }
 }

@@ -126,8 +126,8 @@ impl SamplingArgs {
             super::files::utf8(bytes, &p.display().to_string())
         };
         let schema = |text: &str, what: String| -> Result<Option<(String, Constraint)>> {
-            let v = json_schema::parse_schema(text).map_err(|e| e.context(what.clone()))?;
-            Ok(Some((what, Constraint::JsonSchema(v))))
+            json_schema::gbnf_from_text(text).map_err(|e| e.context(what.clone()))?;
+            Ok(Some((what, Constraint::JsonSchema(text.to_string()))))
         };
         if let Some(g) = &self.grammar {
             Ok(Some(("--grammar".into(), Constraint::Gbnf(g.clone()))))

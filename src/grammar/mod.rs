@@ -75,8 +75,8 @@ impl Elem {
 pub enum Constraint {
     /// GBNF text (root rule `root`).
     Gbnf(String),
-    /// A JSON schema: the answer must be JSON valid under it.
-    JsonSchema(serde_json::Value),
+    /// A JSON schema (its text: objects keep their order): the answer must be JSON valid under it.
+    JsonSchema(String),
 }
 
 impl Constraint {
@@ -84,7 +84,7 @@ impl Constraint {
     pub fn gbnf(&self) -> Result<String> {
         match self {
             Constraint::Gbnf(g) => Ok(g.clone()),
-            Constraint::JsonSchema(s) => json_schema::to_gbnf(s),
+            Constraint::JsonSchema(s) => json_schema::gbnf_from_text(s),
         }
     }
 
