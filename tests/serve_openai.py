@@ -1,7 +1,8 @@
 """The official `openai` Python client against a running `ferrite serve` (driven by tests/serve.rs).
 
 usage: python3 tests/serve_openai.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
-Checks models, chat (plain and streamed with usage), completions (plain and streamed), log-probabilities, and the
+Checks models, chat (plain and streamed with usage), completions (plain and streamed), log-probabilities,
+structured output (response_format json_schema and json_object, the grammar field), and the
 client's typed errors for bad requests and a wrong key. Prints one line per check; exits 1 on the
 first failure.
 """
@@ -72,6 +73,45 @@ comp = client.completions.create(model=model, prompt="The capital of France is",
 l = comp.choices[0].logprobs
 check("completion logprobs", "".join(l.tokens) == comp.choices[0].text and len(l.token_logprobs) == len(l.tokens), l)
 check("completion top_logprobs", all(len(d) == 2 for d in l.top_logprobs) and l.text_offset == sorted(l.text_offset), l)
+
+# structured output: a JSON schema (properties in the schema's order), plain and streamed, then
+# json_object, and llama-server's `grammar` field
+import json
+
+schema = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 30}, "country": {"type": "string", "maxLength": 30}, "population": {"type": "integer", "minimum": 0}},
+    "required": ["city", "country", "population"],
+    "additionalProperties": False,
+}
+rf = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}
+ask = [{"role": "user", "content": "Give the capital of France as JSON."}]
+r = client.chat.completions.create(model=model, messages=ask, max_tokens=200, temperature=0, response_format=rf)
+doc = json.loads(r.choices[0].message.content)
+check("json_schema answer", list(doc) == ["city", "country", "population"] and isinstance(doc["population"], int), r.choices[0].message.content)
+check("json_schema ends by the grammar", r.choices[0].finish_reason == "stop", r.choices[0].finish_reason)
+streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(model=model, messages=ask, max_tokens=200, temperature=0, response_format=rf, stream=True) if ch.choices)
+check("json_schema streamed", streamed == r.choices[0].message.content, repr(streamed))
+for seed in range(3):
+    r = client.chat.completions.create(model=model, messages=ask, max_tokens=200, temperature=1, seed=seed, response_format=rf)
+    doc = json.loads(r.choices[0].message.content)
+    check(f"json_schema sampled (seed {seed})", sorted(doc) == ["city", "country", "population"] and doc["population"] >= 0, doc)
+r = client.chat.completions.create(model=model, messages=ask, max_tokens=400, temperature=0, response_format={"type": "json_object"})
+c = r.choices[0]
+check("json_object", (c.finish_reason == "length" and c.message.content.startswith("{")) or isinstance(json.loads(c.message.content), dict), c.message.content)
+comp = client.completions.create(model=model, prompt="Is Paris in France? Answer:", max_tokens=8, temperature=0, extra_body={"grammar": 'root ::= " " ("yes" | "no") "."'})
+check("grammar field", comp.choices[0].text in (" yes.", " no."), repr(comp.choices[0].text))
+for bad_rf, needle in [({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frog"}}}, "frog"), ({"type": "yaml"}, "type")]:
+    try:
+        client.chat.completions.create(model=model, messages=ask, max_tokens=4, response_format=bad_rf)
+        check("bad response_format refused", False, "no error")
+    except openai.BadRequestError as e:
+        check("bad response_format refused", e.status_code == 400 and needle in str(e), e)
+try:
+    client.completions.create(model=model, prompt="x", max_tokens=4, extra_body={"grammar": "root ::= nothing"})
+    check("bad grammar refused", False, "no error")
+except openai.BadRequestError as e:
+    check("bad grammar refused", "nothing" in str(e), e)
 
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=4)

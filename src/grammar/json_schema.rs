@@ -34,7 +34,8 @@ pub enum Json {
 }
 
 impl Json {
-    fn get(&self, key: &str) -> Option<&Json> {
+    /// The value of `key` in an object.
+    pub fn get(&self, key: &str) -> Option<&Json> {
         match self {
             Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -55,8 +56,8 @@ impl Json {
         }
     }
 
-    /// Compact JSON text, as a constant of the schema must appear.
-    fn dump(&self) -> String {
+    /// Compact JSON text.
+    pub fn dump(&self) -> String {
         match self {
             Json::Null => "null".into(),
             Json::Bool(b) => b.to_string(),

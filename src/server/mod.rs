@@ -178,7 +178,13 @@ async fn generate(st: St, kind: Kind, body: Bytes) -> Response {
 async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Response> {
     let handle = engine(&st)?.clone();
     let v = parse_json(&body)?;
-    let parsed = openai::parse(kind, &v, &st.cfg.defaults).map_err(|e| bad_request(&e))?;
+    let ordered = || serde_json::from_slice::<ferrite::grammar::json_schema::Json>(&body).ok();
+    let mut parsed = openai::parse(kind, &v, &ordered, &st.cfg.defaults).map_err(|e| bad_request(&e))?;
+    // the grammar is bound to the vocabulary before the answer starts, so a bad one is a 400
+    if let Some(c) = parsed.req.params.constraint.take() {
+        let g = on_engine(&st, move |e| c.compile(e.tokenizer())).await?.map_err(|e| engine_error(&e))?;
+        parsed.req.params.sampling.grammar = Some(g);
+    }
     st.requests.fetch_add(1, Ordering::Relaxed);
     let admitted = admit(&st)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SeqEvent>();

@@ -5,6 +5,8 @@
 use crate::cli::fields::{boolean, int, num};
 use ferrite::chat::Message;
 use ferrite::engine::{Finished, Logprob, Prompt, Request, SeqParams, TokenLogprob};
+use ferrite::grammar::json_schema::{self, Json};
+use ferrite::grammar::Constraint;
 use ferrite::sampling::LogitBias;
 use ferrite::session::StopReason;
 use serde_json::{json, Value};
@@ -49,7 +51,7 @@ fn content(v: &Value) -> Result<String, BadRequest> {
 }
 
 /// Parses a request body (already JSON) against the server's defaults.
-pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, BadRequest> {
+pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defaults: &SeqParams) -> Result<Parsed, BadRequest> {
     let Value::Object(o) = body else { return Err("the request body must be a JSON object".into()) };
     let prompt = match kind {
         Kind::Chat => {
@@ -184,6 +186,9 @@ pub fn parse(kind: Kind, body: &Value, defaults: &SeqParams) -> Result<Parsed, B
         None | Some(Value::Null) => {}
         Some(v) => p.lora = Some(lora_list(v)?),
     }
+    if o.contains_key("grammar") || o.contains_key("json_schema") || o.contains_key("response_format") {
+        p.constraint = constraint(o, ordered)?;
+    }
     let want_logprobs = p.logprobs.is_some();
     Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs })
 }
@@ -219,6 +224,57 @@ pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished, w
             "choices": [{ "index": 0, "text": f.text, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
             "usage": usage(f),
         }),
+    }
+}
+
+/// The request's constraint: OpenAI's `response_format` (`text`, `json_object`, or
+/// `json_schema` with `{"schema": …}`), or llama-server's `grammar` (GBNF) or `json_schema`
+/// fields; at most one of them. Schemas are read from `ordered` (the body with its objects in
+/// their written order), so answers list properties in the schema's order.
+fn constraint(o: &serde_json::Map<String, Value>, ordered: &dyn Fn() -> Option<Json>) -> Result<Option<Constraint>, BadRequest> {
+    let given: Vec<&str> =
+        ["grammar", "json_schema", "response_format"].into_iter().filter(|k| o.get(*k).is_some_and(|v| !v.is_null())).collect();
+    if given.len() > 1 {
+        return Err(format!("give one of \"grammar\", \"json_schema\" and \"response_format\", not {}", given.join(" and ")));
+    }
+    let Some(&field) = given.first() else { return Ok(None) };
+    let body = ordered().ok_or("the request body is not valid JSON")?;
+    let at = |path: &[&str]| -> Option<Json> {
+        let mut v = &body;
+        for k in path {
+            v = v.get(k)?;
+        }
+        Some(v.clone())
+    };
+    let schema = |s: Json| -> Result<Option<Constraint>, BadRequest> {
+        let text = s.dump();
+        json_schema::gbnf_from_text(&text).map_err(|e| format!("{field}: {}", ferrite::error::one_line(&e)))?;
+        Ok(Some(Constraint::JsonSchema(text)))
+    };
+    match field {
+        "grammar" => match o.get("grammar") {
+            Some(Value::String(g)) => Ok(Some(Constraint::Gbnf(g.clone()))),
+            _ => Err("\"grammar\" must be a string (GBNF)".into()),
+        },
+        "json_schema" => schema(at(&["json_schema"]).unwrap_or(Json::Null)),
+        _ => {
+            let kind = o.get("response_format").and_then(|r| r.get("type")).and_then(Value::as_str);
+            match kind {
+                Some("text") => Ok(None),
+                Some("json_object") => match at(&["response_format", "schema"]) {
+                    Some(s) => schema(s),
+                    None => schema(Json::Obj(vec![("type".into(), Json::Str("object".into()))])),
+                },
+                Some("json_schema") => {
+                    let s = at(&["response_format", "json_schema", "schema"]).or_else(|| at(&["response_format", "schema"]));
+                    match s {
+                        Some(s) => schema(s),
+                        None => Err("response_format: \"json_schema\" needs {\"schema\": {...}}".into()),
+                    }
+                }
+                _ => Err("response_format: \"type\" must be \"text\", \"json_object\" or \"json_schema\"".into()),
+            }
+        }
     }
 }
 
@@ -325,6 +381,7 @@ mod tests {
         let ok = parse(
             Kind::Chat,
             &json!({"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}, "logit_bias": {"7": -100}}),
+            &|| None,
             &defaults(),
         )
         .unwrap();
@@ -342,17 +399,17 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": "x"}], "stop": [""]}), "empty stop"),
             (json!([1, 2]), "JSON object"),
         ] {
-            let e = parse(Kind::Chat, &body, &defaults()).err().unwrap_or_default();
+            let e = parse(Kind::Chat, &body, &|| None, &defaults()).err().unwrap_or_default();
             assert!(e.contains(needle), "{body}: {e}");
         }
     }
 
     #[test]
     fn completion_prompts_take_strings_and_token_ids() {
-        let p = parse(Kind::Completion, &json!({"prompt": [1, 2, 3]}), &defaults()).unwrap();
+        let p = parse(Kind::Completion, &json!({"prompt": [1, 2, 3]}), &|| None, &defaults()).unwrap();
         assert!(matches!(p.req.prompt, Prompt::Tokens(ref t) if t == &[1, 2, 3]));
-        let p = parse(Kind::Completion, &json!({"prompt": ["once"]}), &defaults()).unwrap();
+        let p = parse(Kind::Completion, &json!({"prompt": ["once"]}), &|| None, &defaults()).unwrap();
         assert!(matches!(p.req.prompt, Prompt::Text { raw: true, .. }));
-        assert!(parse(Kind::Completion, &json!({"prompt": 5}), &defaults()).is_err());
+        assert!(parse(Kind::Completion, &json!({"prompt": 5}), &|| None, &defaults()).is_err());
     }
 }
