@@ -112,6 +112,31 @@ pub struct Timings {
     pub prompt_tokens: usize,
     pub gen_ms: f64,
     pub gen_tokens: usize,
+    /// Under a grammar: its cost per generated token (mean and 99th percentile, ms) and how many
+    /// tokens needed the whole-vocabulary mask.
+    pub grammar: Option<GrammarCost>,
+}
+
+/// What a grammar cost while generating.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GrammarCost {
+    pub mean_ms: f64,
+    pub p99_ms: f64,
+    pub masks: usize,
+}
+
+impl GrammarCost {
+    /// From per-token costs in µs.
+    pub fn from_us(us: &[f32], masks: usize) -> GrammarCost {
+        if us.is_empty() {
+            return GrammarCost { masks, ..Default::default() };
+        }
+        let mut v = us.to_vec();
+        v.sort_by(f32::total_cmp);
+        let p99 = v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1];
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        GrammarCost { mean_ms: mean / 1000.0, p99_ms: p99 as f64 / 1000.0, masks }
+    }
 }
 
 impl Timings {
@@ -366,6 +391,7 @@ impl Session {
         let first_top = top_logits(&logits, self.opts.capture_top);
 
         let t1 = Instant::now();
+        self.sampler.restart_grammar();
         let mut reply = ReplyText::new(self.tok.clone(), self.opts.show_special, self.stops.clone());
         let mut tokens = Vec::new();
         let reason;
@@ -418,6 +444,7 @@ impl Session {
         let text = reply.text;
         timings.gen_ms = ms(t1);
         timings.gen_tokens = tokens.len();
+        timings.grammar = self.sampler.grammar_cost().map(|(us, masks)| GrammarCost::from_us(us, masks));
         self.last = timings;
         Ok(Generation {
             text,

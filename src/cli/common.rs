@@ -305,7 +305,7 @@ pub fn stdin_is_terminal() -> bool {
 
 /// One timing line for stderr.
 pub fn timing_line(t: &ferrite::session::Timings, n_cached: usize, n_ctx: usize) -> String {
-    format!(
+    let mut line = format!(
         "prompt {} tok in {:.0} ms ({:.1} t/s) · generation {} tok in {:.0} ms ({:.1} t/s) · context {}/{}",
         t.prompt_tokens,
         t.prompt_ms,
@@ -315,5 +315,9 @@ pub fn timing_line(t: &ferrite::session::Timings, n_cached: usize, n_ctx: usize)
         t.gen_tps(),
         n_cached,
         n_ctx
-    )
+    );
+    if let Some(g) = t.grammar {
+        line += &format!(" · grammar {:.3} ms/tok (p99 {:.3}, {} masks)", g.mean_ms, g.p99_ms, g.masks);
+    }
+    line
 }

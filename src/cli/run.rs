@@ -255,6 +255,11 @@ fn to_json(g: &Generation, load_ms: f64, seed: u64) -> serde_json::Value {
     if let Some(id) = g.stop_token {
         v["stop_token"] = json!(id);
     }
+    if let Some(c) = t.grammar {
+        v["timings"]["grammar_ms_mean"] = json!(c.mean_ms);
+        v["timings"]["grammar_ms_p99"] = json!(c.p99_ms);
+        v["timings"]["grammar_masks"] = json!(c.masks);
+    }
     if !g.first_top.is_empty() {
         v["first_top_logits"] = json!(g.first_top.iter().map(|(i, l)| json!([i, l])).collect::<Vec<_>>());
     }

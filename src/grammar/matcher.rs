@@ -118,6 +118,8 @@ pub struct GrammarState {
     partial: Partial,
     /// Scratch for masks.
     allowed: Vec<bool>,
+    /// Transitions of stack sets, kept across tokens (the same states recur).
+    memo: Memo,
 }
 
 impl std::fmt::Debug for GrammarState {
@@ -142,12 +144,14 @@ impl GrammarState {
                 break;
             }
         }
-        GrammarState { g, stacks, partial: Partial::default(), allowed: Vec::new() }
+        GrammarState { g, stacks, partial: Partial::default(), allowed: Vec::new(), memo: Memo::default() }
     }
 
     /// Back to the start of the grammar.
     pub fn reset(&mut self) {
+        let memo = std::mem::take(&mut self.memo);
         *self = GrammarState::new(self.g.clone());
+        self.memo = memo;
     }
 
     /// Has the grammar matched completely (so end-of-generation is allowed)?
@@ -156,7 +160,7 @@ impl GrammarState {
     }
 
     /// Is token `id` allowed next?
-    pub fn allows(&self, id: u32) -> bool {
+    pub fn allows(&mut self, id: u32) -> bool {
         let t = &self.g.table;
         let Some(piece) = t.pieces.get(id as usize) else { return false };
         if t.eog[id as usize] {
@@ -168,8 +172,17 @@ impl GrammarState {
         let (cps, partial) = decode(piece, self.partial);
         let e = Entry { id, start: 0, len: cps.len() as u32, partial };
         let mut ok = false;
-        self.g.walk(&[e], &cps, 0, &self.stacks, &mut |_| ok = true);
+        let set = self.current_set();
+        self.g.clone().walk(&mut self.memo, &[e], &cps, 0, set, &mut |_| ok = true);
         ok
+    }
+
+    /// The memo's number for the current stacks (the memo starts over when full).
+    fn current_set(&mut self) -> u32 {
+        if self.memo.is_full() {
+            self.memo = Memo::default();
+        }
+        self.memo.intern(self.stacks.clone())
     }
 
     /// Which tokens are allowed next, one flag per token id.
@@ -183,8 +196,9 @@ impl GrammarState {
         for (a, &e) in allowed.iter_mut().zip(&t.eog) {
             *a = e && complete;
         }
-        if self.partial == Partial::default() {
-            g.walk(&t.sorted, &t.cps, 0, &self.stacks, &mut |id| allowed[id as usize] = true);
+        if self.partial.n_remain == 0 {
+            let set = self.current_set();
+            g.walk(&mut self.memo, &t.sorted, &t.cps, 0, set, &mut |id| allowed[id as usize] = true);
         } else {
             // after a token that ended inside a char, every token decodes differently: one by one
             for (id, a) in allowed.iter_mut().enumerate() {
@@ -309,6 +323,13 @@ impl Grammar {
     /// Expands `stack` until every resulting stack has a terminal (char or token) on top or is
     /// empty (the grammar complete), adding those not already in `out`.
     fn advance(&self, stack: Stack, out: &mut Vec<Stack>) {
+        // most stacks already have a terminal on top (or are empty): nothing to expand
+        if stack.last().is_none_or(|&top| self.elems[top as usize].kind != Kind::RuleRef) {
+            if !out.contains(&stack) {
+                out.push(stack);
+            }
+            return;
+        }
         let mut todo = vec![stack];
         let mut seen: HashSet<Stack> = HashSet::new();
         while let Some(s) = todo.pop() {
@@ -356,7 +377,7 @@ impl Grammar {
     }
 
     /// The stacks that follow `stacks` after char `c` (stacks with a token on top take no chars).
-    fn accept_char(&self, stacks: &[Stack], c: u32) -> Vec<Stack> {
+    fn accept_char<'s>(&self, stacks: impl IntoIterator<Item = &'s Stack>, c: u32) -> Vec<Stack> {
         let mut out = Vec::new();
         for s in stacks {
             let Some(&top) = s.last() else { continue };
@@ -376,25 +397,22 @@ impl Grammar {
     }
 
     /// Calls `allow` for every token of `entries` (sorted by code points, all sharing their
-    /// first `depth` code points, which `stacks` follow) that the stacks allow.
-    fn walk(&self, entries: &[Entry], cps: &[u32], depth: usize, stacks: &[Stack], allow: &mut dyn FnMut(u32)) {
-        if stacks.is_empty() || entries.is_empty() {
+    /// first `depth` code points, which stack set `set` follows) that the stacks allow.
+    fn walk(&self, memo: &mut Memo, entries: &[Entry], cps: &[u32], depth: usize, set: u32, allow: &mut dyn FnMut(u32)) {
+        if entries.is_empty() {
             return;
         }
         let cp = |e: &Entry, d: usize| cps[e.start as usize + d];
         // tokens that end here: allowed unless they end inside a char no stack can take
         let n_end = entries.iter().take_while(|e| e.len as usize == depth).count();
         for e in &entries[..n_end] {
-            let ok = if e.partial.n_remain == 0 {
-                true
-            } else {
-                stacks.iter().any(|s| {
+            let ok = e.partial.n_remain == 0
+                || memo.sets[set as usize].iter().any(|s| {
                     s.last().is_some_and(|&top| {
                         !matches!(self.elems[top as usize].kind, Kind::Token | Kind::TokenNot)
                             && self.match_partial(top as usize, e.partial)
                     })
-                })
-            };
+                });
             if ok {
                 allow(e.id);
             }
@@ -404,8 +422,7 @@ impl Grammar {
             return;
         }
         // stacks waiting for a whole token decide by id alone
-        let mut char_stacks = Vec::with_capacity(stacks.len());
-        for s in stacks {
+        for s in &memo.sets[set as usize] {
             let Some(&top) = s.last() else { continue };
             let e = self.elems[top as usize];
             match e.kind {
@@ -415,21 +432,58 @@ impl Grammar {
                     }
                 }
                 Kind::TokenNot => rest.iter().filter(|t| t.id != e.value).for_each(|t| allow(t.id)),
-                _ => char_stacks.push(s.clone()),
+                _ => {}
             }
-        }
-        if char_stacks.is_empty() {
-            return;
         }
         let mut i = 0;
         while i < rest.len() {
             let c = cp(&rest[i], depth);
             let j = i + rest[i..].iter().take_while(|e| cp(e, depth) == c).count();
-            let next = self.accept_char(&char_stacks, c);
-            if !next.is_empty() {
-                self.walk(&rest[i..j], cps, depth + 1, &next, allow);
+            if let Some(next) = memo.step(self, set, c) {
+                self.walk(memo, &rest[i..j], cps, depth + 1, next, allow);
             }
             i = j;
         }
+    }
+}
+
+/// Stack sets met while walking the vocabulary, numbered, and the set each one goes to after a
+/// char: inside a string, say, every ordinary char leads back to the same set, so most of the
+/// vocabulary is walked with lookups rather than stack rewriting.
+#[derive(Clone, Default)]
+struct Memo {
+    sets: Vec<Vec<Stack>>,
+    ids: std::collections::HashMap<Vec<Stack>, u32>,
+    /// (set, char) → the next set, None when no stack takes the char.
+    next: std::collections::HashMap<(u32, u32), Option<u32>>,
+}
+
+/// Entries kept at most; past this the memo starts over (bounded memory on any grammar).
+const MEMO_CAP: usize = 1 << 18;
+
+impl Memo {
+    fn intern(&mut self, mut set: Vec<Stack>) -> u32 {
+        set.sort();
+        if let Some(&id) = self.ids.get(&set) {
+            return id;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(set.clone());
+        self.ids.insert(set, id);
+        id
+    }
+
+    fn step(&mut self, g: &Grammar, set: u32, c: u32) -> Option<u32> {
+        if let Some(&n) = self.next.get(&(set, c)) {
+            return n;
+        }
+        let out = g.accept_char(&self.sets[set as usize], c);
+        let n = if out.is_empty() { None } else { Some(self.intern(out)) };
+        self.next.insert((set, c), n);
+        n
+    }
+
+    fn is_full(&self) -> bool {
+        self.next.len() + self.sets.len() > MEMO_CAP
     }
 }

@@ -94,6 +94,10 @@ pub struct Sampler {
     cands: Candidates,
     /// Where the sequence stands in the grammar, when one constrains it.
     grammar: Option<GrammarState>,
+    /// Time the grammar took at each sampled token (checking, masking, advancing), in µs, and
+    /// how many tokens needed the whole-vocabulary mask; since the last [`restart_grammar`].
+    grammar_us: Vec<f32>,
+    grammar_masks: usize,
 }
 
 impl Sampler {
@@ -135,6 +139,8 @@ impl Sampler {
             logits: Vec::with_capacity(if adjusted { n_vocab } else { 0 }),
             cands,
             grammar: config.grammar.as_ref().map(|g| g.start()),
+            grammar_us: Vec::new(),
+            grammar_masks: 0,
             config,
         })
     }
@@ -172,15 +178,24 @@ impl Sampler {
             return Ok(self.run_chain(logits, None));
         };
         let mut id = self.run_chain(logits, None);
+        let t = std::time::Instant::now();
+        let mut spent = 0.0;
         if !g.allows(id) {
+            self.grammar_masks += 1;
             let mask = g.mask();
+            spent += t.elapsed().as_secs_f64();
             id = self.run_chain(logits, Some(mask));
             if !mask.get(id as usize).copied().unwrap_or(false) {
                 self.grammar = Some(g);
                 bail_input!("the grammar allows no token here (or logit biases exclude every token it allows)");
             }
+        } else {
+            spent += t.elapsed().as_secs_f64();
         }
+        let t = std::time::Instant::now();
         let accepted = g.accept(id);
+        spent += t.elapsed().as_secs_f64();
+        self.grammar_us.push((spent * 1e6) as f32);
         self.grammar = Some(g);
         accepted?;
         Ok(id)
@@ -244,6 +259,22 @@ impl Sampler {
     /// final probabilities (after temperature); greedy leaves only the chosen token, at p = 1.
     pub fn candidates(&self) -> &Candidates {
         &self.cands
+    }
+
+    /// Puts the grammar (if any) back at its start, for a new answer; the RNG and the penalty
+    /// history are left as they are.
+    pub fn restart_grammar(&mut self) {
+        if let Some(g) = &mut self.grammar {
+            g.reset();
+        }
+        self.grammar_us.clear();
+        self.grammar_masks = 0;
+    }
+
+    /// The grammar's cost since [`restart_grammar`](Self::restart_grammar): per sampled token in
+    /// µs, and how many tokens needed the whole-vocabulary mask (None without a grammar).
+    pub fn grammar_cost(&self) -> Option<(&[f32], usize)> {
+        self.grammar.as_ref().map(|_| (self.grammar_us.as_slice(), self.grammar_masks))
     }
 
     /// Records a token of the sequence (prompt or generated) for the penalties.
