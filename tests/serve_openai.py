@@ -2,7 +2,7 @@
 
 usage: python3 tests/serve_openai.py BASE_URL API_KEY EXPECTED_GREEDY_TEXT
 Checks models, chat (plain and streamed with usage), completions (plain and streamed), log-probabilities,
-structured output (response_format json_schema and json_object, the grammar field), and the
+structured output (response_format json_schema and json_object, the grammar field, tools), and the
 client's typed errors for bad requests and a wrong key. Prints one line per check; exits 1 on the
 first failure.
 """
@@ -112,6 +112,45 @@ try:
     check("bad grammar refused", False, "no error")
 except openai.BadRequestError as e:
     check("bad grammar refused", "nothing" in str(e), e)
+
+# tools: calls come back in tool_calls (never in content), plain and streamed, for "required",
+# a named tool and "auto"; a follow-up turn with the results is accepted
+import jsonschema
+
+tools = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}}, "required": ["zone"]}}},
+]
+params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+ask = [{"role": "user", "content": "What's the weather in Paris?"}]
+for choice, names in [("required", set(params)), ({"type": "function", "function": {"name": "get_time"}}, {"get_time"})]:
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice=choice, temperature=0, max_tokens=200)
+    c = r.choices[0]
+    ok = c.finish_reason == "tool_calls" and c.message.content is None and len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0] if c.message.tool_calls else None
+    ok = ok and call.function.name in names and call.id
+    if ok:
+        jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])
+    check(f"tool_choice {choice}", ok, c)
+    got = {}
+    for ch in client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice=choice, temperature=0, max_tokens=200, stream=True):
+        for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
+            entry = got.setdefault(tc.index, ["", ""])
+            entry[0] += tc.function.name or ""
+            entry[1] += tc.function.arguments or ""
+    check(f"tool_choice {choice} streamed", got == {0: [call.function.name, call.function.arguments]}, got)
+r = client.chat.completions.create(model=model, messages=ask, tools=tools, temperature=0, max_tokens=200)
+c = r.choices[0]
+check("tool_choice auto", (c.finish_reason == "tool_calls" and c.message.tool_calls) or (c.message.content and "tool_call" not in c.message.content), c)
+msgs = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}, {"role": "tool", "tool_call_id": call.id, "content": "22 degrees and sunny"}]
+r = client.chat.completions.create(model=model, messages=msgs, tools=tools, temperature=0, max_tokens=60)
+check("tool results accepted", r.choices[0].finish_reason in ("stop", "length", "tool_calls"), r)
+for kwargs, needle in [({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "nope"), ({"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {"s": {"type": "string", "pattern": "a+"}}}}}]}, "pattern")]:
+    try:
+        client.chat.completions.create(model=model, messages=ask, max_tokens=4, **{"tools": tools, **kwargs})
+        check("bad tools refused", False, "no error")
+    except openai.BadRequestError as e:
+        check("bad tools refused", e.status_code == 400 and needle in str(e), e)
 
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=4)

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod openai;
+pub mod tools;
 
 use axum::body::Bytes;
 use axum::extract::{Request as HttpRequest, State};
@@ -220,7 +221,7 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
         live.done = true;
         drop(admitted);
         let f = done.map_err(|e| engine_error(&e))?;
-        let mut r = Json(openai::response(kind, &rid, created, &model, &f, want_logprobs)).into_response();
+        let mut r = Json(openai::response(kind, &rid, created, &model, &f, want_logprobs, parsed.tools.as_ref())).into_response();
         r.extensions_mut().insert(Tokens(f.tokens.len()));
         return Ok(r);
     }
@@ -230,6 +231,7 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
     // `live` cancels the sequence.
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
     let include_usage = parsed.include_usage;
+    let tools = parsed.tools;
     tokio::spawn(async move {
         // the whole guards move into the task (not only the fields it touches)
         let (_admitted, mut live) = (admitted, live);
@@ -243,6 +245,8 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
         while let Some(ev) = rx.recv().await {
             match ev {
                 SeqEvent::Logprob(lp) => pending.push(lp),
+                // with tools the answer is JSON to read back whole: it goes out at the end
+                SeqEvent::Text(_) if tools.is_some() => {}
                 SeqEvent::Text(t) => {
                     let lps = take(&mut pending, sent);
                     sent += t.chars().count();
@@ -253,6 +257,24 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
                 SeqEvent::Done(r) => {
                     live.done = true;
                     match r {
+                        Ok(f) if tools.is_some() => {
+                            let (msg, reason) = openai::message(&f, tools.as_ref(), &rid);
+                            let delta = match msg.get("tool_calls") {
+                                Some(calls) => {
+                                    let mut calls = calls.clone();
+                                    for (i, c) in calls.as_array_mut().into_iter().flatten().enumerate() {
+                                        c["index"] = json!(i);
+                                    }
+                                    json!({ "tool_calls": calls })
+                                }
+                                None => json!({ "content": msg["content"] }),
+                            };
+                            send(openai::delta_chunk(&rid, created, &model, delta, None));
+                            send(openai::delta_chunk(&rid, created, &model, json!({}), Some(reason)));
+                            if include_usage {
+                                send(openai::usage_chunk(kind, &rid, created, &model, &f));
+                            }
+                        }
                         Ok(f) => {
                             let lps = if pending.is_empty() { Value::Null } else { take(&mut pending, sent) };
                             send(openai::chunk(kind, &rid, created, &model, None, Some(openai::finish_reason(f.stop_reason)), lps));

@@ -2,6 +2,7 @@
 //! engine requests (unknown fields ignored, as OpenAI's own server and llama-server do; known ones
 //! checked), and the response objects and stream chunks out.
 
+use super::tools::{self, Answer, Tools};
 use crate::cli::fields::{boolean, int, num};
 use ferrite::chat::Message;
 use ferrite::engine::{Finished, Logprob, Prompt, Request, SeqParams, TokenLogprob};
@@ -25,6 +26,8 @@ pub struct Parsed {
     pub include_usage: bool,
     /// Answers carry `logprobs` (else null).
     pub want_logprobs: bool,
+    /// The request's tools: the answer is read back into `tool_calls`.
+    pub tools: Option<Tools>,
 }
 
 /// A request error: the message of a 400 answer.
@@ -61,13 +64,29 @@ pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defau
             if ms.is_empty() {
                 return Err("\"messages\" is empty".into());
             }
-            let mut out = Vec::with_capacity(ms.len());
+            let mut out: Vec<Message> = Vec::with_capacity(ms.len());
             for (i, m) in ms.iter().enumerate() {
                 let Some(role) = m.get("role").and_then(Value::as_str) else {
                     return Err(format!("messages[{i}]: \"role\" must be a string"));
                 };
                 let text = content(m.get("content").unwrap_or(&Value::Null)).map_err(|e| format!("messages[{i}]: {e}"))?;
-                out.push(Message::new(role, text));
+                match (role, m.get("tool_calls").filter(|c| !c.is_null())) {
+                    // earlier tool turns, in the format the model answers in (see tools.rs)
+                    ("assistant", Some(calls)) => {
+                        out.push(Message::assistant(tools::assistant_calls_text(calls).map_err(|e| format!("messages[{i}]: {e}"))?))
+                    }
+                    ("tool", _) => {
+                        let result = tools::tool_result_text(m.get("tool_call_id").and_then(Value::as_str), &text);
+                        match out.last_mut() {
+                            // results of several calls: one user turn
+                            Some(last) if last.role == "user" && last.content.starts_with("{\"tool_response\"") => {
+                                last.content = format!("{}\n{result}", last.content)
+                            }
+                            _ => out.push(Message::user(result)),
+                        }
+                    }
+                    _ => out.push(Message::new(role, text)),
+                }
             }
             Prompt::Messages(out)
         }
@@ -189,8 +208,22 @@ pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defau
     if o.contains_key("grammar") || o.contains_key("json_schema") || o.contains_key("response_format") {
         p.constraint = constraint(o, ordered)?;
     }
+    let mut prompt = prompt;
+    let tools = tools::parse(o, ordered)?;
+    if let Some(t) = &tools {
+        let Prompt::Messages(ms) = prompt else { return Err("\"tools\" are for /v1/chat/completions".into()) };
+        if p.constraint.is_some()
+            && (o.get("response_format").is_some_and(|r| r.get("type").and_then(Value::as_str) != Some("text"))
+                || o.contains_key("grammar")
+                || o.contains_key("json_schema"))
+        {
+            return Err("\"tools\" cannot be combined with \"response_format\", \"grammar\" or \"json_schema\"".into());
+        }
+        prompt = Prompt::Messages(t.prepare(ms));
+        p.constraint = Some(Constraint::JsonSchema(t.schema().dump()));
+    }
     let want_logprobs = p.logprobs.is_some();
-    Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs })
+    Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs, tools })
 }
 
 /// OpenAI's finish_reason for a stop reason.
@@ -210,15 +243,31 @@ pub fn usage(f: &Finished) -> Value {
     })
 }
 
+/// The assistant message of a chat answer and its finish reason: with tools, the calls the
+/// answer makes (`content` null, finish reason `tool_calls`) or its reply text.
+pub fn message(f: &Finished, tools: Option<&Tools>, id: &str) -> (Value, &'static str) {
+    let reason = finish_reason(f.stop_reason);
+    match tools.map(|t| t.read_answer(&f.text, id)) {
+        Some(Answer::Calls(calls)) => {
+            (json!({ "role": "assistant", "content": null, "tool_calls": tools::calls_json(&calls, false) }), "tool_calls")
+        }
+        Some(Answer::Text(t)) => (json!({ "role": "assistant", "content": t }), reason),
+        None => (json!({ "role": "assistant", "content": f.text }), reason),
+    }
+}
+
 /// The whole answer of a request that does not stream.
-pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished, want: bool) -> Value {
+pub fn response(kind: Kind, id: &str, created: u64, model: &str, f: &Finished, want: bool, tools: Option<&Tools>) -> Value {
     let reason = finish_reason(f.stop_reason);
     match kind {
-        Kind::Chat => json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": f.text }, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
-            "usage": usage(f),
-        }),
+        Kind::Chat => {
+            let (msg, reason) = message(f, tools, id);
+            json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{ "index": 0, "message": msg, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
+                "usage": usage(f),
+            })
+        }
         Kind::Completion => json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
             "choices": [{ "index": 0, "text": f.text, "logprobs": logprobs(kind, want, &f.logprobs, 0), "finish_reason": reason }],
@@ -355,6 +404,14 @@ pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, text: Option<&str>
             "choices": [{ "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish }],
         }),
     }
+}
+
+/// A chat stream chunk carrying `delta` as it is (tool-call deltas).
+pub fn delta_chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+    })
 }
 
 /// The usage chunk that ends a stream with `stream_options.include_usage` (no choices).
