@@ -64,6 +64,8 @@ pub struct SeqParams {
     /// A grammar or JSON schema the answer must follow, bound to the engine's vocabulary when
     /// the sequence starts (a `sampling.grammar` already bound takes precedence).
     pub constraint: Option<crate::grammar::Constraint>,
+    /// Tool definitions (OpenAI's list) the chat template renders as its `tools` variable.
+    pub tools: Option<serde_json::Value>,
 }
 
 impl SeqParams {
@@ -81,6 +83,7 @@ impl SeqParams {
             logprobs: None,
             lora: None,
             constraint: None,
+            tools: None,
         }
     }
 }
@@ -486,7 +489,10 @@ impl Engine {
                 all.push(Message::system(s.clone()));
             }
             all.extend(messages);
-            chat_prompt_ids(tok, t, &all, &[])
+            match &req.params.tools {
+                Some(tools) => chat_prompt_ids(tok, &t.with_tools(tools.clone()), &all, &[]),
+                None => chat_prompt_ids(tok, t, &all, &[]),
+            }
         };
         let (prompt, templated) = match &req.prompt {
             Prompt::Text { text, raw: true } => (tok.encode(text, true, true)?, false),

@@ -473,3 +473,38 @@ fn adapters_switch_per_request() {
     assert_eq!(v["choices"][0]["message"]["content"], expected[1]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A template that renders `tools` itself in the Hermes/Qwen way: it gets the tools, a required
+/// call comes back from `<tool_call>` markup (forced by the grammar) into `tool_calls`, a named
+/// tool is the one called, and "auto" leaves no markup in `content`.
+#[test]
+fn native_tool_template_calls_come_back_in_tool_calls() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let template = root().join("tests/templates/hermes-tools.jinja");
+    let server = Server::start(&["-np", "2", "-c", "2048", "--chat-template", template.to_str().unwrap()]);
+    let url = server.url("/v1/chat/completions");
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}}, "required": ["zone"]}}}
+    ]);
+    let ask = json!([{ "role": "user", "content": "What's the weather in Paris?" }]);
+    for (choice, names) in [
+        (json!("required"), vec!["get_weather", "get_time"]),
+        (json!({"type": "function", "function": {"name": "get_time"}}), vec!["get_time"]),
+    ] {
+        let body = json!({ "messages": ask, "tools": tools, "tool_choice": choice, "temperature": 0, "max_tokens": 120 }).to_string();
+        let (code, v, _) = post(&url, &body, None);
+        assert_eq!(code, 200, "{v}\n{}", server.log());
+        let choice0 = &v["choices"][0];
+        assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
+        let call = &choice0["message"]["tool_calls"][0]["function"];
+        assert!(names.contains(&call["name"].as_str().unwrap_or("")), "{v}");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert!(args.is_object(), "{v}");
+        assert!(!choice0["message"]["content"].as_str().unwrap_or("").contains("<tool_call>"), "{v}");
+    }
+    let body = json!({ "messages": ask, "tools": tools, "temperature": 0, "max_tokens": 60 }).to_string();
+    let (code, v, _) = post(&url, &body, None);
+    assert_eq!(code, 200, "{v}");
+    assert!(!v["choices"][0]["message"]["content"].as_str().unwrap_or("").contains("<tool_call>"), "{v}");
+}

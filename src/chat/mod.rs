@@ -78,6 +78,8 @@ pub struct ChatTemplate {
     source: TemplateSource,
     text: String,
     engine: engine::Engine,
+    /// OpenAI-style tool definitions given to the template as `tools` (see [`with_tools`]).
+    tools: Option<serde_json::Value>,
 }
 
 /// A message as the template sees it: a mapping whose keys keep the order `role`, `content`
@@ -109,7 +111,7 @@ impl Object for MessageValue {
 impl ChatTemplate {
     fn compile(text: &str, source: TemplateSource) -> Result<ChatTemplate> {
         let engine = engine::Engine::new(text, None)?;
-        Ok(ChatTemplate { source, text: text.to_string(), engine })
+        Ok(ChatTemplate { source, text: text.to_string(), engine, tools: None })
     }
 
     /// The model's own template (the GGUF's `tokenizer.chat_template`).
@@ -180,19 +182,36 @@ impl ChatTemplate {
         self
     }
 
+    /// This template rendering `tools` (OpenAI's list of `{"type": "function", "function":
+    /// {...}}`) as the Jinja variable `tools`, as transformers' `apply_chat_template(tools=…)`.
+    pub fn with_tools(&self, tools: serde_json::Value) -> ChatTemplate {
+        ChatTemplate { tools: Some(tools), ..self.clone() }
+    }
+
+    /// Does the template use a `tools` variable (so it describes tools to the model itself)?
+    pub fn renders_tools(&self) -> bool {
+        self.text.contains("tools")
+    }
+
     fn render_with(&self, messages: &[Message], contents: &[String], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String> {
         let list: Vec<Value> = messages
             .iter()
             .zip(contents)
             .map(|(m, c)| Value::from_object(MessageValue { role: Value::from(m.role.as_str()), content: Value::from(c.as_str()) }))
             .collect();
-        let ctx = minijinja::context! {
+        let base = minijinja::context! {
             messages => Value::from(list),
             add_generation_prompt => add_generation_prompt,
             bos_token => bos,
             eos_token => eos,
         };
-        let input_bytes = contents.iter().map(|c| c.len() + 16).sum::<usize>() + bos.len() + eos.len();
+        // without tools the variable stays undefined (templates test `tools is defined`)
+        let ctx = match &self.tools {
+            Some(t) => minijinja::context! { tools => Value::from_serialize(t), ..base },
+            None => base,
+        };
+        let tools_bytes = self.tools.as_ref().map_or(0, |t| t.to_string().len());
+        let input_bytes = contents.iter().map(|c| c.len() + 16).sum::<usize>() + bos.len() + eos.len() + tools_bytes;
         self.engine.render(&ctx, messages.len(), input_bytes)
     }
 

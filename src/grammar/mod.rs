@@ -153,6 +153,17 @@ impl Grammar {
         Ok(Arc::new(g))
     }
 
+    /// Checks GBNF `text` without a vocabulary (`<text>` token references are not resolved):
+    /// the same errors as [`parse`](Self::parse) otherwise.
+    pub fn check(text: &str) -> Result<()> {
+        let any = |_: &str| Some(0);
+        let parsed = parse::parse(text, Some(&any)).map_err(|e| crate::bad_input!("{e}"))?;
+        if !parsed.names.contains_key("root") {
+            crate::bail_input!("the grammar has no 'root' rule");
+        }
+        Ok(())
+    }
+
     /// A fresh state at the start of the grammar.
     pub fn start(self: &Arc<Self>) -> GrammarState {
         GrammarState::new(self.clone())

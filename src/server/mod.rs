@@ -59,6 +59,8 @@ struct App {
     next_id: AtomicU64,
     /// Each slot's context, known once the model is loaded.
     n_ctx: AtomicU32,
+    /// How the chat template's model writes tool calls, known once the model is loaded.
+    tool_format: OnceLock<tools::Format>,
 }
 
 type St = Arc<App>;
@@ -180,7 +182,8 @@ async fn generate_inner(st: St, kind: Kind, body: Bytes) -> Result<Response, Res
     let handle = engine(&st)?.clone();
     let v = parse_json(&body)?;
     let ordered = || serde_json::from_slice::<ferrite::grammar::json_schema::Json>(&body).ok();
-    let mut parsed = openai::parse(kind, &v, &ordered, &st.cfg.defaults).map_err(|e| bad_request(&e))?;
+    let mut parsed = openai::parse(kind, &v, &ordered, &st.cfg.defaults, st.tool_format.get().copied().unwrap_or(tools::Format::Generic))
+        .map_err(|e| bad_request(&e))?;
     // the grammar is bound to the vocabulary before the answer starts, so a bad one is a 400
     if let Some(c) = parsed.req.params.constraint.take() {
         let g = on_engine(&st, move |e| c.compile(e.tokenizer())).await?.map_err(|e| engine_error(&e))?;
@@ -561,6 +564,7 @@ where
             requests: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             n_ctx: AtomicU32::new(0),
+            tool_format: OnceLock::new(),
         });
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Error>();
         {
@@ -569,10 +573,12 @@ where
                 Ok((handle, thread)) => {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let _ = handle.call(Box::new(move |e| {
-                        let _ = tx.send(e.dec.n_ctx());
+                        let format = e.template().map_or(tools::Format::Generic, |t| tools::Format::of_template(t.text()));
+                        let _ = tx.send((e.dec.n_ctx(), format));
                     }));
-                    let n_ctx = rx.recv().unwrap_or(0);
+                    let (n_ctx, format) = rx.recv().unwrap_or((0, tools::Format::Generic));
                     st.n_ctx.store(n_ctx, Ordering::Relaxed);
+                    let _ = st.tool_format.set(format);
                     let _ = st.engine.set(handle);
                     eprintln!("ferrite: listening on http://{addr_shown} ({} slots of {n_ctx} tokens)", st.cfg.n_parallel);
                     if let Err(e) = thread.join() {

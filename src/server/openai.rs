@@ -2,7 +2,7 @@
 //! engine requests (unknown fields ignored, as OpenAI's own server and llama-server do; known ones
 //! checked), and the response objects and stream chunks out.
 
-use super::tools::{self, Answer, Tools};
+use super::tools::{self, Answer, Format, Tools};
 use crate::cli::fields::{boolean, int, num};
 use ferrite::chat::Message;
 use ferrite::engine::{Finished, Logprob, Prompt, Request, SeqParams, TokenLogprob};
@@ -54,7 +54,13 @@ fn content(v: &Value) -> Result<String, BadRequest> {
 }
 
 /// Parses a request body (already JSON) against the server's defaults.
-pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defaults: &SeqParams) -> Result<Parsed, BadRequest> {
+pub fn parse(
+    kind: Kind,
+    body: &Value,
+    ordered: &dyn Fn() -> Option<Json>,
+    defaults: &SeqParams,
+    format: Format,
+) -> Result<Parsed, BadRequest> {
     let Value::Object(o) = body else { return Err("the request body must be a JSON object".into()) };
     let prompt = match kind {
         Kind::Chat => {
@@ -73,16 +79,19 @@ pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defau
                 match (role, m.get("tool_calls").filter(|c| !c.is_null())) {
                     // earlier tool turns, in the format the model answers in (see tools.rs)
                     ("assistant", Some(calls)) => {
-                        out.push(Message::assistant(tools::assistant_calls_text(calls).map_err(|e| format!("messages[{i}]: {e}"))?))
+                        let calls = tools::assistant_calls_text(calls, format).map_err(|e| format!("messages[{i}]: {e}"))?;
+                        out.push(Message::assistant(if text.is_empty() { calls } else { format!("{text}\n{calls}") }))
                     }
                     ("tool", _) => {
-                        let result = tools::tool_result_text(m.get("tool_call_id").and_then(Value::as_str), &text);
+                        let result = tools::tool_result(m.get("tool_call_id").and_then(Value::as_str), &text, format);
                         match out.last_mut() {
-                            // results of several calls: one user turn
-                            Some(last) if last.role == "user" && last.content.starts_with("{\"tool_response\"") => {
-                                last.content = format!("{}\n{result}", last.content)
+                            // results of several calls: one user turn (generic format)
+                            Some(last)
+                                if result.role == "user" && last.role == "user" && last.content.starts_with("{\"tool_response\"") =>
+                            {
+                                last.content = format!("{}\n{}", last.content, result.content)
                             }
-                            _ => out.push(Message::user(result)),
+                            _ => out.push(result),
                         }
                     }
                     _ => out.push(Message::new(role, text)),
@@ -209,7 +218,7 @@ pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defau
         p.constraint = constraint(o, ordered)?;
     }
     let mut prompt = prompt;
-    let tools = tools::parse(o, ordered)?;
+    let tools = tools::parse(o, ordered, format)?;
     if let Some(t) = &tools {
         let Prompt::Messages(ms) = prompt else { return Err("\"tools\" are for /v1/chat/completions".into()) };
         if p.constraint.is_some()
@@ -220,7 +229,10 @@ pub fn parse(kind: Kind, body: &Value, ordered: &dyn Fn() -> Option<Json>, defau
             return Err("\"tools\" cannot be combined with \"response_format\", \"grammar\" or \"json_schema\"".into());
         }
         prompt = Prompt::Messages(t.prepare(ms));
-        p.constraint = Some(Constraint::JsonSchema(t.schema().dump()));
+        p.constraint = t.constraint()?;
+        p.tools = t.for_template();
+        // native markup may be special tokens ([TOOL_CALLS], <|python_tag|>): keep their text
+        p.show_special |= t.format() != tools::Format::Generic;
     }
     let want_logprobs = p.logprobs.is_some();
     Ok(Parsed { req: Request { prompt, params: p }, stream, include_usage, want_logprobs, tools })
@@ -244,12 +256,14 @@ pub fn usage(f: &Finished) -> Value {
 }
 
 /// The assistant message of a chat answer and its finish reason: with tools, the calls the
-/// answer makes (`content` null, finish reason `tool_calls`) or its reply text.
+/// answer makes (`content` null, or the text around them; finish reason `tool_calls`) or its
+/// reply text.
 pub fn message(f: &Finished, tools: Option<&Tools>, id: &str) -> (Value, &'static str) {
     let reason = finish_reason(f.stop_reason);
     match tools.map(|t| t.read_answer(&f.text, id)) {
-        Some(Answer::Calls(calls)) => {
-            (json!({ "role": "assistant", "content": null, "tool_calls": tools::calls_json(&calls, false) }), "tool_calls")
+        Some(Answer::Calls(calls, text)) => {
+            let content = if text.is_empty() { Value::Null } else { Value::String(text) };
+            (json!({ "role": "assistant", "content": content, "tool_calls": tools::calls_json(&calls, false) }), "tool_calls")
         }
         Some(Answer::Text(t)) => (json!({ "role": "assistant", "content": t }), reason),
         None => (json!({ "role": "assistant", "content": f.text }), reason),
@@ -440,6 +454,7 @@ mod tests {
             &json!({"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}, "logit_bias": {"7": -100}}),
             &|| None,
             &defaults(),
+            Format::Generic,
         )
         .unwrap();
         assert!(ok.stream && ok.include_usage);
@@ -456,17 +471,17 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": "x"}], "stop": [""]}), "empty stop"),
             (json!([1, 2]), "JSON object"),
         ] {
-            let e = parse(Kind::Chat, &body, &|| None, &defaults()).err().unwrap_or_default();
+            let e = parse(Kind::Chat, &body, &|| None, &defaults(), Format::Generic).err().unwrap_or_default();
             assert!(e.contains(needle), "{body}: {e}");
         }
     }
 
     #[test]
     fn completion_prompts_take_strings_and_token_ids() {
-        let p = parse(Kind::Completion, &json!({"prompt": [1, 2, 3]}), &|| None, &defaults()).unwrap();
+        let p = parse(Kind::Completion, &json!({"prompt": [1, 2, 3]}), &|| None, &defaults(), Format::Generic).unwrap();
         assert!(matches!(p.req.prompt, Prompt::Tokens(ref t) if t == &[1, 2, 3]));
-        let p = parse(Kind::Completion, &json!({"prompt": ["once"]}), &|| None, &defaults()).unwrap();
+        let p = parse(Kind::Completion, &json!({"prompt": ["once"]}), &|| None, &defaults(), Format::Generic).unwrap();
         assert!(matches!(p.req.prompt, Prompt::Text { raw: true, .. }));
-        assert!(parse(Kind::Completion, &json!({"prompt": 5}), &|| None, &defaults()).is_err());
+        assert!(parse(Kind::Completion, &json!({"prompt": 5}), &|| None, &defaults(), Format::Generic).is_err());
     }
 }
