@@ -10,7 +10,7 @@ use ferrite::engine::{Engine, Prompt, Request, SeqEvent, SeqParams};
 use ferrite::model::{LoadOptions, Model};
 use ferrite::sampling::SamplerConfig;
 use ferrite::session::StopReason;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -117,6 +117,40 @@ fn lines_may_ask_for_logprobs() {
     }
     assert_eq!(text, lp["text"].as_str().unwrap());
     assert!(lines[2]["error"].as_str().unwrap().contains("between 0 and 20"), "{}", lines[2]);
+}
+
+/// Lines may carry their own grammar or JSON schema, answered as `run` with the same flag
+/// answers (several sequences at once, each with its own constraint); a broken one is that
+/// line's error.
+#[test]
+fn lines_may_carry_a_grammar_or_a_schema() {
+    let grammar = r#"root ::= ("yes" | "no") "." "#;
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"]});
+    let input = [
+        json!({"id": "g", "prompt": "Is the sky blue? ", "grammar": grammar}).to_string(),
+        json!({"id": "s", "prompt": "A person as JSON: ", "json_schema": schema}).to_string(),
+        json!({"id": "bad", "prompt": "x", "grammar": "root ::= nope"}).to_string(),
+        json!({"id": "free", "prompt": "Is the sky blue? "}).to_string(),
+    ];
+    let f = scratch("constrained.jsonl", &(input.join("\n") + "\n"));
+    let (code, lines, err) = batch(&["--raw", "--temp", "0", "-n", "80", "-np", "4"], &f, SMOLLM2);
+    assert_eq!(code, 0, "{err}");
+    let run = |flag: &str, value: &str, prompt: &str| -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["run", "--raw", "--temp", "0", "-n", "80", "-t", "2", "--json", "-m"])
+            .arg(root().join(SMOLLM2))
+            .args([flag, value, prompt])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(lines[0]["text"], run("--grammar", grammar, "Is the sky blue? "), "{:?}", lines[0]);
+    assert_eq!(lines[1]["text"], run("-j", &schema.to_string(), "A person as JSON: "), "{:?}", lines[1]);
+    let doc: Value = serde_json::from_str(lines[1]["text"].as_str().unwrap()).unwrap();
+    assert!(doc["age"].as_u64().is_some_and(|a| a <= 120) && lines[1]["stop_reason"] == "eos", "{:?}", lines[1]);
+    assert!(lines[2]["error"].as_str().unwrap().contains("'nope'"), "{:?}", lines[2]);
+    assert!(lines[3]["text"].as_str().is_some(), "{:?}", lines[3]);
 }
 
 #[test]

@@ -62,8 +62,22 @@ pub struct Args {
 const INPUT_CAP: u64 = 256 << 20;
 
 /// The fields a request line may have.
-const FIELDS: &[&str] =
-    &["id", "prompt", "messages", "raw", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "logprobs"];
+const FIELDS: &[&str] = &[
+    "id",
+    "prompt",
+    "messages",
+    "raw",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "seed",
+    "stop",
+    "logprobs",
+    "grammar",
+    "json_schema",
+];
 
 /// Most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` bound).
 const MAX_LOGPROBS: i64 = 20;
@@ -255,11 +269,11 @@ fn parse_line(line_no: usize, line: &str, raw_default: bool, defaults: &SeqParam
             req: Err(format!("line {line_no}: the prompt is {have}, more than a context holds (at most {most}; raise -c)")),
         };
     }
-    let req = request(&o, raw_default, defaults).map_err(|e| format!("line {line_no}: {e}"));
+    let req = request(&o, raw_default, defaults, line).map_err(|e| format!("line {line_no}: {e}"));
     Item { id, req }
 }
 
-fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams) -> Result<Request, String> {
+fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams, line: &str) -> Result<Request, String> {
     if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!("unknown field \"{k}\" (fields: {})", FIELDS.join(", ")));
     }
@@ -321,6 +335,25 @@ fn request(o: &Map<String, Value>, raw_default: bool, defaults: &SeqParams) -> R
             return Err(format!("\"logprobs\" must be between 0 and {MAX_LOGPROBS}"));
         }
         p.logprobs = Some(n as u32);
+    }
+    // a line's own constraint replaces the flags' (checked here, bound to the vocabulary when
+    // the line starts)
+    use ferrite::grammar::{json_schema, Constraint, Grammar};
+    match (o.get("grammar"), o.get("json_schema")) {
+        (Some(_), Some(_)) => return Err("give \"grammar\" or \"json_schema\", not both".into()),
+        (Some(Value::String(g)), None) => {
+            Grammar::check(g).map_err(|e| format!("grammar: {}", ferrite::error::one_line(&e)))?;
+            p.constraint = Some(Constraint::Gbnf(g.clone()));
+        }
+        (Some(_), None) => return Err("\"grammar\" must be a string (GBNF)".into()),
+        (None, Some(_)) => {
+            // the schema as written, objects in their order
+            let ordered: json_schema::Json = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            let text = ordered.get("json_schema").map(json_schema::Json::dump).unwrap_or_default();
+            json_schema::gbnf_from_text(&text).map_err(|e| format!("json_schema: {}", ferrite::error::one_line(&e)))?;
+            p.constraint = Some(Constraint::JsonSchema(text));
+        }
+        (None, None) => {}
     }
     Ok(Request { prompt, params: p })
 }

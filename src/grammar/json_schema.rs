@@ -3,7 +3,9 @@
 //! The shape of the grammar follows llama.cpp's `common/json-schema-to-grammar.cpp` (its
 //! primitive rules, bounded whitespace `space ::= | " " | "\n"{1,2} [ \t]{0,20}`, properties in
 //! the schema's order with required ones first, no properties beyond those listed unless
-//! `additionalProperties` allows them, integer bounds as digit ranges); the code is ours.
+//! `additionalProperties` allows them, integer bounds as digit ranges); the code is ours. One
+//! difference: no whitespace may follow the whole document, so the answer ends where its JSON
+//! does (llama.cpp lets the model pad it with up to two newlines and twenty tabs).
 //!
 //! Supported: `type` (one or a list), `const`, `enum`, `anyOf`/`oneOf`, `allOf` (of objects:
 //! merged), local `$ref` (`#/$defs/…`, `#/definitions/…`, recursion included), objects
@@ -144,6 +146,17 @@ pub fn to_gbnf(schema: &Json) -> Result<String> {
     let name = c.visit(schema, "root", 0)?;
     if name != "root" {
         c.rules.insert("root".into(), name);
+    }
+    // Nothing may follow the document: without the whitespace a nested value may end with, the
+    // model must end where the JSON does (else it may pad it with newlines and tabs).
+    if let Some(body) = c.rules.get("root").cloned() {
+        let body = match PRIMITIVES.iter().find(|(n, _, _)| *n == body) {
+            Some((_, def, _)) => def.to_string(),
+            None => body,
+        };
+        if let Some(trimmed) = body.strip_suffix(" space") {
+            c.rules.insert("root".into(), trimmed.to_string());
+        }
     }
     Ok(c.rules.iter().map(|(k, v)| format!("{k} ::= {v}\n")).collect())
 }
