@@ -45,7 +45,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("/exit", "leave (also Ctrl-D, or Ctrl-C twice at the prompt)"),
     ("/clear", "forget the conversation"),
     ("/system", "TEXT: set the system prompt and start over; alone: show it; --remove: remove it"),
-    ("/set", "NAME VALUE: temp, top-k, top-p, min-p, typical, repeat-penalty, repeat-last-n, presence-penalty, frequency-penalty, seed, n-predict"),
+    ("/set", "NAME VALUE: temp, top-k, top-p, min-p, typical, repeat-penalty, repeat-last-n, presence-penalty, frequency-penalty, seed, n-predict, grammar (GBNF or FILE, off), json-schema (SCHEMA or FILE, off)"),
     ("/show", "model, settings, template, context use"),
     ("/save", "FILE: save the conversation, settings and cache"),
     ("/load", "FILE: continue a saved conversation"),
@@ -66,6 +66,8 @@ const SET_NAMES: &[&str] = &[
     "frequency-penalty",
     "seed",
     "n-predict",
+    "grammar",
+    "json-schema",
 ];
 
 /// Tab completion of slash commands and /set names.
@@ -445,6 +447,27 @@ fn set(sess: &mut Session, arg: &str) -> Result<()> {
             }
             sess.opts.n_predict = n;
             return Ok(());
+        }
+        // every later answer follows the grammar (each from its start); `off` lifts it
+        "grammar" | "json-schema" => {
+            c.grammar = if value == "off" {
+                None
+            } else {
+                let path = std::path::Path::new(value);
+                let text = if path.is_file() {
+                    let bytes = super::files::read_capped(path, ferrite::grammar::MAX_GRAMMAR_BYTES as u64, name, "simplify it")?;
+                    super::files::utf8(bytes, value)?
+                } else {
+                    value.to_string()
+                };
+                let constraint = if name == "grammar" {
+                    ferrite::grammar::Constraint::Gbnf(text)
+                } else {
+                    ferrite::grammar::json_schema::gbnf_from_text(&text)?;
+                    ferrite::grammar::Constraint::JsonSchema(text)
+                };
+                Some(constraint.compile(&sess.tok).map_err(|e| e.context(format!("/set {name}")))?)
+            };
         }
         other => ferrite::bail_input!("/set: unknown setting '{other}' (names: {})", SET_NAMES.join(", ")),
     }
