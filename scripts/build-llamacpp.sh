@@ -51,7 +51,7 @@ else
   cpu_defs=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_SSE42=ON)
 fi
 config="class=$class cflags=$cflags defs=${cpu_defs[*]} sdist=$sdist_version"
-tools=(llama-tokenize llama-perplexity llama-completion llama-bench llama-quantize llama-eval-callback)
+tools=(llama-tokenize llama-perplexity llama-completion llama-bench llama-quantize llama-eval-callback llama-export-lora)
 extra_subdirs=()
 if [ "${EXTRA:-0}" = 1 ]; then
   tools+=(llama-batched-bench)
@@ -122,7 +122,7 @@ if [ ! -d "$dir/sdist" ]; then
   mv "$dir/sdist.tmp" "$dir/sdist"
 fi
 vendored="$dir/sdist/vendor/llama.cpp"
-subdirs=(llama-bench perplexity tokenize completion quantize "${extra_subdirs[@]}")
+subdirs=(llama-bench perplexity tokenize completion quantize export-lora "${extra_subdirs[@]}")
 for t in "${subdirs[@]}"; do
   rm -rf "$dir/src/tools/$t" && cp -r "$vendored/tools/$t" "$dir/src/tools/$t"
 done

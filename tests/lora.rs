@@ -2,7 +2,8 @@
 //! (random low-rank A and B in llama.cpp's GGUF adapter format), greedy ids of `ferrite run
 //! --lora/--lora-scaled` equal to llama.cpp's (`greedy_ref` with `REF_LORA`) at scale 1, at 0.5
 //! and with two adapters combined, on both models and a tiny model of another architecture;
-//! scale 0 gives the logits of no adapter bit for bit; broken adapters are refused.
+//! scale 0 gives the logits of no adapter bit for bit; broken adapters are refused; `export-lora`
+//! writes llama-export-lora's bytes.
 
 mod heavy;
 mod paths;
@@ -172,4 +173,71 @@ fn info_reports_adapters() {
     // 30 pairs of F32: A [576, 4] and B [4, 576]
     assert_eq!(ad["bytes"], 30 * 2 * 576 * 4 * 4);
     assert_eq!(v["memory"]["adapters"], ad["bytes"]);
+}
+
+/// `ferrite export-lora` writes the same bytes as `llama-export-lora` for the same base and
+/// adapters (two adapters, one scaled; a Q4_1 and a Q4_K_M base, so both dequantizations and the
+/// F16 output are exercised), and the merged model answers.
+#[test]
+fn export_lora_matches_llamacpp_byte_for_byte() {
+    let bin = llamacpp_bin().unwrap_or_else(|| panic!("export-lora is checked against live llama.cpp only: {}", how_to_get_llamacpp()));
+    for (model, tag, targets) in [
+        ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2", "attn_q,attn_v,ffn_up"),
+        ("models/gemma-3-270m-q4_k_m.gguf", "gemma3", "attn_k,attn_output,ffn_down"),
+    ] {
+        let base = root().join(model);
+        // llama-export-lora merges adapters only when they adapt the same tensors
+        let a = make_lora(&base, &format!("{tag}-exp-a.gguf"), &["--seed", "3", "--rank", "8", "--alpha", "16", "--targets", targets]);
+        let b = make_lora(&base, &format!("{tag}-exp-b.gguf"), &["--seed", "4", "--rank", "4", "--type", "f16", "--targets", targets]);
+        let (ours, theirs) = (scratch(&format!("{tag}-merged-ferrite.gguf")), scratch(&format!("{tag}-merged-llamacpp.gguf")));
+        let scaled = format!("{}:0.5", b.display());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+        cmd.args(["export-lora", "-t", "2", "-m"]).arg(&base).arg("--lora").arg(&a).args(["--lora-scaled", &scaled, "-o"]).arg(&ours);
+        let o = heavy::output(&mut cmd, "ferrite export-lora", heavy::LIMIT);
+        assert!(o.status.success(), "ferrite export-lora: {}", String::from_utf8_lossy(&o.stderr));
+        let mut cmd = Command::new(bin.join("llama-export-lora"));
+        cmd.env("LD_LIBRARY_PATH", &bin)
+            .args(["-t", "2", "-m"])
+            .arg(&base)
+            .arg("--lora")
+            .arg(&a)
+            .args(["--lora-scaled", &scaled, "-o"])
+            .arg(&theirs);
+        let o = heavy::output(&mut cmd, "llama-export-lora", heavy::LIMIT);
+        assert!(o.status.success(), "llama-export-lora: {}", String::from_utf8_lossy(&o.stderr));
+        let (x, y) = (std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
+        assert_eq!(x.len(), y.len(), "{tag}: merged files differ in size");
+        if let Some(at) = x.iter().zip(&y).position(|(p, q)| p != q) {
+            panic!("{tag}: merged files differ first at byte {at} of {}", x.len());
+        }
+        let merged = ferrite_ids(&ours, &[]);
+        assert!(!merged.is_empty(), "{tag}: the merged model gives no tokens");
+        for f in [ours, theirs] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// `export-lora` never writes over the base or a special file, and needs an adapter.
+#[test]
+fn export_lora_refuses_bad_outputs() {
+    let base = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let a = make_lora(&base, "exp-bad.gguf", &["--rank", "2", "--targets", "attn_q"]);
+    for (out, lora, needle) in [
+        (Path::new("/dev/full"), true, "not a regular file"),
+        (base.as_path(), true, "overwrite the base"),
+        (Path::new("/nonexistent/dir/x.gguf"), true, "cannot write"),
+        (Path::new("/tmp/never-written.gguf"), false, "at least one adapter"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+        cmd.args(["export-lora", "-m"]).arg(&base).arg("-o").arg(out);
+        if lora {
+            cmd.arg("--lora").arg(&a);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{}: {err}", out.display());
+        assert!(err.contains(needle), "{}: {err}", out.display());
+    }
+    assert!(Path::new("/dev/full").exists());
 }

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod chat;
 mod common;
+mod export_lora;
 pub mod fields;
 mod files;
 mod info;
@@ -43,6 +44,8 @@ pub enum Cmd {
     Batch(Box<batch::Args>),
     /// Serve the model over HTTP: OpenAI-compatible chat and completions, many requests at once
     Serve(Box<serve::Args>),
+    /// Merge LoRA adapters into a model file (llama-export-lora's method; F16 output)
+    ExportLora(export_lora::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -51,6 +54,25 @@ pub struct ModelArgs {
     /// Model: a GGUF path or a known name (smollm2, gemma3); default smollm2
     #[arg(short = 'm', long = "model", value_name = "MODEL")]
     pub model: Option<String>,
+}
+
+/// Adapters from `--lora FILE[,FILE…]` (scale 1) then `--lora-scaled FILE:SCALE[,…]`.
+pub fn parse_loras(lora: &[String], scaled: &[String]) -> anyhow::Result<Vec<(std::path::PathBuf, f32)>> {
+    let mut out = Vec::new();
+    for f in lora.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
+        out.push((f.into(), 1.0));
+    }
+    for spec in scaled.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
+        let Some((file, scale)) = spec.rsplit_once(':') else {
+            ferrite::bail_input!("--lora-scaled {spec:?}: give FILE:SCALE");
+        };
+        let scale: f32 = match scale.trim().parse() {
+            Ok(s) if f32::is_finite(s) => s,
+            _ => ferrite::bail_input!("--lora-scaled {spec:?}: the scale {scale:?} is not a number"),
+        };
+        out.push((file.into(), scale));
+    }
+    Ok(out)
 }
 
 /// Options of the model context shared by the subcommands that compute.
@@ -108,21 +130,7 @@ impl ContextArgs {
 
     /// The adapters of `--lora` and `--lora-scaled`, in order, with their scales.
     pub fn loras(&self) -> anyhow::Result<Vec<(std::path::PathBuf, f32)>> {
-        let mut out = Vec::new();
-        for f in self.lora.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
-            out.push((f.into(), 1.0));
-        }
-        for spec in self.lora_scaled.iter().flat_map(|l| l.split(',')).filter(|f| !f.is_empty()) {
-            let Some((file, scale)) = spec.rsplit_once(':') else {
-                ferrite::bail_input!("--lora-scaled {spec:?}: give FILE:SCALE");
-            };
-            let scale: f32 = match scale.trim().parse() {
-                Ok(s) if f32::is_finite(s) => s,
-                _ => ferrite::bail_input!("--lora-scaled {spec:?}: the scale {scale:?} is not a number"),
-            };
-            out.push((file.into(), scale));
-        }
-        Ok(out)
+        parse_loras(&self.lora, &self.lora_scaled)
     }
 
     pub fn options(&self) -> anyhow::Result<ferrite::decoder::ContextOptions> {
@@ -275,6 +283,7 @@ pub fn main() -> i32 {
         Some(Cmd::Perplexity(a)) => perplexity::main(a),
         Some(Cmd::Batch(a)) => batch::main(*a),
         Some(Cmd::Serve(a)) => serve::main(*a),
+        Some(Cmd::ExportLora(a)) => export_lora::main(a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),

@@ -7,6 +7,7 @@
 
 mod reader;
 pub mod vocab;
+pub mod writer;
 
 use crate::error::BadInput;
 use anyhow::Result;

@@ -1,6 +1,7 @@
 //! The architectures ferrite runs (one enum, one dispatch `match`), their hyper-parameters and
 //! weights, and loading a model from a GGUF file.
 
+pub mod export_lora;
 pub mod hparams;
 pub mod loader;
 pub mod lora;
