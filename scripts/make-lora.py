@@ -35,12 +35,24 @@ w.add_float32("adapter.lora.alpha", a.alpha)
 n = 0
 for t in base.tensors:
     parts = t.name.split(".")
-    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in targets or parts[3] != "weight":
+    shape = [int(x) for x in t.shape]  # ggml order
+    if t.name == "token_embd.weight" and "token_embd" in targets:
+        # llama.cpp's transposed pair for the embedding: lora_a [r, n_vocab], lora_b [r, n_embd]
+        n_embd, n_vocab = shape[0], shape[1]
+        la = (rng.standard_normal((n_vocab, a.rank)) * a.magnitude).astype(dtype)
+        lb = (rng.standard_normal((n_embd, a.rank)) * a.magnitude).astype(dtype)
+    elif len(parts) != 4 or parts[0] != "blk" or parts[2] not in targets or parts[3] != "weight":
         continue
-    k, m = int(t.shape[0]), int(t.shape[1])  # ggml order
-    # numpy shapes are the reverse of ggml's: lora_a [k, r] is (r, k), lora_b [r, m] is (m, r)
-    la = (rng.standard_normal((a.rank, k)) * a.magnitude).astype(dtype)
-    lb = (rng.standard_normal((m, a.rank)) * a.magnitude).astype(dtype)
+    elif len(shape) == 3:
+        # MoE experts: one pair per expert, lora_a [k, r, n_expert], lora_b [r, m, n_expert]
+        k, m, e = shape
+        la = (rng.standard_normal((e, a.rank, k)) * a.magnitude).astype(dtype)
+        lb = (rng.standard_normal((e, m, a.rank)) * a.magnitude).astype(dtype)
+    else:
+        k, m = shape[0], shape[1]
+        # numpy shapes are the reverse of ggml's: lora_a [k, r] is (r, k), lora_b [r, m] is (m, r)
+        la = (rng.standard_normal((a.rank, k)) * a.magnitude).astype(dtype)
+        lb = (rng.standard_normal((m, a.rank)) * a.magnitude).astype(dtype)
     w.add_tensor(t.name + ".lora_a", la)
     w.add_tensor(t.name + ".lora_b", lb)
     n += 1

@@ -253,6 +253,15 @@ impl<'a> GraphBuilder<'a> {
     pub fn inp_embd(&mut self, tok_embd: &Tensor, scale: f32) -> Tensor {
         let tokens = self.input(Type::I32, &[self.n_tokens], "inp_tokens", Input::Tokens);
         let mut cur = self.ctx.get_rows(tok_embd, &tokens);
+        // an embedding adapter adds s · B·A[token] (llama.cpp's build_inp_embd: its pair is
+        // transposed, A [r, n_vocab] looked up by token, B [r, n_embd])
+        for (adapter, s) in self.cparams.loras.iter().rev() {
+            if let Some((a, b, rank)) = adapter.pair(&tok_embd.name()) {
+                let delta = self.mm_weight(b, &self.ctx.get_rows(a, &tokens));
+                let delta = self.ctx.scale(&delta, adapter.scale(*s, rank));
+                cur = self.ctx.add(&cur, &delta);
+            }
+        }
         if scale != 1.0 {
             // llama.cpp multiplies by a per-row input so that the graph is the same for token and
             // embedding batches; the product is the same as a scale.
@@ -362,6 +371,20 @@ impl<'a> GraphBuilder<'a> {
                     let ab = self.ctx.scale(&ab, adapter.scale(*scale, rank));
                     res = self.ctx.add(&res, &ab);
                 }
+            }
+        }
+        res
+    }
+
+    /// `mul_mat_id` with a mixture's expert weights (llama.cpp's `build_lora_mm_id`): each
+    /// adapter of `w` adds `s · B(A·x)` with its per-expert pairs, routed by the same `ids`.
+    pub fn mm_id(&self, w: &Tensor, cur: &Tensor, ids: &Tensor) -> Tensor {
+        let mut res = self.ctx.mul_mat_id(w, cur, ids);
+        for (adapter, scale) in self.cparams.loras.iter().rev() {
+            if let Some((a, b, rank)) = adapter.pair(&w.name()) {
+                let ab = self.ctx.mul_mat_id(b, &self.ctx.mul_mat_id(a, cur, ids), ids);
+                let ab = self.ctx.scale(&ab, adapter.scale(*scale, rank));
+                res = self.ctx.add(&res, &ab);
             }
         }
         res
@@ -670,13 +693,13 @@ impl<'a> GraphBuilder<'a> {
         self.gf.expand(&weights);
 
         let x = ctx.reshape(cur, &[n_embd, 1, n_tokens]);
-        let up = ctx.mul_mat_id(w(&l.ffn_up_exps), &x, &selected); // [n_ff, n_used, n_tokens]
+        let up = self.mm_id(w(&l.ffn_up_exps), &x, &selected); // [n_ff, n_used, n_tokens]
         self.cb(&up, "ffn_moe_up", il);
-        let gate = ctx.mul_mat_id(w(&l.ffn_gate_exps), &x, &selected);
+        let gate = self.mm_id(w(&l.ffn_gate_exps), &x, &selected);
         self.cb(&gate, "ffn_moe_gate", il);
         let act = ctx.swiglu_split(&gate, &up);
         self.cb(&act, "ffn_moe_swiglu", il);
-        let experts = ctx.mul_mat_id(w(&l.ffn_down_exps), &act, &selected); // [n_embd, n_used, n_tokens]
+        let experts = self.mm_id(w(&l.ffn_down_exps), &act, &selected); // [n_embd, n_used, n_tokens]
         self.cb(&experts, "ffn_moe_down", il);
         let experts = ctx.mul(&experts, &weights);
         self.cb(&experts, "ffn_moe_weighted", il);

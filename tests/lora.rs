@@ -1,7 +1,8 @@
 //! LoRA adapters against llama.cpp on this machine: adapters made by `scripts/make-lora.py`
 //! (random low-rank A and B in llama.cpp's GGUF adapter format), greedy ids of `ferrite run
 //! --lora/--lora-scaled` equal to llama.cpp's (`greedy_ref` with `REF_LORA`) at scale 1, at 0.5
-//! and with two adapters combined, on both models and a tiny model of another architecture;
+//! and with two adapters combined, on both models and a tiny model of another architecture, and
+//! for embedding and mixture-of-experts adapters on tiny models;
 //! scale 0 gives the logits of no adapter bit for bit; broken adapters are refused; `export-lora`
 //! writes llama-export-lora's bytes.
 
@@ -100,6 +101,48 @@ fn tiny_qwen2_adapters_match_llamacpp() {
     let model = tiny_dir().join("tiny-qwen2.gguf");
     assert!(model.is_file(), "{} is missing: scripts/test.sh makes the tiny models", model.display());
     check_model(&model, "qwen2", ("attn_q,attn_k,attn_v,ffn_gate", "attn_output,ffn_up,ffn_down"));
+}
+
+/// An embedding adapter (llama.cpp's transposed pair, looked up by token) on a model with its
+/// own output head, and adapters of a mixture's experts (3-D, one pair per expert): greedy ids
+/// equal llama.cpp's, alone and with a 2-D adapter beside them. On a model whose output head is
+/// the embedding, an embedding adapter is refused (llama.cpp aborts there).
+#[test]
+fn embedding_and_expert_adapters_match_llamacpp() {
+    for (model, targets, other) in
+        [("tiny-llama.gguf", "token_embd", "attn_q,ffn_up"), ("tiny-llama-moe.gguf", "ffn_up_exps,ffn_down_exps,ffn_gate_exps", "attn_v")]
+    {
+        let path = tiny_dir().join(model);
+        assert!(path.is_file(), "{} is missing: scripts/test.sh makes the tiny models", path.display());
+        let a = make_lora(
+            &path,
+            &format!("{model}-special.gguf"),
+            &["--seed", "7", "--rank", "4", "--alpha", "8", "--magnitude", "0.3", "--targets", targets],
+        );
+        let b = make_lora(&path, &format!("{model}-plain.gguf"), &["--seed", "8", "--rank", "4", "--targets", other]);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let base = ferrite_ids(&path, &[]);
+        for (flags, spec) in
+            [(vec!["--lora-scaled", &format!("{a}:0.7")], format!("{a}:0.7")), (vec!["--lora", &format!("{a},{b}")], format!("{a},{b}"))]
+        {
+            let ours = ferrite_ids(&path, &flags);
+            assert_eq!(ours, llamacpp_ids(&path, &spec), "{model} {spec}: greedy ids differ from llama.cpp's");
+            assert_ne!(ours, base, "{model} {spec}: the adapter changes nothing");
+        }
+    }
+    let smollm2 = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tied = make_lora(&smollm2, "tied-embd.gguf", &["--targets", "token_embd"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "-n", "2", "-m"])
+        .arg(&smollm2)
+        .arg("--lora")
+        .arg(&tied)
+        .arg("hi")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tied"), "{err}");
 }
 
 /// Scale 0 is exactly no adapter: the same logits bit for bit (the adapter is still checked).

@@ -115,7 +115,13 @@ fn merge(t: &crate::gguf::TensorInfo, data: &[u8], adapters: &[(LoraAdapter, f32
     let mut cur = inp.clone();
     for (a, scale) in adapters {
         let Some((ta, tb, rank)) = a.pair(&t.name) else { continue };
-        let delta = gctx.mul_mat(&gctx.cont(&gctx.transpose(&f32_of(ta))), &f32_of(tb));
+        // the embedding's pair is transposed (A [r, n_vocab], B [r, n_embd]), as llama-export-lora
+        // treats it; experts' 3-D pairs multiply expert by expert
+        let delta = if t.name.starts_with("token_embd") {
+            gctx.mul_mat(&f32_of(tb), &f32_of(ta))
+        } else {
+            gctx.mul_mat(&gctx.cont(&gctx.transpose(&f32_of(ta))), &f32_of(tb))
+        };
         let delta = gctx.scale(&delta, a.scale(*scale, rank));
         cur = gctx.add(&delta, &cur);
     }

@@ -74,28 +74,41 @@ impl LoraAdapter {
             if w.ends_with("_norm.weight") {
                 continue;
             }
-            if w == "token_embd.weight" {
-                return Err(f.error(w, "token-embedding adapters are not supported yet"));
-            }
             let Some(bw) = base.tensor(w) else {
                 return Err(f.error(w, "adapts a tensor the model does not have"));
             };
-            if bw.n_dims != 2 || a.n_dims != 2 || b.n_dims != 2 {
-                return Err(f.error(w, "only 2-D weights take adapters here"));
-            }
-            let r = a.ne[1];
-            if a.ne[0] != bw.ne[0] || b.ne[1] != bw.ne[1] || b.ne[0] != r {
-                return Err(f.error(
+            let misfit = |want: String| {
+                f.error(
                     w,
-                    format!(
-                        "shapes do not fit the weight {:?}: lora_a {:?}, lora_b {:?} (want [{}, r] and [r, {}])",
-                        bw.shape(),
-                        a.shape(),
-                        b.shape(),
-                        bw.ne[0],
-                        bw.ne[1]
-                    ),
-                ));
+                    format!("shapes do not fit the weight {:?}: lora_a {:?}, lora_b {:?} (want {want})", bw.shape(), a.shape(), b.shape()),
+                )
+            };
+            let r = b.ne[0];
+            if w == "token_embd.weight" {
+                // llama.cpp's transposed pair, looked up by token: lora_a [r, n_vocab], lora_b [r, n_embd]
+                if base.tensor("output.weight").is_none() {
+                    return Err(f.error(
+                        w,
+                        "the model's output head is the token embedding (tied), which an embedding adapter cannot adapt (llama.cpp aborts here)",
+                    ));
+                }
+                if a.n_dims != 2 || b.n_dims != 2 || a.ne[1] != bw.ne[1] || b.ne[1] != bw.ne[0] || a.ne[0] != r {
+                    return Err(misfit(format!("[r, {}] and [r, {}]", bw.ne[1], bw.ne[0])));
+                }
+            } else if bw.n_dims == 3 {
+                // experts of a mixture: one pair per expert
+                let ok = a.n_dims == 3
+                    && b.n_dims == 3
+                    && a.ne[0] == bw.ne[0]
+                    && b.ne[1] == bw.ne[1]
+                    && a.ne[1] == r
+                    && a.ne[2] == bw.ne[2]
+                    && b.ne[2] == bw.ne[2];
+                if !ok {
+                    return Err(misfit(format!("[{}, r, {}] and [r, {}, {}]", bw.ne[0], bw.ne[2], bw.ne[1], bw.ne[2])));
+                }
+            } else if bw.n_dims != 2 || a.n_dims != 2 || b.n_dims != 2 || a.ne[0] != bw.ne[0] || b.ne[1] != bw.ne[1] || a.ne[1] != r {
+                return Err(misfit(format!("[{}, r] and [r, {}]", bw.ne[0], bw.ne[1])));
             }
             if !(1..=MAX_RANK).contains(&r) {
                 return Err(f.error(w, format!("rank {r} is out of range 1..={MAX_RANK}")));
