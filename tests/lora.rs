@@ -220,15 +220,17 @@ fn info_reports_adapters() {
 
 /// `ferrite export-lora` writes the same bytes as `llama-export-lora` for the same base and
 /// adapters (two adapters, one scaled; a Q4_1 and a Q4_K_M base, so both dequantizations and the
-/// F16 output are exercised), and the merged model answers.
+/// F16 output are exercised; an embedding adapter; experts' adapters), and the merged model
+/// answers.
 #[test]
 fn export_lora_matches_llamacpp_byte_for_byte() {
     let bin = llamacpp_bin().unwrap_or_else(|| panic!("export-lora is checked against live llama.cpp only: {}", how_to_get_llamacpp()));
-    for (model, tag, targets) in [
-        ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2", "attn_q,attn_v,ffn_up"),
-        ("models/gemma-3-270m-q4_k_m.gguf", "gemma3", "attn_k,attn_output,ffn_down"),
+    for (base, tag, targets) in [
+        (root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2", "attn_q,attn_v,ffn_up"),
+        (root().join("models/gemma-3-270m-q4_k_m.gguf"), "gemma3", "attn_k,attn_output,ffn_down"),
+        (tiny_dir().join("tiny-llama.gguf"), "tiny-llama", "token_embd,attn_q"),
+        (tiny_dir().join("tiny-llama-moe.gguf"), "tiny-llama-moe", "ffn_up_exps,ffn_down_exps"),
     ] {
-        let base = root().join(model);
         // llama-export-lora merges adapters only when they adapt the same tensors
         let a = make_lora(&base, &format!("{tag}-exp-a.gguf"), &["--seed", "3", "--rank", "8", "--alpha", "16", "--targets", targets]);
         let b = make_lora(&base, &format!("{tag}-exp-b.gguf"), &["--seed", "4", "--rank", "4", "--type", "f16", "--targets", targets]);
