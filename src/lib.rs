@@ -17,6 +17,7 @@ pub mod info;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod quantize;
 pub mod sampling;
 pub mod session;
 pub mod session_file;

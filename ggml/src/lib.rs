@@ -167,11 +167,12 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
     let n_rows = src.len() / n_per_row;
     let row_size = ty.row_size(n_per_row as i64);
     let mut out = vec![0u8; row_size * n_rows];
-    // SAFETY: `src` holds n_rows*n_per_row floats and `out` holds n_rows rows of `ty`; ggml asserts
-    // the type is quantizable (all types with a from_float routine); non-quantized types are refused.
-    if !ty.is_quantized() {
-        return err(format!("quantize: {} is not a quantized type", ty.name()));
+    // F16, BF16 and F32 are conversions ggml_quantize_chunk also does
+    if !ty.is_quantized() && ![Type::F16, Type::BF16, Type::F32].contains(&ty) {
+        return err(format!("quantize: {} is not a type to quantize to", ty.name()));
     }
+    // SAFETY: `src` holds n_rows*n_per_row floats and `out` holds n_rows rows of `ty`; ggml asserts
+    // the type is quantizable (a from_float routine, F16/BF16/F32 included; others refused above).
     unsafe {
         sys::ggml_quantize_init(ty.0);
         if sys::ggml_quantize_requires_imatrix(ty.0) {

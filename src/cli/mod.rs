@@ -11,6 +11,7 @@ mod files;
 mod info;
 pub mod output;
 mod perplexity;
+mod quantize;
 mod run;
 mod serve;
 mod sessionfile;
@@ -46,6 +47,8 @@ pub enum Cmd {
     Serve(Box<serve::Args>),
     /// Merge LoRA adapters into a model file (llama-export-lora's method; F16 output)
     ExportLora(export_lora::Args),
+    /// Quantize a model file (llama-quantize's arguments, type choice and output)
+    Quantize(quantize::Args),
 }
 
 /// Options shared by the subcommands that load a model.
@@ -284,6 +287,7 @@ pub fn main() -> i32 {
         Some(Cmd::Batch(a)) => batch::main(*a),
         Some(Cmd::Serve(a)) => serve::main(*a),
         Some(Cmd::ExportLora(a)) => export_lora::main(a),
+        Some(Cmd::Quantize(a)) => quantize::main(a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),
