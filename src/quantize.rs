@@ -540,14 +540,7 @@ fn requires_imatrix(name: &str, t: Type, ftype: u32) -> bool {
 /// total, name).
 pub fn quantize(input: &Path, output: &Path, p: &Params, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
     let f = GgufFile::open(input)?;
-    if let Ok(md) = std::fs::metadata(output) {
-        if !md.is_file() {
-            crate::bail_input!("{}: exists and is not a regular file; give a file path for the quantized model", output.display());
-        }
-        if std::fs::canonicalize(output).ok() == std::fs::canonicalize(input).ok() {
-            crate::bail_input!("{}: the output would overwrite the input model", output.display());
-        }
-    }
+    crate::gguf::writer::check_target(output, input, "quantized model", "input model")?;
     if !FTYPES.iter().any(|&(_, id)| id == p.ftype) {
         crate::bail_input!("file type {} is not one ferrite writes", p.ftype);
     }

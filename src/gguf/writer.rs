@@ -138,6 +138,21 @@ pub fn meta(kv: &[(String, Value)], tensors: &[TensorEntry], alignment: usize) -
     out
 }
 
+/// Refuses `target` as the output of a model derived from `source` (named `what`, e.g. "merged
+/// model", and `source_name`, e.g. "base model"): an existing device, FIFO or directory must not
+/// be replaced by a renamed file, and the source must not be written over.
+pub fn check_target(target: &Path, source: &Path, what: &str, source_name: &str) -> Result<()> {
+    if let Ok(md) = std::fs::metadata(target) {
+        if !md.is_file() {
+            crate::bail_input!("{}: exists and is not a regular file; give a file path for the {what}", target.display());
+        }
+        if std::fs::canonicalize(target).ok() == std::fs::canonicalize(source).ok() {
+            crate::bail_input!("{}: the output would overwrite the {source_name}", target.display());
+        }
+    }
+    Ok(())
+}
+
 /// A GGUF file being written: the directory first, then each tensor's data in directory order.
 pub struct Writer {
     file: std::io::BufWriter<std::fs::File>,

@@ -45,15 +45,7 @@ pub fn export(
         }
         adapters.push((LoraAdapter::load(p, &base)?, *scale));
     }
-    if let Ok(md) = std::fs::metadata(out) {
-        // a device or FIFO must not be replaced by a renamed file
-        if !md.is_file() {
-            crate::bail_input!("{}: exists and is not a regular file; give a file path for the merged model", out.display());
-        }
-        if std::fs::canonicalize(out).ok() == std::fs::canonicalize(base_path).ok() {
-            crate::bail_input!("{}: the output would overwrite the base model", out.display());
-        }
-    }
+    crate::gguf::writer::check_target(out, base_path, "merged model", "base model")?;
 
     let mut kv: Vec<(String, Value)> = base.metadata().iter().filter(|(k, _)| k != "general.file_type").cloned().collect();
     kv.push(("general.file_type".into(), Value::U32(FTYPE_MOSTLY_F16)));
