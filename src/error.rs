@@ -1,4 +1,5 @@
-//! Error kinds that decide ferrite's exit code: bad input (2), interruption (130), else runtime (1).
+//! Error kinds that decide ferrite's exit code: bad input (2), a failed check (3), interruption
+//! (130), else runtime (1).
 
 use std::fmt;
 
@@ -26,6 +27,19 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A check the user asked for did not pass (`eval --min-accuracy`): exit code 3. The work itself
+/// ran and its report was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailed(pub String);
+
+impl fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
 /// Builds an `anyhow::Error` of kind [`BadInput`].
 #[macro_export]
 macro_rules! bad_input {
@@ -38,7 +52,8 @@ macro_rules! bail_input {
     ($($arg:tt)*) => { return Err($crate::bad_input!($($arg)*)) };
 }
 
-/// The process exit code for an error: 2 for bad input, 130 for interruption, 1 otherwise.
+/// The process exit code for an error: 2 for bad input, 3 for a failed check, 130 for
+/// interruption, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if cause.downcast_ref::<BadInput>().is_some() {
@@ -46,6 +61,9 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<Interrupted>().is_some() {
             return 130;
+        }
+        if cause.downcast_ref::<CheckFailed>().is_some() {
+            return 3;
         }
     }
     1

@@ -3,6 +3,7 @@
 //! rustyline or indicatif.
 
 pub mod arch;
+pub mod atomic_file;
 pub mod bench;
 pub mod build_info;
 pub mod catalogue;
@@ -10,6 +11,7 @@ pub mod chat;
 pub mod decoder;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod gguf;
 pub mod grammar;
 pub mod graph;

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod chat;
 mod common;
+mod eval;
 mod export_lora;
 pub mod fields;
 mod files;
@@ -39,8 +40,10 @@ pub enum Cmd {
     Run(Box<run::Args>),
     /// Chat interactively (REPL)
     Chat(Box<chat::Args>),
-    /// Measure perplexity over a text file (llama-perplexity's method)
+    /// Measure perplexity over a text file (llama-perplexity's method), or KL-divergence from a base model
     Perplexity(perplexity::Args),
+    /// Run your own eval suite over several models: accuracy, size, speed, memory; the smallest that passes
+    Eval(Box<eval::Args>),
     /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
     Batch(Box<batch::Args>),
     /// Serve the model over HTTP: OpenAI-compatible chat and completions, many requests at once
@@ -288,6 +291,7 @@ pub fn main() -> i32 {
         Some(Cmd::Serve(a)) => serve::main(*a),
         Some(Cmd::ExportLora(a)) => export_lora::main(a),
         Some(Cmd::Quantize(a)) => quantize::main(a),
+        Some(Cmd::Eval(a)) => eval::main(*a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),

@@ -5,10 +5,10 @@
 //! under the target's name.
 
 use super::{Array, Value};
+use crate::atomic_file::AtomicFile;
 use anyhow::Result;
 use ggml::Type;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// ggml's default data alignment (`GGUF_DEFAULT_ALIGNMENT`).
 pub const DEFAULT_ALIGNMENT: usize = 32;
@@ -154,32 +154,20 @@ pub fn check_target(target: &Path, source: &Path, what: &str, source_name: &str)
 }
 
 /// A GGUF file being written: the directory first, then each tensor's data in directory order.
+/// Written atomically: nothing appears under the target's name until [`finish`](Self::finish).
 pub struct Writer {
-    file: std::io::BufWriter<std::fs::File>,
-    tmp: PathBuf,
-    target: PathBuf,
+    file: AtomicFile,
     tensors: Vec<TensorEntry>,
     next: usize,
     alignment: usize,
 }
 
 impl Writer {
-    /// Starts `target` (written as `target.tmp-PID` until [`finish`](Self::finish)).
+    /// Starts `target`.
     pub fn create(target: &Path, kv: &[(String, Value)], tensors: Vec<TensorEntry>, alignment: usize) -> Result<Writer> {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out.gguf".into());
-        let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let f = std::fs::File::create(&tmp).map_err(|e| crate::bad_input!("cannot write {}: {e}", target.display()))?;
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
-        let head = meta(kv, &tensors, alignment);
-        let w = file.write_all(&head);
-        let mut me = Writer { file, tmp, target: target.to_path_buf(), tensors, next: 0, alignment };
-        w.map_err(|e| me.fail(e))?;
-        Ok(me)
-    }
-
-    fn fail(&mut self, e: std::io::Error) -> anyhow::Error {
-        let _ = std::fs::remove_file(&self.tmp);
-        anyhow::Error::new(e).context(format!("writing {}", self.target.display()))
+        let mut file = AtomicFile::create(target)?;
+        file.write_all(&meta(kv, &tensors, alignment))?;
+        Ok(Writer { file, tensors, next: 0, alignment })
     }
 
     /// The next tensor of the directory (its entry), if any is left to write.
@@ -191,36 +179,21 @@ impl Writer {
     pub fn write_tensor(&mut self, data: &[u8]) -> Result<()> {
         let Some(t) = self.tensors.get(self.next) else { anyhow::bail!("all tensors are written already") };
         if data.len() != t.nbytes() {
-            let msg = format!("tensor {} has {} bytes, its directory entry says {}", t.name, data.len(), t.nbytes());
-            let _ = std::fs::remove_file(&self.tmp);
-            anyhow::bail!(msg);
+            anyhow::bail!("tensor {} has {} bytes, its directory entry says {}", t.name, data.len(), t.nbytes());
         }
         let padding = pad(data.len(), self.alignment) - data.len();
-        let r = self.file.write_all(data).and_then(|_| self.file.write_all(&vec![0u8; padding]));
-        r.map_err(|e| self.fail(e))?;
+        self.file.write_all(data)?;
+        self.file.write_all(&vec![0u8; padding])?;
         self.next += 1;
         Ok(())
     }
 
-    /// Flushes, syncs and renames the file into place.
-    pub fn finish(mut self) -> Result<()> {
+    /// Syncs and renames the file into place.
+    pub fn finish(self) -> Result<()> {
         if self.next != self.tensors.len() {
-            let _ = std::fs::remove_file(&self.tmp);
             anyhow::bail!("{} of {} tensors were written", self.next, self.tensors.len());
         }
-        let r = self.file.flush().and_then(|_| self.file.get_ref().sync_all());
-        r.map_err(|e| self.fail(e))?;
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // a writer dropped before `finish` (an error, a panic) leaves nothing behind
-        if self.tmp.exists() && self.next < self.tensors.len() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.file.commit()
     }
 }
 
