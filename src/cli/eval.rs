@@ -451,7 +451,9 @@ fn plot_svg(runs: &[ModelRun], min: Option<f64>) -> Result<String> {
             let colour = Palette99::pick(i).to_rgba();
             let (l, h) = ferrite::eval::wilson_interval(r.passed, r.outcomes.len());
             let (x, y) = (mib(r.size), 100.0 * r.accuracy());
-            chart.draw_series(std::iter::once(PathElement::new(vec![(x, 100.0 * l), (x, 100.0 * h)], colour.stroke_width(2)))).map_err(plot_err)?;
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(x, 100.0 * l), (x, 100.0 * h)], colour.stroke_width(2))))
+                .map_err(plot_err)?;
             chart
                 .draw_series(std::iter::once(Circle::new((x, y), 6, colour.filled())))
                 .map_err(plot_err)?
