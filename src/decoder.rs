@@ -298,6 +298,13 @@ impl Decoder {
         self.sched.set_eval_callback(f);
     }
 
+    /// Hands the products of weights to `m` as they are computed (None: stop); `imatrix` reads
+    /// their activations through it. ferrite's own matrix kernel is a custom node the observer
+    /// does not see: a context that observes is made with `own_kernels` off.
+    pub fn set_matmul_observer(&mut self, m: Option<ggml::MatMulObserver>) {
+        self.sched.set_matmul_observer(m);
+    }
+
     /// Compute buffer bytes held by the scheduler.
     pub fn compute_bytes(&self) -> usize {
         self.sched.buffer_size(&self.backend)

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod gguf;
 pub mod grammar;
 pub mod graph;
+pub mod imatrix;
 pub mod info;
 pub mod kv_cache;
 pub mod model;

@@ -119,6 +119,9 @@ pub struct Params {
     /// `--tensor-type PATTERN=TYPE`, the first pattern found in a name wins.
     pub tensor_types: Vec<(regex::Regex, Type)>,
     pub n_threads: usize,
+    /// `--imatrix FILE`: the importance matrix and the file name as given (recorded in the
+    /// output's metadata, as llama-quantize records it).
+    pub imatrix: Option<(crate::imatrix::Imatrix, String)>,
 }
 
 /// What a quantization wrote.
@@ -295,6 +298,7 @@ impl State<'_> {
         const IQ1_M: u32 = 31;
         let very_low = [IQ2_XXS, IQ2_XS, IQ1_S, IQ2_S, IQ2_M, IQ1_M].contains(&ft);
         let (gqa, n_expert) = (self.n_gqa, self.n_expert);
+        let has_imatrix = self.p.imatrix.is_some();
 
         if cat == Category::Output || (self.tied && cat == Category::TokenEmbd) {
             if let Some(o) = self.p.output_tensor_type {
@@ -352,8 +356,13 @@ impl State<'_> {
             } else if ft == Q2_K_S && gqa >= 4 {
                 new = q4_k;
             } else if ft == IQ3_XXS {
-                // no importance matrix here: llama.cpp's !has_imatrix branch
-                new = if gqa >= 4 { q4_k } else { iq3_s };
+                new = if gqa >= 4 {
+                    q4_k
+                } else if !has_imatrix {
+                    iq3_s
+                } else {
+                    iq3_xxs
+                };
             } else if (ft == IQ3_XS || ft == IQ3_S) && gqa >= 4 {
                 new = q4_k;
             } else if ft == IQ3_M {
@@ -395,7 +404,7 @@ impl State<'_> {
                 if il < n / 8 {
                     new = q4_k;
                 }
-            } else if ft == IQ3_XXS {
+            } else if ft == IQ3_XXS && !has_imatrix {
                 new = if il < n / 8 { q4_k } else { q3_k };
             } else if ft == 12 {
                 new = if il < n / 16 {
@@ -421,12 +430,15 @@ impl State<'_> {
                 } else if use_more_bits(il, n) {
                     new = q6_k;
                 }
-            } else if il < n / 8 && (ft == IQ4_NL || ft == IQ4_XS) {
+            } else if il < n / 8 && (ft == IQ4_NL || ft == IQ4_XS) && !has_imatrix {
                 new = q5_k;
             } else if ft == 17 && use_more_bits(il, n) {
                 new = q6_k;
             } else if ft == 14 && !falcon && il < n / 8 {
                 new = q5_k;
+            } else if (ft == 2 || ft == 8) && has_imatrix && il < n / 8 {
+                // llama.cpp guards the first ffn_down layers of Q4_0/Q5_0 when an imatrix is given
+                new = if ft == 2 { ty("q4_1") } else { ty("q5_1") };
             }
             self.i_ffn_down += 1;
         } else if cat == Category::AttnOutput {
@@ -582,12 +594,8 @@ pub fn quantize(input: &Path, output: &Path, p: &Params, progress: &mut dyn FnMu
     let mut entries = Vec::with_capacity(tensors.len());
     for (t, &cat) in tensors.iter().zip(&cats) {
         let target = st.target(t, default, cat)?;
-        if allows_quantization(p, t) && requires_imatrix(&t.name, target, p.ftype) {
-            crate::bail_input!(
-                "{} as {} needs an importance matrix, which ferrite cannot read yet (llama-quantize --imatrix)",
-                t.name,
-                target.name()
-            );
+        if allows_quantization(p, t) && requires_imatrix(&t.name, target, p.ftype) && p.imatrix.is_none() {
+            crate::bail_input!("{} as {} needs an importance matrix (--imatrix FILE; `ferrite imatrix` makes one)", t.name, target.name());
         }
         if target != t.ty && t.ty.is_quantized() && !p.allow_requantize {
             crate::bail_input!("{} is already {}: requantizing is disabled (--allow-requantize)", t.name, t.ty.name());
@@ -601,6 +609,22 @@ pub fn quantize(input: &Path, output: &Path, p: &Params, progress: &mut dyn FnMu
         kv.push((k.to_string(), v));
     }
     kv.retain(|(k, _)| !matches!(k.as_str(), "split.no" | "split.count" | "split.tensors.count"));
+    if let Some((m, file)) = &p.imatrix {
+        // llama-quantize's overrides: strings cut to 127 bytes, counts as u32
+        let cut = |s: &str| String::from_utf8_lossy(&s.as_bytes()[..s.len().min(127)]).into_owned();
+        let mut set = vec![("quantize.imatrix.file", Value::Str(cut(file)))];
+        if let Some(d) = m.datasets.first() {
+            set.push(("quantize.imatrix.dataset", Value::Str(cut(d))));
+        }
+        set.push(("quantize.imatrix.entries_count", Value::U32(m.entries.len() as u32)));
+        if m.chunk_count > 0 {
+            set.push(("quantize.imatrix.chunks_count", Value::U32(m.chunk_count)));
+        }
+        for (k, v) in set {
+            kv.retain(|(key, _)| key != k);
+            kv.push((k.to_string(), v));
+        }
+    }
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(p.n_threads.max(1)).build()?;
     let mut w = Writer::create(output, &kv, entries.clone(), crate::gguf::writer::DEFAULT_ALIGNMENT)?;
@@ -614,7 +638,11 @@ pub fn quantize(input: &Path, output: &Path, p: &Params, progress: &mut dyn FnMu
             s.size_out += data.len() as u64;
             continue;
         }
-        let out = pool.install(|| convert(t, data, e.ty))?;
+        let imatrix = match &p.imatrix {
+            Some((m, _)) => importance(m, t, requires_imatrix(&t.name, e.ty, p.ftype))?,
+            None => None,
+        };
+        let out = pool.install(|| convert(t, data, e.ty, imatrix))?;
         w.write_tensor(&out)?;
         s.size_out += out.len() as u64;
         s.n_quantized += 1;
@@ -624,29 +652,51 @@ pub fn quantize(input: &Path, output: &Path, p: &Params, progress: &mut dyn FnMu
     Ok(s)
 }
 
+/// The importance values of tensor `t` (one row's worth per expert), as llama-quantize finds
+/// them: by name; a missing entry is only an error where the type needs one, a wrong size an
+/// error except for the token embedding.
+fn importance<'m>(m: &'m crate::imatrix::Imatrix, t: &TensorInfo, required: bool) -> Result<Option<&'m [f32]>> {
+    let found = match m.entries.get(&t.name) {
+        None => None,
+        Some(v) if v.len() as i64 == t.ne[0] * t.ne[2] => Some(v.as_slice()),
+        Some(v) if t.name == "token_embd.weight" => {
+            let _ = v;
+            None
+        }
+        Some(v) => crate::bail_input!("the importance matrix has {} values for {}, which needs {}", v.len(), t.name, t.ne[0] * t.ne[2]),
+    };
+    if found.is_none() && required {
+        crate::bail_input!("the importance matrix has no entry for {}, which its type needs", t.name);
+    }
+    Ok(found)
+}
+
 /// Rows of `t` (its bytes `data`) in type `to`: to f32 with the source type's routine, then
-/// ggml's quantization, rows spread over the pool's threads (rows are independent, so the bytes
-/// do not depend on how they are split).
-fn convert(t: &TensorInfo, data: &[u8], to: Type) -> Result<Vec<u8>> {
+/// ggml's quantization (weighted by `imatrix`, one row of values per expert), rows spread over
+/// the pool's threads (rows are independent, so the bytes do not depend on how they are split;
+/// a chunk never crosses from one expert to the next).
+fn convert(t: &TensorInfo, data: &[u8], to: Type, imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
     let n_per_row = t.ne[0] as usize;
     let n_rows = (t.ne[1] * t.ne[2] * t.ne[3]) as usize;
+    let rows_per_expert = (t.ne[1] as usize).max(1);
     let src_row = t.ty.row_size(t.ne[0]);
     let dst_row = to.row_size(t.ne[0]);
     // chunks of about 16k values, as llama-quantize hands its threads
     let rows_per_chunk = (16384 / n_per_row.max(1)).max(1);
-    let chunks: Vec<Result<Vec<u8>>> = (0..n_rows)
-        .step_by(rows_per_chunk)
-        .collect::<Vec<_>>()
+    let starts: Vec<usize> =
+        (0..n_rows).step_by(rows_per_expert).flat_map(|e0| (e0..(e0 + rows_per_expert).min(n_rows)).step_by(rows_per_chunk)).collect();
+    let chunks: Vec<Result<Vec<u8>>> = starts
         .into_par_iter()
         .map(|r0| {
-            let r1 = (r0 + rows_per_chunk).min(n_rows);
+            let r1 = (r0 + rows_per_chunk).min(n_rows).min((r0 / rows_per_expert + 1) * rows_per_expert);
+            let weights = imatrix.map(|m| &m[(r0 / rows_per_expert) * n_per_row..][..n_per_row]);
             let src = &data[r0 * src_row..r1 * src_row];
             let f32s: Vec<f32> = if t.ty == Type::F32 {
                 src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             } else {
                 ggml::dequantize(t.ty, src, n_per_row)?
             };
-            Ok(ggml::quantize(to, &f32s, n_per_row)?)
+            Ok(ggml::quantize_weighted(to, &f32s, n_per_row, weights)?)
         })
         .collect();
     let mut out = Vec::with_capacity(n_rows * dst_row);

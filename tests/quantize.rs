@@ -101,6 +101,66 @@ fn smollm2_requantizes_as_llama_quantize_does() {
     assert!(o.status.success() && !o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// llama-imatrix's matrix of `model` (the reference tool's, so a difference here is quantize's).
+fn llama_imatrix(model: &Path, opts: &[&str]) -> PathBuf {
+    let bin = llamacpp_bin().unwrap_or_else(|| panic!("quantize is checked against live llama.cpp only: {}", how_to_get_llamacpp()));
+    let out = scratch(&format!("{}.imatrix.gguf", model.file_stem().unwrap().to_string_lossy()));
+    let mut cmd = Command::new(bin.join("llama-imatrix"));
+    cmd.env("LD_LIBRARY_PATH", &bin)
+        .args(["-t", "2", "-m"])
+        .arg(model)
+        .arg("-f")
+        .arg(paths::reference("GPL-3.txt"))
+        .arg("-o")
+        .arg(&out)
+        .args(opts);
+    let o = heavy::output(&mut cmd, "llama-imatrix", heavy::LIMIT);
+    assert!(o.status.success(), "llama-imatrix: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn quantizing_with_an_importance_matrix_is_llama_quantizes() {
+    let mut differ = Vec::new();
+    // smollm2 (rows of 576: K and IQ types fall back to Q5_0/IQ4_NL…, weighted by the matrix)
+    let smollm2 = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let m = llama_imatrix(&smollm2, &["--chunks", "2"]);
+    for ty in ["Q4_K_M", "IQ2_XXS", "Q4_0", "Q2_K_S"] {
+        differ.extend(same_bytes(&smollm2, ty, &["--allow-requantize", "--imatrix", m.to_str().unwrap()]).err());
+    }
+    // a mixture of experts: one row of weights per expert
+    let moe = tiny_dir().join("tiny-qwen3moe.gguf");
+    let m = llama_imatrix(&moe, &["-c", "64", "--chunks", "5"]);
+    for ty in ["IQ2_XXS", "Q4_0", "Q4_K_M", "IQ3_XXS"] {
+        differ.extend(same_bytes(&moe, ty, &["--imatrix", m.to_str().unwrap()]).err());
+    }
+    assert!(differ.is_empty(), "quantized files differ from llama-quantize's:\n{}", differ.join("\n"));
+}
+
+#[test]
+fn bad_importance_matrices_are_refused() {
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let other = llama_imatrix(&tiny_dir().join("tiny-llama.gguf"), &["-c", "64", "--chunks", "2"]);
+    let out = scratch("never-imatrix.gguf");
+    for (imatrix, needle) in [
+        (model.to_str().unwrap(), "not an importance matrix"),
+        (other.to_str().unwrap(), "values for"),
+        ("/dev/zero", "not a regular file"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["quantize", "-q", "--allow-requantize", "--imatrix", imatrix])
+            .arg(&model)
+            .arg(&out)
+            .arg("Q4_0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{imatrix}: {err}");
+        assert!(err.contains(needle) && err.trim().lines().count() == 1, "{imatrix}: {err}");
+    }
+    assert!(!out.exists());
+}
+
 #[test]
 fn bad_requests_are_one_line_errors() {
     let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");

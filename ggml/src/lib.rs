@@ -20,7 +20,7 @@ mod types;
 pub use backend::{Backend, Buffer, BufferType, Device, DeviceKind};
 pub use context::{Context, Tensor};
 pub use graph::Graph;
-pub use sched::{Element, EvalFn, NodeEval, Sched};
+pub use sched::{Element, EvalFn, MatMulEval, MatMulObserver, NodeEval, Sched};
 pub use types::{Prec, RopeMode, Type};
 
 /// Whether `Context::flash_attn_w` can use ferrite's own flash-attention kernel on this build
@@ -157,12 +157,21 @@ pub fn fp32_to_fp16_row(src: &[f32], dst: &mut [u16]) {
 /// Quantizes `n_rows` rows of `n_per_row` f32 values into `ty`, returning the bytes (ggml's own
 /// reference quantizer; used by tests and by callers that must produce ggml's exact blocks).
 pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+    quantize_weighted(ty, src, n_per_row, None)
+}
+
+/// [`quantize`] with importance weights: one value per column (an importance matrix's row),
+/// which the types that need one require and the others use to weight their rounding error.
+pub fn quantize_weighted(ty: Type, src: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
     init();
     if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return err("quantize: the data is not a whole number of rows");
     }
     if n_per_row as i64 % ty.block_size() != 0 {
         return err(format!("quantize: row length {n_per_row} is not a multiple of {}'s block size", ty.name()));
+    }
+    if imatrix.is_some_and(|m| m.len() != n_per_row) {
+        return err("quantize: the importance weights are not one per column");
     }
     let n_rows = src.len() / n_per_row;
     let row_size = ty.row_size(n_per_row as i64);
@@ -171,14 +180,17 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
     if !ty.is_quantized() && ![Type::F16, Type::BF16, Type::F32].contains(&ty) {
         return err(format!("quantize: {} is not a type to quantize to", ty.name()));
     }
-    // SAFETY: `src` holds n_rows*n_per_row floats and `out` holds n_rows rows of `ty`; ggml asserts
-    // the type is quantizable (a from_float routine, F16/BF16/F32 included; others refused above).
+    // SAFETY: `src` holds n_rows*n_per_row floats, `out` n_rows rows of `ty`, `imatrix` (when
+    // given) n_per_row floats; ggml asserts the type is quantizable (a from_float routine,
+    // F16/BF16/F32 included; others refused above) and, for the types that need weights, that
+    // they are given (checked here first).
     unsafe {
         sys::ggml_quantize_init(ty.0);
-        if sys::ggml_quantize_requires_imatrix(ty.0) {
+        if sys::ggml_quantize_requires_imatrix(ty.0) && imatrix.is_none() {
             return err(format!("quantize: {} needs an importance matrix", ty.name()));
         }
-        sys::ggml_quantize_chunk(ty.0, src.as_ptr(), out.as_mut_ptr() as *mut _, 0, n_rows as i64, n_per_row as i64, std::ptr::null());
+        let w = imatrix.map_or(std::ptr::null(), |m| m.as_ptr());
+        sys::ggml_quantize_chunk(ty.0, src.as_ptr(), out.as_mut_ptr() as *mut _, 0, n_rows as i64, n_per_row as i64, w);
     }
     Ok(out)
 }

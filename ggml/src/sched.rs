@@ -49,10 +49,40 @@ pub struct NodeEval<'a> {
 /// An evaluation callback: sees every node as it is computed.
 pub type EvalFn = Box<dyn FnMut(&NodeEval<'_>)>;
 
+/// What a matrix-product observer sees of one product of a weight (`mul_mat`, `mul_mat_id`).
+pub struct MatMulEval<'a> {
+    /// The weight's (src0's) name and shape.
+    pub weight: &'a str,
+    pub weight_ne: [i64; 4],
+    /// The activations (src1), made contiguous: ne[1]·ne[2]·ne[3] rows of ne[0] values.
+    pub input: &'a [f32],
+    pub input_ne: [i64; 4],
+    /// For `mul_mat_id`: the chosen experts, `ids[token * n_ids + k]`, and n_ids.
+    pub ids: Option<(&'a [i32], usize)>,
+}
+
+/// Observes the products of weights as they are computed (llama-imatrix's callback): `wants`
+/// is asked first, with the weight's name, whether the product is a `mul_mat_id`, and the
+/// input's shape, whether it wants to see that product (each yes splits the graph there, so
+/// the fewer the faster); `see` then gets its activations.
+pub struct MatMulObserver {
+    pub wants: WantsFn,
+    pub see: Box<dyn FnMut(&MatMulEval<'_>)>,
+}
+
+/// Whether an observer wants a product: (weight name, is `mul_mat_id`, input shape).
+pub type WantsFn = Box<dyn Fn(&str, bool, [i64; 4]) -> bool>;
+
+/// What the scheduler's evaluation callback serves.
+enum Observer {
+    Nodes(EvalFn),
+    MatMuls(MatMulObserver),
+}
+
 struct SchedInner {
     ptr: sys::ggml_backend_sched_t,
-    // Boxed twice so the callback has a stable thin address to hand to C.
-    eval: RefCell<Option<Box<EvalFn>>>,
+    // Boxed so the callback has a stable thin address to hand to C.
+    eval: RefCell<Option<Box<Observer>>>,
     backends: Vec<Backend>,
 }
 
@@ -72,18 +102,25 @@ pub struct Sched {
     work: Option<memmap2::MmapMut>,
 }
 
-/// ggml's evaluation callback: hands each computed node to the registered `EvalFn`.
+/// ggml's evaluation callback: hands each computed node to the registered observer.
 ///
 /// # Safety
-/// `user` must be the address of a live `EvalFn`, and `t` a computed node.
+/// `user` must be the address of a live `Observer`, and `t` a node of the graph being computed
+/// (computed already when `ask` is false).
 unsafe extern "C" fn eval_trampoline(t: *mut sys::ggml_tensor, ask: bool, user: *mut std::os::raw::c_void) -> bool {
+    // SAFETY: `user` is the address of the `Observer` owned by the live SchedInner (set in
+    // `set_observer`, cleared before it is dropped).
+    let observer = unsafe { &mut *(user as *mut Observer) };
+    let f = match observer {
+        Observer::Nodes(f) => f,
+        // SAFETY: as this function's contract.
+        Observer::MatMuls(m) => return unsafe { observe_matmul(m, t, ask) },
+    };
     if ask {
         return true; // observe every node
     }
-    // SAFETY: `user` is the address of the `EvalFn` owned by the live SchedInner (set in
-    // `set_eval_callback`, cleared before it is dropped); `t` is a computed node.
+    // SAFETY: `t` is a computed node.
     unsafe {
-        let f = &mut *(user as *mut EvalFn);
         let meta = &*t;
         let name = std::ffi::CStr::from_ptr(meta.name.as_ptr()).to_string_lossy();
         let op = std::ffi::CStr::from_ptr(sys::ggml_op_desc(t)).to_string_lossy();
@@ -98,6 +135,79 @@ unsafe extern "C" fn eval_trampoline(t: *mut sys::ggml_tensor, ask: bool, user: 
         f(&NodeEval { name: &name, op: &op, ne: meta.ne, data });
     }
     true
+}
+
+/// The bytes of a computed tensor, read through its backend.
+///
+/// # Safety
+/// `t` is a computed tensor with a buffer.
+unsafe fn tensor_bytes(t: *const sys::ggml_tensor) -> Vec<u8> {
+    // SAFETY: as the contract; the read covers exactly the tensor's bytes.
+    unsafe {
+        let n = sys::ggml_nbytes(t);
+        let mut v = vec![0u8; n];
+        sys::ggml_backend_tensor_get(t as *mut _, v.as_mut_ptr() as *mut _, 0, n);
+        v
+    }
+}
+
+/// The matrix-product observer's side of the callback.
+///
+/// # Safety
+/// `t` is a node of the graph being computed, computed already when `ask` is false.
+unsafe fn observe_matmul(m: &mut MatMulObserver, t: *mut sys::ggml_tensor, ask: bool) -> bool {
+    // SAFETY: `t` is a live node; its sources are live tensors of the same graph (or weights).
+    unsafe {
+        let meta = &*t;
+        let is_id = meta.op == sys::GGML_OP_MUL_MAT_ID;
+        if meta.op != sys::GGML_OP_MUL_MAT && !is_id {
+            return !ask; // not asked for: nothing to see
+        }
+        let (w, x) = (&*meta.src[0], &*meta.src[1]);
+        let name = std::ffi::CStr::from_ptr(w.name.as_ptr()).to_string_lossy();
+        // only F32 activations with contiguous rows are read
+        // (asked: "not wanted"; told: "go on" — false there would abort the computation)
+        if x.type_ != sys::GGML_TYPE_F32 || x.nb[0] != 4 || x.buffer.is_null() || !(m.wants)(&name, is_id, x.ne) {
+            return !ask;
+        }
+        if ask {
+            return true;
+        }
+        let raw = tensor_bytes(x);
+        let [ne0, ne1, ne2, ne3] = x.ne.map(|n| n as usize);
+        let mut input = Vec::with_capacity(ne0 * ne1 * ne2 * ne3);
+        for i3 in 0..ne3 {
+            for i2 in 0..ne2 {
+                for i1 in 0..ne1 {
+                    let at = i1 * x.nb[1] + i2 * x.nb[2] + i3 * x.nb[3];
+                    input.extend(raw[at..at + 4 * ne0].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                }
+            }
+        }
+        let ids = if is_id {
+            let idt = &*meta.src[2];
+            let raw = tensor_bytes(idt);
+            let (n_ids, n_tok) = (idt.ne[0] as usize, idt.ne[1] as usize);
+            let mut v = Vec::with_capacity(n_ids * n_tok);
+            for row in 0..n_tok {
+                for k in 0..n_ids {
+                    let at = row * idt.nb[1] + k * idt.nb[0];
+                    v.push(i32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]));
+                }
+            }
+            Some((v, n_ids))
+        } else {
+            None
+        };
+        (m.see)(&MatMulEval {
+            weight: &name,
+            weight_ne: w.ne,
+            input: &input,
+            input_ne: x.ne,
+            ids: ids.as_ref().map(|(v, n)| (v.as_slice(), *n)),
+        });
+        true
+    }
 }
 
 impl Sched {
@@ -256,13 +366,23 @@ impl Sched {
 
     /// Calls `f` for every node as it is computed (None removes the callback).
     pub fn set_eval_callback(&mut self, f: Option<EvalFn>) {
+        self.set_observer(f.map(Observer::Nodes));
+    }
+
+    /// Hands the products of weights to `m` as they are computed (None: stop; replaces an
+    /// evaluation callback).
+    pub fn set_matmul_observer(&mut self, m: Option<MatMulObserver>) {
+        self.set_observer(m.map(Observer::MatMuls));
+    }
+
+    fn set_observer(&mut self, o: Option<Observer>) {
         let mut slot = self.inner.eval.borrow_mut();
         // SAFETY: the callback pointer is registered while the box lives in `slot` and cleared
         // before the box is replaced or dropped.
         unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr, None, std::ptr::null_mut()) };
-        *slot = f.map(Box::new);
+        *slot = o.map(Box::new);
         if let Some(b) = slot.as_mut() {
-            let user = &mut **b as *mut EvalFn as *mut std::os::raw::c_void;
+            let user = &mut **b as *mut Observer as *mut std::os::raw::c_void;
             // SAFETY: `user` points to the boxed callback owned by `slot` (stable address).
             unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr, Some(eval_trampoline), user) };
         }

@@ -233,11 +233,15 @@ pub struct Loaded {
 
 /// Loads a model (progress bar on stderr for slow loads unless quiet) and its tokenizer.
 pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded> {
+    load_with(model, ctx, quiet, ctx.load_options())
+}
+
+/// [`load`] with its own load options (`imatrix` keeps the file's tensors apart, unfused).
+pub fn load_with(model: &ModelArgs, ctx: &ContextArgs, quiet: bool, opts: ferrite::model::LoadOptions) -> Result<Loaded> {
     let t = Instant::now();
     // flags first: a bad one is reported before the weights are loaded
     ctx.options()?;
     let path = ferrite::catalogue::resolve(model.model.as_deref())?;
-    let opts = ctx.load_options();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

@@ -9,6 +9,7 @@ mod eval;
 mod export_lora;
 pub mod fields;
 mod files;
+mod imatrix;
 mod info;
 pub mod output;
 mod perplexity;
@@ -44,6 +45,8 @@ pub enum Cmd {
     Perplexity(perplexity::Args),
     /// Run your own eval suite over several models: accuracy, size, speed, memory; the smallest that passes
     Eval(Box<eval::Args>),
+    /// Compute an importance matrix over a text (llama-imatrix's method and GGUF format)
+    Imatrix(imatrix::Args),
     /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
     Batch(Box<batch::Args>),
     /// Serve the model over HTTP: OpenAI-compatible chat and completions, many requests at once
@@ -292,6 +295,7 @@ pub fn main() -> i32 {
         Some(Cmd::ExportLora(a)) => export_lora::main(a),
         Some(Cmd::Quantize(a)) => quantize::main(a),
         Some(Cmd::Eval(a)) => eval::main(*a),
+        Some(Cmd::Imatrix(a)) => imatrix::main(a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),

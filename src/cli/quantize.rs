@@ -24,7 +24,8 @@ pub struct Args {
     /// Type of the tensors whose names match a regex: PATTERN=TYPE; repeatable, the first match wins
     #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
     pub tensor_type: Vec<String>,
-    /// Importance matrix (not supported yet: the types that need one are refused)
+    /// Importance matrix (GGUF, from `ferrite imatrix` or llama-imatrix): weights each column's
+    /// rounding error; the IQ1/IQ2/IQ3_XXS types and Q2_K_S need one
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<std::path::PathBuf>,
     /// No progress on stderr
@@ -37,7 +38,8 @@ pub struct Args {
     #[arg(value_name = "OUT.gguf")]
     pub output: std::path::PathBuf,
     /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL,
-    /// IQ4_XS, IQ3_S, IQ3_M, IQ3_XS, TQ1_0, TQ2_0, F16, BF16, F32 (or llama.cpp's number)
+    /// IQ4_XS, IQ3_S, IQ3_M, IQ3_XS, IQ3_XXS, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, TQ2_0, F16, BF16,
+    /// F32 (or llama.cpp's number)
     #[arg(value_name = "TYPE")]
     pub ftype: String,
     /// Threads (default: the physical cores)
@@ -50,9 +52,6 @@ fn tensor_type(s: &str, flag: &str) -> Result<ggml::Type> {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    if a.imatrix.is_some() {
-        ferrite::bail_input!("--imatrix: importance matrices are not supported yet");
-    }
     let Some(ftype) = quantize::parse_ftype(&a.ftype) else {
         let names: Vec<&str> = quantize::FTYPES.iter().map(|(n, _)| *n).collect();
         ferrite::bail_input!("'{}' is not a quantization type ({})", a.ftype, names.join(", "));
@@ -72,6 +71,13 @@ pub fn main(a: Args) -> Result<()> {
         token_embedding_type: a.token_embedding_type.as_deref().map(|t| tensor_type(t, "--token-embedding-type")).transpose()?,
         tensor_types,
         n_threads: a.threads.unwrap_or_else(ferrite::decoder::default_threads),
+        imatrix: match &a.imatrix {
+            Some(f) => {
+                super::files::check_regular(f, 4 << 30, "importance matrix", "it cannot be one")?;
+                Some((ferrite::imatrix::Imatrix::load(f)?, f.display().to_string()))
+            }
+            None => None,
+        },
     };
     let t0 = std::time::Instant::now();
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
