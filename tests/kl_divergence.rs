@@ -28,7 +28,7 @@ fn ferrite(args: &[&str], what: &str) -> std::process::Output {
     heavy::output(&mut cmd, what, heavy::LIMIT)
 }
 
-fn llama_perplexity(bin: &Path, args: &[&str], what: &str) -> String {
+fn run_llama_perplexity(bin: &Path, args: &[&str], what: &str) -> String {
     let mut cmd = Command::new(bin.join("llama-perplexity"));
     cmd.env("LD_LIBRARY_PATH", bin).args(args);
     let o = heavy::output(&mut cmd, what, heavy::LIMIT);
@@ -92,7 +92,7 @@ fn kl_divergence_matches_llama_perplexity() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let base_ppl = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["ppl"].as_f64().unwrap();
-    let report = llama_perplexity(
+    let report = run_llama_perplexity(
         &bin,
         &[
             "-m",
@@ -122,7 +122,7 @@ fn kl_divergence_matches_llama_perplexity() {
     assert!(differ * 1000 <= x.len(), "{differ} of {} bytes of the base files differ", x.len());
 
     // the comparison: llama-perplexity's numbers, from either tool's base file
-    let report = llama_perplexity(
+    let report = run_llama_perplexity(
         &bin,
         &["-m", q8.to_str().unwrap(), "--kl-divergence-base", theirs.to_str().unwrap(), "--kl-divergence", "-t", "2"],
         "llama-perplexity --kl-divergence",
@@ -130,7 +130,7 @@ fn kl_divergence_matches_llama_perplexity() {
     assert_close("ferrite on llama's base", &ferrite_kld(&q8, &theirs), &report);
     let on_ours = ferrite_kld(&q8, &ours);
     assert_close("ferrite on its own base", &on_ours, &report);
-    let cross = llama_perplexity(
+    let cross = run_llama_perplexity(
         &bin,
         &["-m", q8.to_str().unwrap(), "--kl-divergence-base", ours.to_str().unwrap(), "--kl-divergence", "-t", "2"],
         "llama-perplexity on ferrite's base",

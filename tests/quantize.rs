@@ -102,7 +102,7 @@ fn smollm2_requantizes_as_llama_quantize_does() {
 }
 
 /// llama-imatrix's matrix of `model` (the reference tool's, so a difference here is quantize's).
-fn llama_imatrix(model: &Path, opts: &[&str]) -> PathBuf {
+fn reference_imatrix(model: &Path, opts: &[&str]) -> PathBuf {
     let bin = llamacpp_bin().unwrap_or_else(|| panic!("quantize is checked against live llama.cpp only: {}", how_to_get_llamacpp()));
     let out = scratch(&format!("{}.imatrix.gguf", model.file_stem().unwrap().to_string_lossy()));
     let mut cmd = Command::new(bin.join("llama-imatrix"));
@@ -124,13 +124,13 @@ fn quantizing_with_an_importance_matrix_is_llama_quantizes() {
     let mut differ = Vec::new();
     // smollm2 (rows of 576: K and IQ types fall back to Q5_0/IQ4_NL…, weighted by the matrix)
     let smollm2 = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let m = llama_imatrix(&smollm2, &["--chunks", "2"]);
+    let m = reference_imatrix(&smollm2, &["--chunks", "2"]);
     for ty in ["Q4_K_M", "IQ2_XXS", "Q4_0", "Q2_K_S"] {
         differ.extend(same_bytes(&smollm2, ty, &["--allow-requantize", "--imatrix", m.to_str().unwrap()]).err());
     }
     // a mixture of experts: one row of weights per expert
     let moe = tiny_dir().join("tiny-qwen3moe.gguf");
-    let m = llama_imatrix(&moe, &["-c", "64", "--chunks", "5"]);
+    let m = reference_imatrix(&moe, &["-c", "64", "--chunks", "5"]);
     for ty in ["IQ2_XXS", "Q4_0", "Q4_K_M", "IQ3_XXS"] {
         differ.extend(same_bytes(&moe, ty, &["--imatrix", m.to_str().unwrap()]).err());
     }
@@ -140,7 +140,7 @@ fn quantizing_with_an_importance_matrix_is_llama_quantizes() {
 #[test]
 fn bad_importance_matrices_are_refused() {
     let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let other = llama_imatrix(&tiny_dir().join("tiny-llama.gguf"), &["-c", "64", "--chunks", "2"]);
+    let other = reference_imatrix(&tiny_dir().join("tiny-llama.gguf"), &["-c", "64", "--chunks", "2"]);
     let out = scratch("never-imatrix.gguf");
     for (imatrix, needle) in [
         (model.to_str().unwrap(), "not an importance matrix"),
