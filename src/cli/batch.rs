@@ -12,7 +12,7 @@ use ferrite::error::Interrupted;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -178,17 +178,14 @@ pub fn main(a: Args) -> Result<()> {
     let mut interrupted = false;
     let mut remaining = index_of.len();
     while remaining > 0 {
-        if common::interrupted() {
-            interrupted = true;
-            break;
-        }
-        let (sid, ev) = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(x) => x,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        let (i, res) = match common::next_done(&rx, &index_of) {
+            common::Waited::Done(i, res) => (i, res),
+            common::Waited::Interrupted => {
+                interrupted = true;
+                break;
+            }
+            common::Waited::Closed => break,
         };
-        let SeqEvent::Done(res) = ev else { continue };
-        let Some(&i) = index_of.get(&sid) else { continue };
         remaining -= 1;
         let line = match res {
             Ok(f) => {

@@ -325,3 +325,35 @@ pub fn timing_line(t: &ferrite::session::Timings, n_cached: usize, n_ctx: usize)
     }
     line
 }
+
+/// How waiting for the engine's next answer ended.
+pub enum Waited {
+    /// Request `index` (by `index_of`) finished, with its answer or error.
+    Done(usize, Result<ferrite::engine::Finished>),
+    /// Ctrl-C.
+    Interrupted,
+    /// The engine is gone: no answer will come.
+    Closed,
+}
+
+/// Waits for the next of `index_of`'s requests to finish (other events are skipped), checking
+/// for Ctrl-C every 100 ms: `batch` and `eval` collect their answers through it.
+pub fn next_done(
+    rx: &std::sync::mpsc::Receiver<(ferrite::engine::SeqId, ferrite::engine::SeqEvent)>,
+    index_of: &std::collections::HashMap<ferrite::engine::SeqId, usize>,
+) -> Waited {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        if interrupted() {
+            return Waited::Interrupted;
+        }
+        let (sid, ev) = match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(x) => x,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Waited::Closed,
+        };
+        if let (ferrite::engine::SeqEvent::Done(res), Some(&i)) = (ev, index_of.get(&sid)) {
+            return Waited::Done(i, res);
+        }
+    }
+}

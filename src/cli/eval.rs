@@ -13,7 +13,7 @@ use ferrite::sampling::SamplerConfig;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -241,16 +241,11 @@ fn run_model(a: &Args, path: &std::path::Path, size: u64, cases: &[Case], quiet:
     let mut outcomes: Vec<Option<Outcome>> = cases.iter().map(|_| None).collect();
     let mut remaining = cases.len();
     while remaining > 0 {
-        if common::interrupted() {
-            return Err(anyhow::Error::new(Interrupted));
-        }
-        let (sid, ev) = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(x) => x,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        let (i, res) = match common::next_done(&rx, &index_of) {
+            common::Waited::Done(i, res) => (i, res),
+            common::Waited::Interrupted => return Err(anyhow::Error::new(Interrupted)),
+            common::Waited::Closed => break,
         };
-        let SeqEvent::Done(res) = ev else { continue };
-        let Some(&i) = index_of.get(&sid) else { continue };
         remaining -= 1;
         outcomes[i] = Some(match res {
             Ok(f) => Outcome { passed: cases[i].passes(&f.text), completion_tokens: f.tokens.len(), answer: f.text, error: None },
