@@ -2,8 +2,8 @@
 # Builds llama.cpp on this machine as the peer the parity tests compare ferrite against:
 # `greedy_ref` (scripts/greedy_ref.c: prompt ids, greedy ids and first-step top-5 logits as JSON)
 # and llama.cpp's own llama-tokenize, llama-perplexity, llama-completion, llama-bench,
-# llama-quantize, llama-export-lora, llama-imatrix and llama-eval-callback. Prints the folder of
-# the binaries as its last line;
+# llama-quantize, llama-export-lora, llama-imatrix, llama-eval-callback and ggml-rpc-server, with
+# ggml's RPC backend. Prints the folder of the binaries as its last line;
 # the tests find it through FERRITE_LLAMACPP_BIN.
 #
 # Why build it here rather than store its answers: llama.cpp's logits depend on the vector units
@@ -51,8 +51,10 @@ else
   cflags="-march=x86-64-v3"
   cpu_defs=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_SSE42=ON)
 fi
+# the RPC backend: llama.cpp's tools as clients of `ferrite rpc-server`, and its server for ferrite
+cpu_defs+=(-DGGML_RPC=ON)
 config="class=$class cflags=$cflags defs=${cpu_defs[*]} sdist=$sdist_version"
-tools=(llama-tokenize llama-perplexity llama-completion llama-bench llama-quantize llama-eval-callback llama-export-lora llama-imatrix)
+tools=(llama-tokenize llama-perplexity llama-completion llama-bench llama-quantize llama-eval-callback llama-export-lora llama-imatrix ggml-rpc-server)
 extra_subdirs=()
 if [ "${EXTRA:-0}" = 1 ]; then
   tools+=(llama-batched-bench)
@@ -123,7 +125,7 @@ if [ ! -d "$dir/sdist" ]; then
   mv "$dir/sdist.tmp" "$dir/sdist"
 fi
 vendored="$dir/sdist/vendor/llama.cpp"
-subdirs=(llama-bench perplexity tokenize completion quantize export-lora imatrix "${extra_subdirs[@]}")
+subdirs=(llama-bench perplexity tokenize completion quantize export-lora imatrix rpc "${extra_subdirs[@]}")
 for t in "${subdirs[@]}"; do
   rm -rf "$dir/src/tools/$t" && cp -r "$vendored/tools/$t" "$dir/src/tools/$t"
 done

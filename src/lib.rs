@@ -20,6 +20,7 @@ pub mod info;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod placement;
 pub mod quantize;
 pub mod sampling;
 pub mod session;

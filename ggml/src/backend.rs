@@ -37,6 +37,15 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
+    /// A device handle from the registry (static for the life of the program).
+    pub(crate) fn from_raw(d: sys::ggml_backend_dev_t) -> Device {
+        Device(d)
+    }
+
+    pub(crate) fn raw(&self) -> sys::ggml_backend_dev_t {
+        self.0
+    }
+
     /// Every registered device, in registry order.
     pub fn all() -> Vec<Device> {
         crate::init();

@@ -13,6 +13,7 @@ mod context;
 mod flash_attn;
 mod graph;
 mod kernels;
+pub mod rpc;
 mod sched;
 pub mod signal;
 mod types;

@@ -21,9 +21,19 @@ pub struct Args {
     /// comma-separated list)
     #[arg(long = "lora", value_name = "FILE")]
     pub lora: Vec<String>,
+    /// List the compute devices ggml offers here (name, type, memory) instead of a model report;
+    /// with --rpc, a remote server's too
+    #[arg(long)]
+    pub devices: bool,
+    /// RPC servers whose devices to list (HOST:PORT, comma-separated)
+    #[arg(long = "rpc", value_name = "SERVERS", requires = "devices")]
+    pub rpc: Option<String>,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.devices {
+        return devices(&a);
+    }
     ferrite::decoder::check_ctx_size(a.ctx.unwrap_or(0))?;
     let path = catalogue::resolve(a.model.model.as_deref())?;
     let file = GgufFile::open(&path)?;
@@ -48,4 +58,40 @@ pub fn main(a: Args) -> Result<()> {
         ferrite::bail_input!("the model's chat template fails on a sample conversation: {e}");
     }
     Ok(())
+}
+
+/// `info --devices`: ggml's registry, plus the devices of `--rpc` servers.
+fn devices(a: &Args) -> Result<()> {
+    let mut list = ggml::Device::all();
+    for endpoint in a.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+        list.extend(super::rpc_devices(endpoint)?);
+    }
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|d| {
+            let (free, total) = d.memory();
+            serde_json::json!({"name": d.name(), "description": d.description(), "type": format!("{:?}", d.kind()).to_lowercase(),
+                "memory_free": free, "memory_total": total})
+        })
+        .collect();
+    if a.json {
+        return super::output::println(&serde_json::to_string_pretty(&serde_json::Value::Array(rows))?);
+    }
+    let mut s = String::new();
+    for (d, r) in list.iter().zip(&rows) {
+        let (free, total) = d.memory();
+        s += &format!(
+            "{:<8} {:<6} {:>10.0} MiB free of {:>10.0} MiB  {}\n",
+            d.name(),
+            r["type"].as_str().unwrap_or(""),
+            mib(free),
+            mib(total),
+            d.description()
+        );
+    }
+    if !ggml::rpc::available() {
+        s += "(this build has no RPC backend)\n";
+    }
+    super::output::print(&s)
 }

@@ -14,6 +14,7 @@ mod info;
 pub mod output;
 mod perplexity;
 mod quantize;
+mod rpc_server;
 mod run;
 mod serve;
 mod sessionfile;
@@ -47,6 +48,8 @@ pub enum Cmd {
     Eval(Box<eval::Args>),
     /// Compute an importance matrix over a text (llama-imatrix's method and GGUF format)
     Imatrix(imatrix::Args),
+    /// Serve this machine's CPU to ggml RPC clients (ferrite's or llama.cpp's --rpc)
+    RpcServer(rpc_server::Args),
     /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
     Batch(Box<batch::Args>),
     /// Serve the model over HTTP: OpenAI-compatible chat and completions, many requests at once
@@ -296,6 +299,7 @@ pub fn main() -> i32 {
         Some(Cmd::Quantize(a)) => quantize::main(a),
         Some(Cmd::Eval(a)) => eval::main(*a),
         Some(Cmd::Imatrix(a)) => imatrix::main(a),
+        Some(Cmd::RpcServer(a)) => rpc_server::main(a),
         // plain `ferrite` on a terminal: the REPL on the default model
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => match Cli::try_parse_from(["ferrite", "chat"]) {
             Ok(Cli { cmd: Some(Cmd::Chat(a)) }) => chat::main(*a),
@@ -311,4 +315,22 @@ pub fn main() -> i32 {
             exit_code(&e)
         }
     }
+}
+
+/// The devices of the RPC server at `endpoint` (HOST:PORT), added to ggml's registry. The
+/// server is reached here first, with a timeout: ggml itself aborts the process when it cannot
+/// connect. From then on, a lost server is a one-line error (exit 1), not an abort.
+pub fn rpc_devices(endpoint: &str) -> anyhow::Result<Vec<ggml::Device>> {
+    use std::net::ToSocketAddrs;
+    if !ggml::rpc::available() {
+        ferrite::bail_input!("--rpc: this build has no RPC backend");
+    }
+    let addrs: Vec<std::net::SocketAddr> =
+        endpoint.to_socket_addrs().map_err(|e| ferrite::bad_input!("--rpc {endpoint}: not HOST:PORT ({e})"))?.collect();
+    let reachable = addrs.iter().any(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)).is_ok());
+    if !reachable {
+        anyhow::bail!("--rpc {endpoint}: no RPC server answers there (start one with `ferrite rpc-server`)");
+    }
+    ggml::rpc::exit_cleanly_on_abort();
+    Ok(ggml::rpc::add_server(endpoint)?)
 }
