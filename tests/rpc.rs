@@ -65,7 +65,7 @@ fn completion(extra: &[&str]) -> (String, String) {
 }
 
 #[test]
-fn llama_cpp_offloads_to_ferrites_server_with_the_same_answer() {
+fn a_llamacpp_client_offloads_to_ferrites_server_with_the_same_answer() {
     let s = server(&[]);
     let (local, _) = completion(&[]);
     let (remote, log) = completion(&["--rpc", &s.endpoint, "-ngl", "99", "-v"]);
