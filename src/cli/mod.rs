@@ -48,7 +48,7 @@ pub enum Cmd {
     Eval(Box<eval::Args>),
     /// Compute an importance matrix over a text (llama-imatrix's method and GGUF format)
     Imatrix(imatrix::Args),
-    /// Serve this machine's CPU to ggml RPC clients (ferrite's or llama.cpp's --rpc)
+    /// Serve this machine's CPU to ggml RPC clients (llama.cpp's --rpc)
     RpcServer(rpc_server::Args),
     /// Answer many prompts at once: JSONL requests in, one JSONL answer a line out, in order
     Batch(Box<batch::Args>),

@@ -1,5 +1,5 @@
-//! `ferrite rpc-server`: serves this machine's CPU (or other devices) to ggml RPC clients —
-//! ferrite's or llama.cpp's (`--rpc HOST:PORT`): the same ggml protocol, ggml's own server.
+//! `ferrite rpc-server`: serves this machine's CPU (or other devices) to ggml RPC clients, such
+//! as llama.cpp's (`--rpc HOST:PORT`): the ggml protocol, ggml's own server.
 
 use anyhow::Result;
 
