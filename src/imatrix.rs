@@ -255,17 +255,11 @@ pub fn compute(
     collector: Rc<RefCell<Collector>>,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<usize> {
-    if n_ctx < 4 {
-        crate::bail_input!("the chunk size must be at least 4 tokens");
-    }
-    if tokens.len() < 2 * n_ctx {
-        crate::bail_input!("the text tokenizes to {} tokens; chunks of {n_ctx} need at least {}", tokens.len(), 2 * n_ctx);
-    }
+    let n_chunks = crate::perplexity::chunk_count(tokens.len(), n_ctx, max_chunks)?;
     let n_seq = sequences(n_ctx, n_batch);
     if (dec.kv.n_seq() as usize) < n_seq {
         anyhow::bail!("the context holds {} sequences; chunks of {n_ctx} in batches of {n_batch} need {n_seq}", dec.kv.n_seq());
     }
-    let n_chunks = (tokens.len() / n_ctx).min(max_chunks.unwrap_or(usize::MAX));
     let (c1, c2) = (collector.clone(), collector.clone());
     dec.set_matmul_observer(Some(ggml::MatMulObserver {
         wants: Box::new(move |w, is_id, ne| c1.borrow().wants(w, is_id, ne)),
@@ -274,7 +268,7 @@ pub fn compute(
     let result = (|| -> Result<usize> {
         let n_vocab = dec.n_vocab();
         let first = n_ctx / 2;
-        let (mut nll, mut count) = (0f64, 0usize);
+        let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
         let mut logits: Vec<Vec<f32>> = vec![Vec::with_capacity(n_ctx * n_vocab); n_seq];
         for g in (0..n_chunks).step_by(n_seq) {
             let k = n_seq.min(n_chunks - g);
@@ -308,9 +302,8 @@ pub fn compute(
             }
             for (s, l) in logits.iter().enumerate().take(k) {
                 let c = g + s;
-                for i in first..n_ctx - 1 {
-                    nll -= crate::perplexity::log_softmax(&l[i * n_vocab..(i + 1) * n_vocab], tokens[c * n_ctx + i + 1] as usize);
-                }
+                let rows = &l[first * n_vocab..(n_ctx - 1) * n_vocab];
+                crate::perplexity::score_rows(rows, n_vocab, &tokens[c * n_ctx + first + 1..(c + 1) * n_ctx], &mut nll, &mut nll2);
                 count += n_ctx - 1 - first;
                 progress(c + 1, n_chunks, (nll / count as f64).exp());
             }

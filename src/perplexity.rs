@@ -24,15 +24,26 @@ pub fn log_softmax(logits: &[f32], tok: usize) -> f64 {
     (logits[tok] - max) as f64 - sum.ln()
 }
 
-/// Checks the sizes and returns the number of chunks to evaluate.
-fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: Option<usize>) -> Result<usize> {
+/// Checks the sizes (as llama-perplexity and llama-imatrix do: at least two chunks) and returns
+/// the number of chunks to evaluate.
+pub(crate) fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: Option<usize>) -> Result<usize> {
     if n_ctx < 4 {
-        crate::bail_input!("the perplexity context must be at least 4 tokens");
+        crate::bail_input!("the chunk size (-c) must be at least 4 tokens");
     }
     if n_tokens < 2 * n_ctx {
-        crate::bail_input!("the text tokenizes to {n_tokens} tokens; perplexity with a context of {n_ctx} needs at least {}", 2 * n_ctx);
+        crate::bail_input!("the text tokenizes to {n_tokens} tokens; chunks of {n_ctx} need at least {}", 2 * n_ctx);
     }
     Ok((n_tokens / n_ctx).min(max_chunks.unwrap_or(usize::MAX)))
+}
+
+/// Adds -log p(next token) of each row of `rows` (`n_vocab` logits a row; row i predicts
+/// `next[i]`) to `nll`, and its square to `nll2`.
+pub(crate) fn score_rows(rows: &[f32], n_vocab: usize, next: &[u32], nll: &mut f64, nll2: &mut f64) {
+    for (row, &t) in rows.chunks_exact(n_vocab).zip(next) {
+        let v = -log_softmax(row, t as usize);
+        *nll += v;
+        *nll2 += v * v;
+    }
 }
 
 /// Evaluates chunk `c` of `tokens` from an empty cache and gives `score` the logits of its
@@ -78,11 +89,7 @@ pub fn perplexity(
     let mut logits = Vec::with_capacity((n_ctx - first) * n_vocab);
     for c in 0..n_chunks {
         eval_chunk(dec, tokens, n_ctx, bos, c, &mut logits)?;
-        for (i, row) in logits.chunks_exact(n_vocab).enumerate() {
-            let v = -log_softmax(row, tokens[c * n_ctx + first + i + 1] as usize);
-            nll += v;
-            nll2 += v * v;
-        }
+        score_rows(&logits, n_vocab, &tokens[c * n_ctx + first + 1..(c + 1) * n_ctx], &mut nll, &mut nll2);
         count += n_ctx - 1 - first;
         progress(c + 1, n_chunks, (nll / count as f64).exp());
     }
@@ -257,6 +264,8 @@ pub struct BaseFile {
     pub tokens: Vec<u32>,
     reader: std::io::BufReader<std::fs::File>,
     name: String,
+    /// One chunk's bytes, reused from chunk to chunk.
+    scratch: Vec<u8>,
 }
 
 impl BaseFile {
@@ -293,15 +302,15 @@ impl BaseFile {
             }
             tokens.push(t as u32);
         }
-        Ok(BaseFile { n_ctx, n_vocab, n_chunks, tokens, reader, name })
+        Ok(BaseFile { n_ctx, n_vocab, n_chunks, tokens, reader, name, scratch: Vec::new() })
     }
 
     /// The next chunk's stored rows.
     fn read_chunk(&mut self, rows: &mut [u16]) -> Result<()> {
         use std::io::Read;
-        let mut bytes = vec![0u8; rows.len() * 2];
-        self.reader.read_exact(&mut bytes).map_err(|e| crate::bad_input!("{}: {e}", self.name))?;
-        for (q, b) in rows.iter_mut().zip(bytes.chunks_exact(2)) {
+        self.scratch.resize(rows.len() * 2, 0);
+        self.reader.read_exact(&mut self.scratch).map_err(|e| crate::bad_input!("{}: {e}", self.name))?;
+        for (q, b) in rows.iter_mut().zip(self.scratch.chunks_exact(2)) {
             *q = u16::from_le_bytes([b[0], b[1]]);
         }
         Ok(())
