@@ -179,6 +179,8 @@ pub struct Decoder {
     pub cparams: CParams,
     pub kv: KvCache,
     backend: Backend,
+    /// Every backend of the scheduler: the offload devices', then `backend`.
+    backends: Vec<Backend>,
     sched: Sched,
     /// The last graph, kept for reuse.
     last: Option<(GraphKey, BuiltGraph)>,
@@ -228,16 +230,33 @@ impl Decoder {
         if opts.n_seq == 0 || opts.n_seq > MAX_SEQ {
             crate::bail_input!("--parallel: {} is out of range 1..={MAX_SEQ}", opts.n_seq);
         }
-        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.swa_full, opts.type_k, opts.type_v, !flash, opts.n_seq)
+        let bufts: Vec<_> = (0..hp.n_layer as usize).map(|il| model.layer_buffer_type(il)).collect();
+        let kv = KvCache::new(hp, n_ctx, n_ubatch, opts.swa_full, opts.type_k, opts.type_v, !flash, opts.n_seq, &bufts)
             .context("allocating the KV cache")?;
         let backend = Device::cpu()?.init_backend()?;
         backend.set_n_threads(opts.n_threads);
+        // the offload devices first, in order, then the CPU: the scheduler runs each node where
+        // its weights (or the cache it writes) are, and copies activations between them
+        let mut backends = model.used_devices().iter().map(|d| d.init_backend()).collect::<ggml::Result<Vec<_>>>()?;
+        backends.push(backend.clone());
         let sched = Sched::new(
-            std::slice::from_ref(&backend),
+            &backends,
             crate::graph::graph_size(model.n_tensors() + lora_tensors(&adapters), opts.n_seq as usize, hp.n_layer as usize),
             false,
         )?;
-        Ok(Decoder { model, cparams, kv, backend, sched, last: None, n_graph_builds: 0, n_graph_reuses: 0, interrupt: None, adapters })
+        Ok(Decoder {
+            model,
+            cparams,
+            kv,
+            backend,
+            backends,
+            sched,
+            last: None,
+            n_graph_builds: 0,
+            n_graph_reuses: 0,
+            interrupt: None,
+            adapters,
+        })
     }
 
     /// The LoRA adapters loaded, with their scales now.
@@ -305,9 +324,14 @@ impl Decoder {
         self.sched.set_matmul_observer(m);
     }
 
-    /// Compute buffer bytes held by the scheduler.
+    /// Compute buffer bytes held by the scheduler, on every device.
     pub fn compute_bytes(&self) -> usize {
-        self.sched.buffer_size(&self.backend)
+        self.backends.iter().map(|b| self.sched.buffer_size(b)).sum()
+    }
+
+    /// How the last graph's nodes are spread over the devices: (backend, nodes) — for `-v`.
+    pub fn node_placement(&self) -> Vec<(String, usize)> {
+        self.last.as_ref().map(|(_, b)| self.sched.node_placement(&b.graph)).unwrap_or_default()
     }
 
     /// Runs `tokens` of sequence 0 at positions `pos0..`; appends the logits of the tokens whose

@@ -189,7 +189,8 @@ pub struct Stream {
 
 /// The KV cache of one model context: one stream per sequence.
 pub struct KvCache {
-    _ctx: Context,
+    /// One context per buffer type the layers' caches live in (the CPU's, offload devices').
+    _ctxs: Vec<Context>,
     buffer_bytes: usize,
     streams: Vec<Stream>,
     pub type_k: Type,
@@ -206,7 +207,9 @@ impl KvCache {
     /// A cache of `n_seq` streams of `kv_size` cells for the full-attention layers and, for
     /// sliding-window layers, llama.cpp's size: the window plus a micro-batch, padded to 256 (at
     /// most kv_size). Memory is reserved, not touched: cells are zeroed when attention first
-    /// reaches them, so unused streams cost address space only.
+    /// reaches them, so unused streams cost address space only. Layer `il`'s cache lives in a
+    /// buffer of `bufts[il]` (its layer's device, as llama.cpp's offloaded K/V), the CPU's where
+    /// `bufts` ends.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         hp: &HParams,
@@ -217,6 +220,7 @@ impl KvCache {
         type_v: Type,
         v_trans: bool,
         n_seq: u32,
+        bufts: &[BufferType],
     ) -> Result<KvCache> {
         if kv_size == 0 || n_seq == 0 {
             bail!("KV cache of size 0");
@@ -228,9 +232,17 @@ impl KvCache {
             (true, true) => kv_size,
             (true, false) => (kv_size.min(hp.n_swa + n_ubatch)).div_ceil(256) * 256,
         };
-        let ctx = Context::new(2 * hp.n_layer as usize, 0)?;
+        let buft_of = |il: usize| bufts.get(il).copied().unwrap_or_else(BufferType::cpu);
+        let mut kinds: Vec<BufferType> = Vec::new();
+        for il in 0..hp.n_layer as usize {
+            if !kinds.contains(&buft_of(il)) {
+                kinds.push(buft_of(il));
+            }
+        }
+        let ctxs = kinds.iter().map(|_| Context::new(2 * hp.n_layer as usize, 0)).collect::<ggml::Result<Vec<_>>>()?;
         let mut shared = Vec::new();
         for il in 0..hp.n_layer as usize {
+            let ctx = &ctxs[kinds.iter().position(|&b| b == buft_of(il)).expect("listed above")];
             let kind = if hp.is_swa(il) { CacheKind::Swa } else { CacheKind::Full };
             let size = if kind == CacheKind::Swa { swa_size } else { kv_size } as i64;
             let k = ctx.new_tensor(type_k, &[hp.n_embd_k_gqa() as i64, size * n_seq as i64]);
@@ -255,7 +267,11 @@ impl KvCache {
                 zeroed: [0, 0],
             });
         }
-        let buf = BufferType::cpu().alloc_ctx_tensors(&ctx)?.expect("the cache has tensors");
+        let mut buffer_bytes = 0;
+        for (ctx, buft) in ctxs.iter().zip(&kinds) {
+            let buf = buft.alloc_ctx_tensors(ctx)?.expect("each context has cache tensors");
+            buffer_bytes += buf.size();
+        }
         let rot = |head: u32, ty: Type, grow: bool| -> u32 {
             if !ty.is_quantized() || !head.is_multiple_of(64) {
                 return 0;
@@ -267,8 +283,8 @@ impl KvCache {
             n
         };
         Ok(KvCache {
-            buffer_bytes: buf.size(),
-            _ctx: ctx,
+            buffer_bytes,
+            _ctxs: ctxs,
             streams,
             type_k,
             type_v,

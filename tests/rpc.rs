@@ -1,7 +1,10 @@
-//! `ferrite rpc-server` on loopback as llama.cpp's tools use one: llama-completion with all its
-//! layers offloaded to ferrite's server (`--rpc HOST:PORT -ngl 99`) answers exactly as it does
-//! alone; `info --devices --rpc` lists the server's device; a busy port, a server that is not
-//! there, and a non-loopback address each get their one line.
+//! ggml RPC on loopback, both ways. As a server: llama-completion with all its layers offloaded
+//! to `ferrite rpc-server` (`--rpc HOST:PORT -ngl 99`) answers exactly as it does alone. As a
+//! client: ferrite with its layers split over two of its own servers and the local CPU gives
+//! the local run's token ids (short and multi-micro-batch prompts, f16 and q8_0 caches), over
+//! llama.cpp's `ggml-rpc-server` too, and on gemma3 llama.cpp's answer with the same split over
+//! llama.cpp's servers. `info --devices --rpc` lists the server's device; a busy port, a server
+//! that is not there or goes away, and a non-loopback address each get their one line.
 
 mod heavy;
 mod paths;
@@ -30,19 +33,27 @@ fn free_port() -> u16 {
 
 /// Starts a server and waits until it accepts connections.
 fn server(extra: &[&str]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(["rpc-server", "-t", "1"]).args(extra);
+    start(cmd)
+}
+
+/// Starts llama.cpp's `ggml-rpc-server`.
+fn llamacpp_server() -> Server {
+    let bin = llamacpp_bin().unwrap_or_else(|| panic!("ferrite is checked as a client of llama.cpp's server: {}", how_to_get_llamacpp()));
+    let mut cmd = Command::new(bin.join("ggml-rpc-server"));
+    cmd.env("LD_LIBRARY_PATH", &bin).args(["-t", "1"]);
+    start(cmd)
+}
+
+/// Runs `cmd -p PORT` (both servers take it) and waits until it accepts connections.
+fn start(mut cmd: Command) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["rpc-server", "-p", &port.to_string(), "-t", "2"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cmd.args(["-p", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let endpoint = format!("127.0.0.1:{port}");
     let t = Instant::now();
     while std::net::TcpStream::connect(&endpoint).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "ferrite rpc-server did not start on {endpoint}");
+        assert!(t.elapsed() < Duration::from_secs(20), "the RPC server did not start on {endpoint}");
         std::thread::sleep(Duration::from_millis(50));
     }
     Server { child, endpoint }
@@ -50,13 +61,17 @@ fn server(extra: &[&str]) -> Server {
 
 /// llama-completion's greedy answer (text on stdout), with `extra` flags.
 fn completion(extra: &[&str]) -> (String, String) {
+    completion_of("models/SmolLM2-135M-Instruct.Q4_1.gguf", "The capital of France is", extra)
+}
+
+fn completion_of(model: &str, prompt: &str, extra: &[&str]) -> (String, String) {
     let bin = llamacpp_bin().unwrap_or_else(|| panic!("the RPC server is checked with llama.cpp's client: {}", how_to_get_llamacpp()));
-    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = root().join(model);
     let mut cmd = Command::new(bin.join("llama-completion"));
     cmd.env("LD_LIBRARY_PATH", &bin)
         .arg("-m")
         .arg(&model)
-        .args(["-p", "The capital of France is", "-n", "24", "--temp", "0", "-t", "2", "-no-cnv", "--no-warmup", "-c", "512"])
+        .args(["-p", prompt, "-n", "24", "--temp", "0", "-t", "2", "-no-cnv", "--no-warmup", "-c", "512"])
         .args(extra);
     let o = heavy::output(&mut cmd, "llama-completion", heavy::LIMIT);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -117,4 +132,120 @@ fn mistakes_get_one_line() {
     let _ = open.kill();
     let _ = open.wait();
     assert!(first.contains("WARNING") && first.contains("no authentication"), "{first}");
+}
+
+/// `ferrite run --json` greedy: (token ids, text, stderr), with `extra` flags.
+fn ferrite_run(model: &str, prompt: &str, extra: &[&str]) -> (Vec<u64>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(["run", "-m", model, "--temp", "0", "-n", "24", "-t", "1", "-c", "1024", "--json", "-v"]).args(extra).arg(prompt);
+    let o = heavy::output(&mut cmd, "ferrite run", heavy::LIMIT);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "ferrite run {extra:?}: {err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let ids = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    (ids, v["text"].as_str().unwrap().to_string(), err)
+}
+
+/// A prompt of about 700 tokens: two micro-batches of 512.
+fn long_prompt() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let cut = readme.char_indices().nth(2800).map_or(readme.len(), |(i, _)| i);
+    format!("{}\n\nSummarize the text above in one sentence.", &readme[..cut])
+}
+
+#[test]
+fn layers_split_over_two_servers_and_the_cpu_answer_as_the_local_run() {
+    let (a, b) = (server(&[]), server(&[]));
+    let rpc = format!("{},{}", a.endpoint, b.endpoint);
+    let long = long_prompt();
+    for (prompt, cache) in [("The capital of France is", "f16"), (long.as_str(), "f16"), (long.as_str(), "q8_0")] {
+        let cache_flags = ["-ctk", cache, "-ctv", cache];
+        let (local, text, _) = ferrite_run("smollm2", prompt, &cache_flags);
+        // 20 of the 31 layers: blocks 11-20 on the first server, 21-29 and the output on the
+        // second (shares given: by free memory, two servers on one host could split 11/9)
+        let mut flags = vec!["--rpc", rpc.as_str(), "-ngl", "20", "-ts", "1,1"];
+        flags.extend(cache_flags);
+        let (remote, _, log) = ferrite_run("smollm2", prompt, &flags);
+        let summary = format!("RPC0 ({}) blocks 11-20; RPC1 ({}) blocks 21-29 + output; CPU blocks 0-10", a.endpoint, b.endpoint);
+        assert!(log.contains(&summary), "placement not reported as expected ({summary}):\n{log}");
+        // -v shows the last graph's nodes on all three devices
+        let nodes = log.lines().find(|l| l.contains("nodes by device")).unwrap_or_else(|| panic!("{log}"));
+        for dev in ["RPC0 ", "RPC1 ", "CPU "] {
+            assert!(nodes.contains(dev), "no nodes on {dev}: {nodes}");
+        }
+        assert_eq!(
+            remote,
+            local,
+            "split over RPC ({cache} cache, {} prompt chars): ids differ from the local run ({text:?})",
+            prompt.len()
+        );
+        assert!(local.len() >= 8, "{text:?}");
+    }
+    // --device picks one of them; --tensor-split weighs them
+    let (local, _, _) = ferrite_run("smollm2", "The capital of France is", &[]);
+    let (one, _, log) = ferrite_run("smollm2", "The capital of France is", &["--rpc", &rpc, "--device", "RPC1"]);
+    assert!(log.contains(&format!("offloaded 31/31 layers: RPC1 ({}) blocks 0-29 + output", b.endpoint)), "{log}");
+    assert_eq!(one, local);
+    let (split, _, log) = ferrite_run("smollm2", "The capital of France is", &["--rpc", &rpc, "-ts", "3,1"]);
+    assert!(log.contains("blocks 0-23;") && log.contains("blocks 24-29 + output"), "{log}");
+    assert_eq!(split, local);
+}
+
+#[test]
+fn ferrite_is_a_client_of_llamacpps_server() {
+    let s = llamacpp_server();
+    let (local, _, _) = ferrite_run("smollm2", "The capital of France is", &[]);
+    let (remote, _, log) = ferrite_run("smollm2", "The capital of France is", &["--rpc", &s.endpoint]);
+    assert!(log.contains(&format!("offloaded 31/31 layers: RPC0 ({}) blocks 0-29 + output", s.endpoint)), "{log}");
+    assert_eq!(remote, local, "over llama.cpp's rpc-server: ids differ from the local run");
+}
+
+#[test]
+fn gemma3_split_equals_llamacpp_with_the_same_split() {
+    // each tool over its own two servers: 12 of 19 layers, shared 3:1
+    let prompt = "The history of the Roman Empire";
+    let (fa, fb) = (server(&[]), server(&[]));
+    let (la, lb) = (llamacpp_server(), llamacpp_server());
+    let frpc = format!("{},{}", fa.endpoint, fb.endpoint);
+    let (_, ours, log) = ferrite_run("gemma3", prompt, &["--rpc", &frpc, "-ngl", "12", "-ts", "3,1"]);
+    assert!(log.contains("blocks 7-15;") && log.contains("blocks 16-17 + output; CPU blocks 0-6"), "{log}");
+    let lrpc = format!("{},{}", la.endpoint, lb.endpoint);
+    let (theirs, llog) =
+        completion_of("models/gemma-3-270m-q4_k_m.gguf", prompt, &["--rpc", &lrpc, "-ngl", "12", "-ts", "3,1", "-fit", "off", "-v"]);
+    let on_servers = llog.lines().filter(|l| l.contains("assigned to device RPC")).count();
+    assert!(on_servers >= 9, "llama.cpp did not offload to its servers:\n{llog}");
+    // llama-completion echoes the prompt, and ends its output with a blank line
+    assert_eq!(
+        theirs.trim_end_matches('\n'),
+        format!("{prompt}{ours}"),
+        "gemma3 over RPC: ferrite's greedy answer differs from llama.cpp's with the same split"
+    );
+}
+
+#[test]
+fn a_server_that_goes_away_is_a_one_line_error() {
+    let s = server(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["run", "-m", "smollm2", "--temp", "0", "-n", "100000", "-t", "1", "-c", "4096", "--rpc", &s.endpoint])
+        .arg("Write a very long story.")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(s);
+    let t = Instant::now();
+    let o = loop {
+        if let Some(_st) = child.try_wait().unwrap() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "ferrite hangs after its RPC server went away");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("a device failed") && last.contains("RPC server"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -275,6 +275,19 @@ impl Buffer {
         unsafe { sys::ggml_backend_buffer_get_type(self.raw()) == sys::ggml_backend_cpu_buffer_type() }
     }
 
+    /// Whether a byte range of a tensor in this buffer is that range of its data: host memory, or
+    /// another device's (written and read through the backend); not a repacked CPU layout.
+    pub fn is_byte_addressed(&self) -> bool {
+        // SAFETY: live buffer; buffer types and their devices are static.
+        unsafe {
+            if sys::ggml_backend_buffer_is_host(self.raw()) {
+                return true;
+            }
+            let dev = sys::ggml_backend_buft_get_device(sys::ggml_backend_buffer_get_type(self.raw()));
+            !dev.is_null() && sys::ggml_backend_dev_type(dev) != sys::GGML_BACKEND_DEVICE_TYPE_CPU
+        }
+    }
+
     /// Fills the whole buffer with `value`.
     pub fn clear(&self, value: u8) {
         // SAFETY: live buffer.

@@ -627,7 +627,10 @@ impl Context {
     ) -> Tensor {
         let (qn, kn, vn, mn) = (q.ne(), k.ne(), v.ne(), mask.ne());
         let n_kv = kn[1];
+        // K and V in host memory: a cache on another device runs ggml's operation there
         let applies = crate::flash_attn::available()
+            && k.data_is_host()
+            && v.data_is_host()
             && q.ty() == Type::F32
             && k.ty() == Type::F16
             && v.ty() == Type::F16
@@ -730,6 +733,21 @@ impl Tensor {
         let buf = self.meta().buffer;
         // SAFETY: a non-null buffer of a live tensor is a live backend buffer.
         !buf.is_null() && !self.meta().data.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buf) }
+    }
+
+    /// Whether the tensor's data, or its view source's, sits in host memory the CPU reads
+    /// directly (a view's own buffer is set only when a graph is allocated).
+    pub(crate) fn data_is_host(&self) -> bool {
+        let mut t = self.raw();
+        // SAFETY: a live tensor's view_src chain holds live tensors of the same or older contexts
+        // (kept alive through `adopt`); the buffer of a non-null buffer field is live.
+        unsafe {
+            while !(*t).view_src.is_null() {
+                t = (*t).view_src;
+            }
+            let buf = (*t).buffer;
+            !buf.is_null() && !(*t).data.is_null() && sys::ggml_backend_buffer_is_host(buf)
+        }
     }
 
     /// Whether the tensor's data sits in a buffer the CPU cannot address directly: a repacked
@@ -857,9 +875,10 @@ impl Tensor {
         Ok(out)
     }
 
-    /// Copies `len` bytes starting at byte `offset` of the tensor's data (owned buffer only).
+    /// Copies `len` bytes starting at byte `offset` of the tensor's data (owned buffer only, in
+    /// any device's memory, but not a repacked CPU layout, where ranges mean nothing).
     pub fn read_range(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+        if !self.owned_buffer().is_some_and(|b| b.is_byte_addressed()) || !self.is_contiguous() {
             return err(format!("tensor '{}' has no contiguous buffer of its own to read from", self.name()));
         }
         if offset.checked_add(out.len()).is_none_or(|end| end > self.nbytes()) {
@@ -872,7 +891,7 @@ impl Tensor {
 
     /// Writes `data` at byte `offset` of the tensor's data (owned buffer only).
     pub fn write_range(&self, offset: usize, data: &[u8]) -> Result<()> {
-        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+        if !self.owned_buffer().is_some_and(|b| b.is_byte_addressed()) || !self.is_contiguous() {
             return err(format!("tensor '{}' has no contiguous buffer of its own to write to", self.name()));
         }
         if offset.checked_add(data.len()).is_none_or(|end| end > self.nbytes()) {
@@ -885,7 +904,7 @@ impl Tensor {
 
     /// Sets `len` bytes at byte `offset` of the tensor's data to zero (owned buffer only).
     pub fn zero_range(&self, offset: usize, len: usize) -> Result<()> {
-        if !self.owned_buffer().is_some_and(|b| b.is_plain_cpu()) || !self.is_contiguous() {
+        if !self.owned_buffer().is_some_and(|b| b.is_byte_addressed()) || !self.is_contiguous() {
             return err(format!("tensor '{}' has no contiguous buffer of its own to write to", self.name()));
         }
         if offset.checked_add(len).is_none_or(|end| end > self.nbytes()) {

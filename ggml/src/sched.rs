@@ -394,6 +394,25 @@ impl Sched {
         unsafe { sys::ggml_backend_sched_get_buffer_size(self.inner.ptr, backend.0.ptr) }
     }
 
+    /// How the allocated `graph`'s nodes are spread over the backends: (device name, nodes), in
+    /// the scheduler's order, backends without nodes left out.
+    pub fn node_placement(&self, graph: &Graph) -> Vec<(String, usize)> {
+        let mut counts = vec![0usize; self.inner.backends.len()];
+        if self.current.get() == graph.id() {
+            // SAFETY: live scheduler; `graph` is the graph it allocated (checked), so its node
+            // assignments are current; indices are below the node count.
+            unsafe {
+                for i in 0..sys::ggml_graph_n_nodes(graph.raw()) {
+                    let b = sys::ggml_backend_sched_get_tensor_backend(self.inner.ptr, sys::ggml_graph_node(graph.raw(), i));
+                    if let Some(k) = self.inner.backends.iter().position(|x| x.0.ptr == b) {
+                        counts[k] += 1;
+                    }
+                }
+            }
+        }
+        self.inner.backends.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(b, n)| (b.device().name(), n)).collect()
+    }
+
     /// Number of graph splits across backends in the last allocation.
     pub fn n_splits(&self) -> usize {
         // SAFETY: live scheduler.

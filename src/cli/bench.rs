@@ -38,7 +38,7 @@ pub fn main(a: Args) -> Result<()> {
         ferrite::bail_input!("--repetitions must be at least 1");
     }
     let path = catalogue::resolve(a.model.model.as_deref())?;
-    let model = Rc::new(Model::load(&path, a.ctx.load_options(), &mut |_, _| {})?);
+    let model = Rc::new(Model::load(&path, a.ctx.load_options()?, &mut |_, _| {})?);
     let vocab = VocabMeta::without_texts(&model.file)?;
     let bos = if vocab.add_bos.unwrap_or(vocab.model == "llama") { vocab.special.bos } else { None };
     let opts = a.ctx.options()?;

@@ -233,7 +233,8 @@ pub struct Loaded {
 
 /// Loads a model (progress bar on stderr for slow loads unless quiet) and its tokenizer.
 pub fn load(model: &ModelArgs, ctx: &ContextArgs, quiet: bool) -> Result<Loaded> {
-    load_with(model, ctx, quiet, ctx.load_options())
+    ctx.options()?;
+    load_with(model, ctx, quiet, ctx.load_options()?)
 }
 
 /// [`load`] with its own load options (`imatrix` keeps the file's tensors apart, unfused).
@@ -271,6 +272,9 @@ pub fn load_with(model: &ModelArgs, ctx: &ContextArgs, quiet: bool, opts: ferrit
     )?;
     drop(bar);
     let tok = tok?;
+    if let Some(line) = model.offload_summary().filter(|_| !quiet) {
+        eprintln!("ferrite: {line}");
+    }
     Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })
 }
 

@@ -42,7 +42,7 @@ pub fn main(a: Args) -> Result<()> {
     let model_path = ferrite::catalogue::resolve(a.model.model.as_deref())?;
     ferrite::gguf::writer::check_target(&a.output, &model_path, "importance matrix", "model")?;
     // the file's tensors, each its own product: [q|k|v] and [gate|up] are not stacked
-    let load = ferrite::model::LoadOptions { fuse: false, ..a.ctx.load_options() };
+    let load = ferrite::model::LoadOptions { fuse: false, ..a.ctx.load_options()? };
     let loaded = super::common::load_with(&a.model, &a.ctx, a.quiet, load)?;
     let n_ctx = a.ctx.ctx_size.unwrap_or(512) as usize;
     let n_batch = a.ctx.batch as usize;

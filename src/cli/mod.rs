@@ -102,9 +102,23 @@ pub struct ContextArgs {
     /// Sliding-window layers keep a cache as large as the context (llama.cpp's --swa-full)
     #[arg(long = "swa-full")]
     pub swa_full: bool,
-    /// Layers to offload to a GPU (llama.cpp's -ngl; this build computes on the CPU only)
+    /// Layers to offload to the devices, from the output down: N, auto or all (default: all
+    /// when there is a device; llama.cpp's -ngl)
     #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
-    pub n_gpu_layers: Option<i32>,
+    pub n_gpu_layers: Option<String>,
+    /// Add the devices of ggml RPC servers (`ferrite rpc-server`, llama.cpp's rpc-server):
+    /// HOST:PORT[,HOST:PORT…] (repeatable)
+    #[arg(long = "rpc", value_name = "SERVERS")]
+    pub rpc: Vec<String>,
+    /// Offload devices to use, by name (see `info --devices`), comma-separated; none: CPU only
+    #[arg(long = "device", value_name = "LIST")]
+    pub device: Option<String>,
+    /// Share of the offloaded layers per device, e.g. 3,1 (default: by free memory)
+    #[arg(long = "tensor-split", value_name = "SHARES")]
+    pub tensor_split: Option<String>,
+    /// How to spread the model over devices: layer (default) or none (the first device only)
+    #[arg(long = "split-mode", default_value = "layer", value_name = "none|layer")]
+    pub split_mode: String,
     /// Physical (micro-)batch size
     #[arg(long = "ubatch-size", visible_alias = "ub", default_value_t = 512, value_name = "N")]
     pub ubatch: u32,
@@ -132,12 +146,77 @@ pub struct ContextArgs {
 }
 
 impl ContextArgs {
-    pub fn load_options(&self) -> ferrite::model::LoadOptions {
+    pub fn load_options(&self) -> anyhow::Result<ferrite::model::LoadOptions> {
         use ferrite::model::{LoadOptions, WeightMemory};
         let weights = if self.no_mmap { WeightMemory::Copied } else { WeightMemory::Mapped };
         // adapters name the file's tensors, so adapted models keep [q|k|v] and [gate|up] apart
         let fuse = self.lora.is_empty() && self.lora_scaled.is_empty();
-        LoadOptions { weights, fuse, ..Default::default() }
+        Ok(LoadOptions { weights, fuse, offload: self.offload()?, ..Default::default() })
+    }
+
+    /// `-ngl` as a number of layers (negative: all); None when absent.
+    fn gpu_layers(&self) -> anyhow::Result<Option<i32>> {
+        match self.n_gpu_layers.as_deref() {
+            None => Ok(None),
+            Some("auto" | "all") => Ok(Some(-1)),
+            Some(n) => match n.parse::<i32>() {
+                Ok(n) => Ok(Some(n.max(-1))),
+                Err(_) => ferrite::bail_input!("--n-gpu-layers: '{n}' is not a number of layers, auto or all"),
+            },
+        }
+    }
+
+    /// The offload devices and layers of `--rpc`, `--device`, `-ngl`, `--tensor-split` and
+    /// `--split-mode`, as llama.cpp chooses them: RPC servers' devices first (fewer transfers),
+    /// then the local GPUs; all layers offloaded unless `-ngl` says otherwise.
+    pub fn offload(&self) -> anyhow::Result<ferrite::model::Offload> {
+        let ngl = self.gpu_layers()?;
+        let mut devices = Vec::new();
+        for endpoint in self.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+            devices.extend(rpc_devices(endpoint)?);
+        }
+        devices.extend(
+            ggml::Device::all().into_iter().filter(|d| matches!(d.kind(), ggml::DeviceKind::Gpu | ggml::DeviceKind::IntegratedGpu)),
+        );
+        if let Some(list) = self.device.as_deref() {
+            let names: Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+            if names == ["none"] {
+                devices.clear();
+            } else {
+                let mut chosen = Vec::new();
+                for n in names {
+                    match devices.iter().find(|d| d.name().eq_ignore_ascii_case(n)) {
+                        Some(d) => chosen.push(*d),
+                        None => {
+                            let have: Vec<String> = devices.iter().map(|d| d.name()).collect();
+                            let have = if have.is_empty() { "none (add servers with --rpc)".to_string() } else { have.join(", ") };
+                            ferrite::bail_input!("--device: no device '{n}'; available: {have}")
+                        }
+                    }
+                }
+                devices = chosen;
+            }
+        }
+        match self.split_mode.as_str() {
+            "layer" => {}
+            "none" => devices.truncate(1),
+            "row" => ferrite::bail_input!("--split-mode row is not supported (it needs a backend with split buffers); use layer"),
+            other => ferrite::bail_input!("--split-mode: '{other}' is not none or layer"),
+        }
+        let tensor_split = match self.tensor_split.as_deref() {
+            Some(s) => ferrite::placement::parse_split(s).map_err(|e| ferrite::bad_input!("{e}"))?,
+            None => Vec::new(),
+        };
+        if tensor_split.len() > devices.len().max(1) {
+            ferrite::bail_input!("--tensor-split gives {} shares for {} device(s)", tensor_split.len(), devices.len());
+        }
+        if devices.is_empty() && ngl.is_some_and(|n| n != 0) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("ferrite: note: --n-gpu-layers: no GPU or RPC device (this build has no GPU backend; see --rpc); every layer runs on the CPU")
+            });
+        }
+        Ok(ferrite::model::Offload { devices, n_gpu_layers: ngl.unwrap_or(-1), tensor_split })
     }
 
     /// The adapters of `--lora` and `--lora-scaled`, in order, with their scales.
@@ -166,10 +245,7 @@ impl ContextArgs {
         if self.batch == 0 || self.ubatch == 0 {
             ferrite::bail_input!("--batch-size and --ubatch-size must be at least 1");
         }
-        if self.n_gpu_layers.is_some_and(|n| n != 0) {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("ferrite: note: --n-gpu-layers: this build has no GPU backend; every layer runs on the CPU"));
-        }
+        self.gpu_layers()?;
         let (n_threads, warning) = ferrite::decoder::resolve_threads(self.threads);
         // options() runs more than once per command (flags are checked before loading)
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -201,6 +277,9 @@ const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
     ("-ctk", "--cache-type-k"),
     ("-ctv", "--cache-type-v"),
     ("-ngl", "--n-gpu-layers"),
+    ("-ts", "--tensor-split"),
+    ("-sm", "--split-mode"),
+    ("-dev", "--device"),
     ("-sys", "--system-prompt"),
     ("-cnv", "--conversation"),
     ("-co", "--color"),

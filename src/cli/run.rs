@@ -162,6 +162,10 @@ pub fn main(mut a: Args) -> Result<()> {
         sessionfile::load_into(path, &mut sess, &loaded, a.gen.quiet || a.json)?;
     }
     if a.gen.verbose {
+        // (said at load unless that was quiet)
+        if let Some(line) = loaded.model.offload_summary().filter(|_| a.gen.quiet || a.json) {
+            eprintln!("ferrite: {line}");
+        }
         let o = &sess.dec.cparams;
         eprintln!(
             "ferrite: seed {}, context {}, threads {}, batch {}, micro-batch {}, flash attention {}, cache {}/{}",
@@ -224,6 +228,10 @@ pub fn main(mut a: Args) -> Result<()> {
     }
     if !quiet && !json {
         eprintln!("{}", common::timing_line(&g.timings, sess.n_cached(), sess.n_ctx()));
+    }
+    if a.gen.verbose {
+        let nodes: Vec<String> = sess.dec.node_placement().iter().map(|(b, n)| format!("{b} {n}")).collect();
+        eprintln!("ferrite: last graph's nodes by device: {}", nodes.join(", "));
     }
     if let Some(path) = &a.session {
         sessionfile::save(path, &sess, lock.as_ref())?;

@@ -1,11 +1,12 @@
 //! Binds a model's weights to ggml tensors: checks every declared tensor's type and shape
 //! against the file, picks each one's buffer type the way llama.cpp does (ggml's repacked
 //! "extra" CPU layouts where the device says they serve the tensor's operation, else the plain
-//! CPU buffer), then places plain tensors (in huge-page memory or in place over the file map)
-//! and copies repacked ones.
+//! CPU buffer; an offloaded layer's tensors in its device's buffer), then places plain tensors
+//! (in huge-page memory or in place over the file map) and copies the others.
 
 use super::HParams;
 use crate::gguf::GgufFile;
+use crate::placement::{Place, Placement};
 use anyhow::{Context as _, Result};
 use ggml::{Buffer, BufferType, Context, Device, Tensor, Type};
 use std::sync::Arc;
@@ -41,11 +42,38 @@ pub struct LoadOptions {
     /// Stack projections that read the same input into one matrix ([q|k|v], [gate|up]; see
     /// `TensorLoader::fused`).
     pub fuse: bool,
+    /// Layers on other devices (`--rpc`, `--device`, `-ngl`, `--tensor-split`).
+    pub offload: Offload,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { weights: WeightMemory::Mapped, use_extra_bufts: true, fuse: true }
+        LoadOptions { weights: WeightMemory::Mapped, use_extra_bufts: true, fuse: true, offload: Offload::default() }
+    }
+}
+
+/// Which devices take layers, and how many layers (llama.cpp's model parameters `devices`,
+/// `n_gpu_layers`, `tensor_split`). No devices: everything on the CPU.
+#[derive(Clone, Debug, Default)]
+pub struct Offload {
+    /// Offload devices in order: the first takes the lowest offloaded layers.
+    pub devices: Vec<Device>,
+    /// Layers to offload, counted from the output down (n_layer + 1 of them); negative: all.
+    pub n_gpu_layers: i32,
+    /// Each device's share of the offloaded layers; empty or all zero: by free memory.
+    pub tensor_split: Vec<f32>,
+}
+
+impl Offload {
+    /// Where each layer of a model of `n_layer` blocks goes.
+    pub fn placement(&self, n_layer: usize) -> Placement {
+        let mut shares = self.tensor_split.clone();
+        if shares.iter().all(|&s| s <= 0.0) {
+            // llama.cpp's default split: by the devices' free memory
+            shares = self.devices.iter().map(|d| d.memory().0 as f32).collect();
+        }
+        shares.resize(self.devices.len(), 0.0);
+        crate::placement::place(n_layer, self.n_gpu_layers, &shares)
     }
 }
 
@@ -74,8 +102,11 @@ pub struct TensorLoader<'f> {
     opts: LoadOptions,
     plan_only: bool,
     device: Option<Device>,
-    /// Candidate buffer types in order of preference; the last is the plain CPU buffer.
+    /// Candidate CPU buffer types in order of preference up to `plain`, the plain CPU buffer;
+    /// then each offload device's buffer type.
     bufts: Vec<BufferType>,
+    plain: usize,
+    placement: Placement,
     ctxs: Vec<Option<Context>>,
     /// Context of the `owned` plain tensors.
     owned_ctx: Option<Context>,
@@ -107,6 +138,11 @@ impl<'f> TensorLoader<'f> {
             device = Some(cpu);
         }
         bufts.push(BufferType::cpu());
+        let plain = bufts.len() - 1;
+        let placement = if plan_only { Placement::cpu(hp.n_layer as usize) } else { opts.offload.placement(hp.n_layer as usize) };
+        if !plan_only {
+            bufts.extend(opts.offload.devices.iter().map(|d| d.buffer_type()));
+        }
         let n = bufts.len();
         Ok(TensorLoader {
             file,
@@ -115,12 +151,19 @@ impl<'f> TensorLoader<'f> {
             plan_only,
             device,
             bufts,
+            plain,
+            placement,
             ctxs: (0..n).map(|_| None).collect(),
             owned_ctx: None,
             stack_copies: 0,
             entries: Vec::new(),
             used: vec![false; file.tensors().len()],
         })
+    }
+
+    /// Where the layers go (computed once, from the devices' free memory at the start).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     fn ctx_for(&mut self, buft: usize) -> Result<Context> {
@@ -175,7 +218,10 @@ impl<'f> TensorLoader<'f> {
                 .file
                 .error(&format!("tensor '{name}'"), format!("type {} cannot hold weights (ggml has no matrix kernels for it)", info.ty)));
         }
-        let buft = self.select_buft(info.ty, &info.ne, usage)?;
+        let buft = match self.place_of(name, usage) {
+            Place::Device(d) => self.device_buft(d, info.ty, &info.ne, usage)?,
+            Place::Cpu => self.select_buft(info.ty, &info.ne, usage)?,
+        };
         let ctx = self.ctx_for(buft)?;
         let t = ctx.new_tensor(info.ty, &info.ne[..info.n_dims]);
         t.set_name(name);
@@ -194,7 +240,8 @@ impl<'f> TensorLoader<'f> {
     /// lie back to back in the file; otherwise a copy — free when the weights are copied
     /// (repacked, or `--no-mmap`) anyway, and from mapped weights within `STACK_COPY_BUDGET`.
     pub fn fused(&mut self, name: &str, parts: &[String], shapes: &[[i64; 2]]) -> Result<Option<Tensor>> {
-        if !self.opts.fuse || self.plan_only || parts.len() < 2 {
+        // an offloaded layer computes with its device's kernels: nothing to gain there
+        if !self.opts.fuse || self.plan_only || parts.len() < 2 || self.place_of(name, Usage::MatMul) != Place::Cpu {
             return Ok(None);
         }
         let mut idxs = Vec::with_capacity(parts.len());
@@ -218,7 +265,7 @@ impl<'f> TensorLoader<'f> {
                 return Ok(None);
             }
         }
-        let last = self.bufts.len() - 1;
+        let last = self.plain;
         let mapped = self.opts.weights == WeightMemory::Mapped;
         let adjacent = infos.windows(2).all(|w| w[0].offset + w[0].nbytes == w[1].offset);
         let owned = buft == last && !(adjacent && mapped);
@@ -246,49 +293,86 @@ impl<'f> TensorLoader<'f> {
         Ok(Some(t))
     }
 
+    /// Where the tensor `name` goes: a block's tensors with their block, the output norm and
+    /// projection (a tied one too: the embedding declared for `MatMul`) with the output layer,
+    /// the rest (the input embedding) on the CPU, as llama.cpp places them.
+    fn place_of(&self, name: &str, usage: Usage) -> Place {
+        if let Some(il) = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
+            return self.placement.layers.get(il).copied().unwrap_or(Place::Cpu);
+        }
+        let output =
+            name.starts_with("output.") || name.starts_with("output_norm.") || (name == "token_embd.weight" && usage == Usage::MatMul);
+        if output {
+            self.placement.output
+        } else {
+            Place::Cpu
+        }
+    }
+
+    /// Offload device `d`'s buffer type when the device runs the tensor's operation there, else
+    /// the CPU's choice (llama.cpp's buffer type list of a device ends with the CPU's).
+    fn device_buft(&self, d: usize, ty: Type, ne: &[i64; 4], usage: Usage) -> Result<usize> {
+        let i = self.plain + 1 + d;
+        let scratch = Context::new(8, 0)?;
+        let w = scratch.new_tensor(ty, ne);
+        let op = self.probe(&scratch, &w, usage);
+        if self.opts.offload.devices[d].supports_op_with(&op, &w, self.bufts[i])? {
+            return Ok(i);
+        }
+        self.select_buft(ty, ne, usage)
+    }
+
     /// The first buffer type whose device can run the tensor's operation with the tensor in it
     /// (llama.cpp's `select_weight_buft`, with the same probe operations).
     fn select_buft(&self, ty: Type, ne: &[i64; 4], usage: Usage) -> Result<usize> {
-        let last = self.bufts.len() - 1;
+        let last = self.plain;
         let Some(device) = self.device else { return Ok(last) };
         for (i, &buft) in self.bufts.iter().enumerate().take(last) {
             let scratch = Context::new(8, 0)?;
             let w = scratch.new_tensor(ty, ne);
-            let op = match usage {
-                Usage::GetRows => scratch.get_rows(&w, &scratch.new_tensor(Type::I32, &[512])),
-                Usage::MatMul => scratch.mul_mat(&w, &scratch.new_tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]])),
-                Usage::MatMulId => {
-                    let n_used = self.hp.n_expert_used.max(1) as i64;
-                    let b = scratch.new_tensor(Type::F32, &[ne[0], n_used, 512]);
-                    let ids = scratch.new_tensor(Type::I32, &[n_used, 512]);
-                    scratch.mul_mat_id(&w, &b, &ids)
-                }
-                Usage::Mul => scratch.mul(&scratch.new_tensor(Type::F32, ne), &w),
-                Usage::Add => scratch.add(&scratch.new_tensor(Type::F32, ne), &w),
-                Usage::Rope => {
-                    let a = scratch.new_tensor(Type::F32, &[self.hp.n_embd_head_v as i64, self.hp.n_head as i64, 512]);
-                    let pos = scratch.new_tensor(Type::I32, &[512]);
-                    scratch.rope_ext(
-                        &a,
-                        &pos,
-                        Some(&w),
-                        (2 * ne[0]).min(a.ne()[0]) as i32,
-                        ggml::RopeMode::Normal,
-                        0,
-                        10000.0,
-                        1.0,
-                        0.0,
-                        1.0,
-                        0.0,
-                        0.0,
-                    )
-                }
-            };
+            let op = self.probe(&scratch, &w, usage);
             if device.supports_op_with(&op, &w, buft)? {
                 return Ok(i);
             }
         }
         Ok(last)
+    }
+
+    /// The operation llama.cpp probes a weight's buffer type with: the weight `w` used as `usage`
+    /// over a batch of 512.
+    fn probe(&self, scratch: &Context, w: &Tensor, usage: Usage) -> Tensor {
+        let ne = w.ne();
+        let w = w.clone();
+        match usage {
+            Usage::GetRows => scratch.get_rows(&w, &scratch.new_tensor(Type::I32, &[512])),
+            Usage::MatMul => scratch.mul_mat(&w, &scratch.new_tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]])),
+            Usage::MatMulId => {
+                let n_used = self.hp.n_expert_used.max(1) as i64;
+                let b = scratch.new_tensor(Type::F32, &[ne[0], n_used, 512]);
+                let ids = scratch.new_tensor(Type::I32, &[n_used, 512]);
+                scratch.mul_mat_id(&w, &b, &ids)
+            }
+            Usage::Mul => scratch.mul(&scratch.new_tensor(Type::F32, &ne), &w),
+            Usage::Add => scratch.add(&scratch.new_tensor(Type::F32, &ne), &w),
+            Usage::Rope => {
+                let a = scratch.new_tensor(Type::F32, &[self.hp.n_embd_head_v as i64, self.hp.n_head as i64, 512]);
+                let pos = scratch.new_tensor(Type::I32, &[512]);
+                scratch.rope_ext(
+                    &a,
+                    &pos,
+                    Some(&w),
+                    (2 * ne[0]).min(a.ne()[0]) as i32,
+                    ggml::RopeMode::Normal,
+                    0,
+                    10000.0,
+                    1.0,
+                    0.0,
+                    1.0,
+                    0.0,
+                    0.0,
+                )
+            }
+        }
     }
 
     /// Allocates and fills every declared tensor. `progress(done, total)` reports bytes copied.
@@ -305,7 +389,7 @@ impl<'f> TensorLoader<'f> {
             return Ok(LoadedWeights { buffers: Vec::new(), _buffers: Vec::new() });
         }
         let device = self.device.expect("set when not plan_only");
-        let last = self.bufts.len() - 1;
+        let last = self.plain;
         let mut buffers = Vec::new();
         let mut summary = Vec::new();
 
@@ -357,7 +441,7 @@ impl<'f> TensorLoader<'f> {
 
         // Repacked tensors: a buffer per extra type, filled through ggml (which converts layouts);
         // then the owned plain ones (stacks that need a copy) in a plain CPU buffer.
-        let repacked = self.ctxs.iter().enumerate().take(last).filter_map(|(i, c)| Some((c.as_ref()?, i, false)));
+        let repacked = self.ctxs.iter().enumerate().filter(|(i, _)| *i != last).filter_map(|(i, c)| Some((c.as_ref()?, i, false)));
         let owned = self.owned_ctx.as_ref().map(|c| (c, last, true));
         let mut scratch = Vec::new();
         for (ctx, i, is_owned) in repacked.chain(owned) {

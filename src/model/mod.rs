@@ -8,7 +8,7 @@ pub mod lora;
 pub mod weights;
 
 pub use hparams::{HParams, RopeScaling};
-pub use loader::{LoadOptions, TensorLoader, WeightMemory};
+pub use loader::{LoadOptions, Offload, TensorLoader, WeightMemory};
 pub use weights::{LayerWeights, Weights};
 
 use crate::arch;
@@ -127,6 +127,9 @@ pub struct Model {
     pub weights: Weights,
     /// (buffer type, bytes, tensor count) per weight buffer.
     pub buffers: Vec<(String, usize, usize)>,
+    /// The offload devices and which layers they hold (see `LoadOptions::offload`).
+    pub offload: Offload,
+    pub placement: crate::placement::Placement,
     _loaded: loader::LoadedWeights,
 }
 
@@ -148,19 +151,21 @@ impl Model {
         let arch = Arch::from_gguf(&file)?;
         let hparams = arch.load_hparams(&file)?;
         check_vocab(&file, &hparams)?;
+        let offload = opts.offload.clone();
         let (loaded, side_out) = std::thread::scope(|s| {
             let side = s.spawn(|| side(&file));
             let weights = (|| {
                 let mut ld = TensorLoader::new(&file, &hparams, opts, false)?;
                 let weights = arch.load_tensors(&hparams, &mut ld)?;
-                Ok::<_, anyhow::Error>((weights, ld.finish(progress)?))
+                let placement = ld.placement().clone();
+                Ok::<_, anyhow::Error>((weights, placement, ld.finish(progress)?))
             })();
             (weights, side.join())
         });
-        let (weights, loaded) = loaded?;
+        let (weights, placement, loaded) = loaded?;
         let side_out = side_out.map_err(|_| anyhow::anyhow!("internal error: a loading thread panicked"))?;
         let buffers = loaded.buffers.clone();
-        Ok((Model { file, arch, hparams, weights, buffers, _loaded: loaded }, side_out))
+        Ok((Model { file, arch, hparams, weights, buffers, offload, placement, _loaded: loaded }, side_out))
     }
 
     /// Validates a file as `load` would, without allocating the weights (for `ferrite info`).
@@ -172,6 +177,65 @@ impl Model {
         arch.load_tensors(&hparams, &mut ld)?;
         ld.finish(&mut |_, _| {})?;
         Ok((arch, hparams))
+    }
+
+    /// The buffer type of block `il`'s KV cache: its offload device's, else the CPU's.
+    pub fn layer_buffer_type(&self, il: usize) -> ggml::BufferType {
+        match self.placement.layers.get(il) {
+            Some(crate::placement::Place::Device(d)) => self.offload.devices[*d].buffer_type(),
+            _ => ggml::BufferType::cpu(),
+        }
+    }
+
+    /// Where the layers went, for the user (None without offload devices): which blocks each
+    /// device holds, the output layer's device, and what stayed on the CPU.
+    pub fn offload_summary(&self) -> Option<String> {
+        use crate::placement::Place;
+        if self.offload.devices.is_empty() {
+            return None;
+        }
+        let n_layer = self.placement.layers.len();
+        let ranges = |p: Place| -> Vec<String> {
+            let mut out = Vec::new();
+            let mut il = 0;
+            while il < n_layer {
+                if self.placement.layers[il] != p {
+                    il += 1;
+                    continue;
+                }
+                let start = il;
+                while il < n_layer && self.placement.layers[il] == p {
+                    il += 1;
+                }
+                out.push(if il - start == 1 { format!("{start}") } else { format!("{start}-{}", il - 1) });
+            }
+            out
+        };
+        let n_off = self.placement.layers.iter().filter(|p| **p != Place::Cpu).count() + usize::from(self.placement.output != Place::Cpu);
+        let mut parts = Vec::new();
+        for (d, dev) in self.offload.devices.iter().enumerate() {
+            let r = ranges(Place::Device(d));
+            let out = if self.placement.output == Place::Device(d) { " + output" } else { "" };
+            if !r.is_empty() {
+                parts.push(format!("{} ({}) blocks {}{out}", dev.name(), dev.description(), r.join(",")));
+            } else if !out.is_empty() {
+                parts.push(format!("{} ({}) output", dev.name(), dev.description()));
+            }
+        }
+        let cpu = ranges(Place::Cpu);
+        let out = if self.placement.output == Place::Cpu { " + output" } else { "" };
+        parts.push(format!(
+            "CPU {}{out}",
+            if cpu.is_empty() { "the input embedding".to_string() } else { format!("blocks {}", cpu.join(",")) }
+        ));
+        Some(format!("offloaded {n_off}/{} layers: {}", n_layer + 1, parts.join("; ")))
+    }
+
+    /// The offload devices that hold a layer or the output.
+    pub fn used_devices(&self) -> Vec<ggml::Device> {
+        use crate::placement::Place;
+        let used = |d: usize| self.placement.output == Place::Device(d) || self.placement.layers.contains(&Place::Device(d));
+        (0..self.offload.devices.len()).filter(|&d| used(d)).map(|d| self.offload.devices[d]).collect()
     }
 
     pub fn n_tensors(&self) -> usize {
