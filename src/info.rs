@@ -4,6 +4,7 @@
 use crate::decoder::DEFAULT_CTX_CAP;
 use crate::gguf::{GgufFile, Value};
 use crate::model::{Arch, HParams};
+use crate::placement::{Place, Placement};
 use anyhow::Result;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -36,6 +37,21 @@ pub struct Report {
     pub extras: Vec<(&'static str, String)>,
     /// LoRA adapters checked against the model: (path, alpha, weights adapted, bytes).
     pub adapters: Vec<(String, f32, usize, u64)>,
+    /// The plan per device when layers are offloaded (see `Report::split`); the CPU last.
+    pub devices: Vec<DevicePlan>,
+}
+
+/// One device's part of the memory plan.
+pub struct DevicePlan {
+    /// Device name and description (the CPU: "CPU", "").
+    pub name: String,
+    pub description: String,
+    pub blocks: usize,
+    pub output: bool,
+    pub weights: u64,
+    pub kv: u64,
+    /// Free memory the device reports (None for the CPU: see `available`).
+    pub free: Option<u64>,
 }
 
 impl Report {
@@ -84,7 +100,52 @@ impl Report {
             available_bytes: available_memory(),
             extras: arch.describe(hp),
             adapters: Vec::new(),
+            devices: Vec::new(),
         })
+    }
+
+    /// Splits the weights and the KV cache over `devices` ((name, description, free bytes)) as
+    /// `placement` puts the layers: each block's tensors and cache with its block, the output
+    /// norm and projection with the output layer (a tied projection is a copy of the embedding
+    /// there), the input embedding on the CPU.
+    pub fn split(&mut self, file: &GgufFile, placement: &Placement, devices: &[(String, String, u64)]) {
+        let mut plans: Vec<DevicePlan> = devices
+            .iter()
+            .map(|(name, description, free)| DevicePlan {
+                name: name.clone(),
+                description: description.clone(),
+                blocks: 0,
+                output: false,
+                weights: 0,
+                kv: 0,
+                free: Some(*free),
+            })
+            .collect();
+        plans.push(DevicePlan { name: "CPU".into(), description: String::new(), blocks: 0, output: false, weights: 0, kv: 0, free: None });
+        let cpu = plans.len() - 1;
+        let at = |p: Place| match p {
+            Place::Device(d) => d,
+            Place::Cpu => cpu,
+        };
+        for (il, p) in placement.layers.iter().enumerate() {
+            plans[at(*p)].blocks += 1;
+            plans[at(*p)].kv += kv_layer_bytes(&self.hp, self.n_ctx, il);
+        }
+        plans[at(placement.output)].output = true;
+        let tied = file.tensor_index("output.weight").is_none();
+        for t in file.tensors() {
+            let block = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+            let place = match block {
+                Some(il) => placement.layers.get(il).copied().unwrap_or(Place::Cpu),
+                None if t.name.starts_with("output.") || t.name.starts_with("output_norm.") => placement.output,
+                None => Place::Cpu,
+            };
+            plans[at(place)].weights += t.nbytes;
+            if tied && t.name == "token_embd.weight" && placement.output != Place::Cpu {
+                plans[at(placement.output)].weights += t.nbytes;
+            }
+        }
+        self.devices = plans;
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -106,6 +167,21 @@ impl Report {
         for (k, v) in &self.extras {
             extras.insert(k.to_string(), json!(v));
         }
+        let devices: Vec<Json> = self
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "description": d.description,
+                    "blocks": d.blocks,
+                    "output": d.output,
+                    "weights": d.weights,
+                    "kv_cache": d.kv,
+                    "free": d.free,
+                })
+            })
+            .collect();
         json!({
             "path": self.path,
             "name": self.name,
@@ -150,6 +226,7 @@ impl Report {
                 "total": self.total_bytes(),
                 "available": self.available_bytes,
                 "fits": self.fits(),
+                "devices": devices,
             },
             "build": {
                 "version": env!("CARGO_PKG_VERSION"),
@@ -214,6 +291,15 @@ impl Report {
             (None, _) => format!("{} (available memory unknown)", gib(self.total_bytes())),
         };
         line("  total", verdict);
+        if !self.devices.is_empty() {
+            line("per device", "(compute buffers not included)".into());
+            for d in &self.devices {
+                let name = if d.description.is_empty() { d.name.clone() } else { format!("{} ({})", d.name, d.description) };
+                let out = if d.output { " + output" } else { "" };
+                let free = d.free.map(|f| format!(", free {}", gib(f))).unwrap_or_default();
+                line(&format!("  {name}"), format!("{} blocks{out}: weights {}, KV cache {}{free}", d.blocks, gib(d.weights), gib(d.kv)));
+            }
+        }
         let b = crate::build_info::GIT_COMMIT;
         line("ferrite build", format!("{} (commit {b}), ggml {}", env!("CARGO_PKG_VERSION"), ggml::version()));
         line("  built for", crate::build_info::required_features().join(" "));
@@ -232,13 +318,14 @@ fn gib(b: u64) -> String {
 /// KV cache bytes at `n_ctx` with an f16 cache; sliding-window layers keep only their window
 /// plus a micro-batch (as `KvCache::new` sizes them).
 pub fn kv_bytes(hp: &HParams, n_ctx: u32) -> u64 {
+    (0..hp.n_layer as usize).map(|il| kv_layer_bytes(hp, n_ctx, il)).sum()
+}
+
+/// Block `il`'s part of [`kv_bytes`].
+fn kv_layer_bytes(hp: &HParams, n_ctx: u32, il: usize) -> u64 {
     let swa = (n_ctx.min(hp.n_swa + N_UBATCH as u32)).div_ceil(256) * 256;
-    (0..hp.n_layer as usize)
-        .map(|il| {
-            let cells = if hp.is_swa(il) { swa } else { n_ctx } as u64;
-            cells * 2 * (hp.n_embd_k_gqa() + hp.n_embd_v_gqa()) as u64
-        })
-        .sum()
+    let cells = if hp.is_swa(il) { swa } else { n_ctx } as u64;
+    cells * 2 * (hp.n_embd_k_gqa() + hp.n_embd_v_gqa()) as u64
 }
 
 /// Compute buffer estimate for a 512-token micro-batch: activations of the widest layer, the

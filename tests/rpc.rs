@@ -209,6 +209,20 @@ fn gemma3_split_equals_llamacpp_with_the_same_split() {
     let frpc = format!("{},{}", fa.endpoint, fb.endpoint);
     let (_, ours, log) = ferrite_run("gemma3", prompt, &["--rpc", &frpc, "-ngl", "12", "-ts", "3,1"]);
     assert!(log.contains("blocks 7-15;") && log.contains("blocks 16-17 + output; CPU blocks 0-6"), "{log}");
+    // info's memory plan splits the same way
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["info", "-m", "gemma3", "--json", "--rpc", &frpc, "-ngl", "12", "-ts", "3,1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let devs = v["memory"]["devices"].as_array().unwrap();
+    let blocks: Vec<u64> = devs.iter().map(|d| d["blocks"].as_u64().unwrap()).collect();
+    assert_eq!(blocks, [9, 2, 7], "{v}");
+    assert_eq!(devs[1]["output"], true, "{v}");
+    let weights: u64 = devs.iter().map(|d| d["weights"].as_u64().unwrap()).sum();
+    // the tied output is a copy of the embedding on the second server
+    assert!(weights > v["memory"]["weights"].as_u64().unwrap(), "{v}");
     let lrpc = format!("{},{}", la.endpoint, lb.endpoint);
     let (theirs, llog) =
         completion_of("models/gemma-3-270m-q4_k_m.gguf", prompt, &["--rpc", &lrpc, "-ngl", "12", "-ts", "3,1", "-fit", "off", "-v"]);

@@ -25,9 +25,10 @@ pub struct Args {
     /// with --rpc, a remote server's too
     #[arg(long)]
     pub devices: bool,
-    /// RPC servers whose devices to list (HOST:PORT, comma-separated)
-    #[arg(long = "rpc", value_name = "SERVERS", requires = "devices")]
-    pub rpc: Option<String>,
+    /// Where the layers would go (the memory plan then shows each device's part); --rpc also
+    /// adds a server's devices to --devices
+    #[command(flatten)]
+    pub placement: super::PlacementArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -46,6 +47,11 @@ pub fn main(a: Args) -> Result<()> {
         let ad = ferrite::model::lora::LoraAdapter::load(std::path::Path::new(f), &file)?;
         report.adapters.push((ad.path.clone(), ad.alpha, ad.n_targets(), ad.bytes as u64));
     }
+    let offload = a.placement.offload()?;
+    if !offload.devices.is_empty() {
+        let devs: Vec<_> = offload.devices.iter().map(|d| (d.name(), d.description(), d.memory().0 as u64)).collect();
+        report.split(&file, &offload.placement(hp.n_layer as usize), &devs);
+    }
     if a.json {
         let v = report.to_json();
         super::output::println(&serde_json::to_string_pretty(&v)?)?;
@@ -63,7 +69,7 @@ pub fn main(a: Args) -> Result<()> {
 /// `info --devices`: ggml's registry, plus the devices of `--rpc` servers.
 fn devices(a: &Args) -> Result<()> {
     let mut list = ggml::Device::all();
-    for endpoint in a.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+    for endpoint in a.placement.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
         list.extend(super::rpc_devices(endpoint)?);
     }
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;

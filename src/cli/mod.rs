@@ -87,21 +87,9 @@ pub fn parse_loras(lora: &[String], scaled: &[String]) -> anyhow::Result<Vec<(st
     Ok(out)
 }
 
-/// Options of the model context shared by the subcommands that compute.
+/// Where the layers compute: llama.cpp's device flags.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ContextArgs {
-    /// Context size in tokens (default: the model's, capped at 4096)
-    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
-    pub ctx_size: Option<u32>,
-    /// Threads (default: the physical cores; capped at the CPUs available)
-    #[arg(short = 't', long = "threads", value_name = "N")]
-    pub threads: Option<usize>,
-    /// Logical batch size for prompt processing
-    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
-    pub batch: u32,
-    /// Sliding-window layers keep a cache as large as the context (llama.cpp's --swa-full)
-    #[arg(long = "swa-full")]
-    pub swa_full: bool,
+pub struct PlacementArgs {
     /// Layers to offload to the devices, from the output down: N, auto or all (default: all
     /// when there is a device; llama.cpp's -ngl)
     #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
@@ -119,6 +107,25 @@ pub struct ContextArgs {
     /// How to spread the model over devices: layer (default) or none (the first device only)
     #[arg(long = "split-mode", default_value = "layer", value_name = "none|layer")]
     pub split_mode: String,
+}
+
+/// Options of the model context shared by the subcommands that compute.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ContextArgs {
+    /// Context size in tokens (default: the model's, capped at 4096)
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<u32>,
+    /// Threads (default: the physical cores; capped at the CPUs available)
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Logical batch size for prompt processing
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
+    pub batch: u32,
+    /// Sliding-window layers keep a cache as large as the context (llama.cpp's --swa-full)
+    #[arg(long = "swa-full")]
+    pub swa_full: bool,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Physical (micro-)batch size
     #[arg(long = "ubatch-size", visible_alias = "ub", default_value_t = 512, value_name = "N")]
     pub ubatch: u32,
@@ -154,23 +161,33 @@ impl ContextArgs {
         Ok(LoadOptions { weights, fuse, offload: self.offload()?, ..Default::default() })
     }
 
-    /// `-ngl` as a number of layers (negative: all); None when absent.
     fn gpu_layers(&self) -> anyhow::Result<Option<i32>> {
-        match self.n_gpu_layers.as_deref() {
-            None => Ok(None),
-            Some("auto" | "all") => Ok(Some(-1)),
-            Some(n) => match n.parse::<i32>() {
-                Ok(n) => Ok(Some(n.max(-1))),
-                Err(_) => ferrite::bail_input!("--n-gpu-layers: '{n}' is not a number of layers, auto or all"),
-            },
-        }
+        gpu_layers(self.placement.n_gpu_layers.as_deref())
     }
 
+    pub fn offload(&self) -> anyhow::Result<ferrite::model::Offload> {
+        self.placement.offload()
+    }
+}
+
+/// `-ngl` as a number of layers (negative: all); None when absent.
+fn gpu_layers(flag: Option<&str>) -> anyhow::Result<Option<i32>> {
+    match flag {
+        None => Ok(None),
+        Some("auto" | "all") => Ok(Some(-1)),
+        Some(n) => match n.parse::<i32>() {
+            Ok(n) => Ok(Some(n.max(-1))),
+            Err(_) => ferrite::bail_input!("--n-gpu-layers: '{n}' is not a number of layers, auto or all"),
+        },
+    }
+}
+
+impl PlacementArgs {
     /// The offload devices and layers of `--rpc`, `--device`, `-ngl`, `--tensor-split` and
     /// `--split-mode`, as llama.cpp chooses them: RPC servers' devices first (fewer transfers),
     /// then the local GPUs; all layers offloaded unless `-ngl` says otherwise.
     pub fn offload(&self) -> anyhow::Result<ferrite::model::Offload> {
-        let ngl = self.gpu_layers()?;
+        let ngl = gpu_layers(self.n_gpu_layers.as_deref())?;
         let mut devices = Vec::new();
         for endpoint in self.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
             devices.extend(rpc_devices(endpoint)?);
@@ -213,12 +230,14 @@ impl ContextArgs {
         if devices.is_empty() && ngl.is_some_and(|n| n != 0) {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                eprintln!("ferrite: note: --n-gpu-layers: no GPU or RPC device (this build has no GPU backend; see --rpc); every layer runs on the CPU")
+                eprintln!("ferrite: note: --n-gpu-layers: no GPU or RPC device here (see `ferrite info --devices`, --rpc); every layer runs on the CPU")
             });
         }
         Ok(ferrite::model::Offload { devices, n_gpu_layers: ngl.unwrap_or(-1), tensor_split })
     }
+}
 
+impl ContextArgs {
     /// The adapters of `--lora` and `--lora-scaled`, in order, with their scales.
     pub fn loras(&self) -> anyhow::Result<Vec<(std::path::PathBuf, f32)>> {
         parse_loras(&self.lora, &self.lora_scaled)
