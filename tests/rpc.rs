@@ -19,6 +19,18 @@ struct Server {
     endpoint: String,
 }
 
+impl Server {
+    /// Stops the server and returns what it wrote on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        err
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -189,6 +201,11 @@ fn layers_split_over_two_servers_and_the_cpu_answer_as_the_local_run() {
     let (split, _, log) = ferrite_run("smollm2", "The capital of France is", &["--rpc", &rpc, "-ts", "3,1"]);
     assert!(log.contains("blocks 0-23;") && log.contains("blocks 24-29 + output"), "{log}");
     assert_eq!(split, local);
+    // the servers computed SmolLM2's Q4_1 products with ferrite's kernel, as a local run does
+    for s in [a, b] {
+        let err = s.stop();
+        assert!(err.contains("with ferrite's matrix kernel"), "{err}");
+    }
 }
 
 #[test]
@@ -247,19 +264,54 @@ fn a_server_that_goes_away_is_a_one_line_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // stderr line by line: the server goes away once the run has its layers there
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = String::new();
+    let t = Instant::now();
+    while !err.contains("offloaded") {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => err += &(line + "\n"),
+            Err(_) => panic!("the run did not start: {err}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "the run did not start: {err}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
     drop(s);
     let t = Instant::now();
-    let o = loop {
-        if let Some(_st) = child.try_wait().unwrap() {
-            break child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "ferrite hangs after its RPC server went away");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    // the reader ends with the pipe
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        err += &(line + "\n");
+    }
+    assert_eq!(status.code(), Some(1), "{err}");
     let last = err.trim().lines().last().unwrap_or_default();
     assert!(last.contains("a device failed") && last.contains("RPC server"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn layers_are_split_by_the_memory_servers_report() {
+    // --mem caps what a server reports; without --tensor-split the client splits by it (3:1)
+    let (a, b) = (server(&["--mem", "3000"]), server(&["--mem", "1000"]));
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrite")).args(["info", "--devices", "--json", "--rpc", &a.endpoint]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let remote = v.as_array().unwrap().iter().find(|d| d["description"].as_str().is_some_and(|x| x.contains(&a.endpoint))).unwrap().clone();
+    assert_eq!(remote["memory_total"].as_u64(), Some(3000 << 20), "{v}");
+    let rpc = format!("{},{}", a.endpoint, b.endpoint);
+    let (local, _, _) = ferrite_run("smollm2", "The capital of France is", &[]);
+    let (split, _, log) = ferrite_run("smollm2", "The capital of France is", &["--rpc", &rpc]);
+    assert!(log.contains("blocks 0-23;") && log.contains("blocks 24-29 + output"), "{log}");
+    assert_eq!(split, local);
 }

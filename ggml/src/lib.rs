@@ -15,6 +15,7 @@ mod graph;
 mod kernels;
 pub mod rpc;
 mod sched;
+mod served;
 pub mod signal;
 mod types;
 

@@ -30,9 +30,19 @@ pub fn available() -> bool {
 }
 
 /// Serves `devices` to RPC clients on `endpoint` (HOST:PORT), `n_threads` for CPU devices, with
-/// an optional local cache of tensors (`cache_dir`). Blocks for as long as it serves: it returns
-/// only when it cannot start (the address is taken, say), as an error.
-pub fn start_server(endpoint: &str, cache_dir: Option<&Path>, n_threads: usize, devices: &[Device]) -> Result<()> {
+/// an optional local cache of tensors (`cache_dir`). With `own_kernels`, the CPU device computes
+/// weight products with ferrite's kernel where it applies (same bits as ggml's; see `served`);
+/// `memory` caps the memory it reports to clients (bytes).
+/// Blocks for as long as it serves: it returns only when it cannot start (the address is taken,
+/// say), as an error.
+pub fn start_server(
+    endpoint: &str,
+    cache_dir: Option<&Path>,
+    n_threads: usize,
+    devices: &[Device],
+    own_kernels: bool,
+    memory: Option<usize>,
+) -> Result<()> {
     let Some(f) = proc_address(c"ggml_backend_rpc_start_server") else {
         return err("this build has no RPC backend (build with GGML_RPC=ON)");
     };
@@ -44,7 +54,12 @@ pub fn start_server(endpoint: &str, cache_dir: Option<&Path>, n_threads: usize, 
         Some(d) => Some(CString::new(d.to_string_lossy().as_bytes()).map_err(|_| crate::Error("the cache path holds a NUL byte".into()))?),
         None => None,
     };
-    let mut devs: Vec<sys::ggml_backend_dev_t> = devices.iter().map(|d| d.raw()).collect();
+    let cpu = Device::cpu().ok();
+    let served = |d: &Device| match Some(*d) == cpu {
+        true => crate::served::cpu_device(*d, own_kernels, memory),
+        false => *d,
+    };
+    let mut devs: Vec<sys::ggml_backend_dev_t> = devices.iter().map(|d| served(d).raw()).collect();
     // SAFETY: `f` is the registry's `ggml_backend_rpc_start_server` (documented signature in
     // ggml-rpc.h); the strings and the device array outlive the call, which blocks while serving.
     unsafe {

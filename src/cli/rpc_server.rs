@@ -22,6 +22,10 @@ pub struct Args {
     /// skips the transfer (llama.cpp's rpc-server -c)
     #[arg(short = 'c', long = "cache", value_name = "DIR")]
     pub cache: Option<std::path::PathBuf>,
+    /// Memory of the served CPU reported to clients, in MiB (they split layers by it; default:
+    /// the machine's free memory). Not an allocation limit
+    #[arg(short = 'm', long = "mem", value_name = "MIB")]
+    pub mem: Option<u64>,
 }
 
 /// Whether `host` names only this machine.
@@ -35,6 +39,9 @@ pub fn main(a: Args) -> Result<()> {
     }
     if a.port == 0 {
         ferrite::bail_input!("--port must be 1..=65535");
+    }
+    if a.mem == Some(0) {
+        ferrite::bail_input!("--mem must be at least 1 MiB");
     }
     let devices = match &a.device {
         None => vec![ggml::Device::cpu()?],
@@ -77,6 +84,9 @@ pub fn main(a: Args) -> Result<()> {
         "ferrite: serving {} on {endpoint} with {threads} threads (Ctrl-C stops)",
         devices.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
     );
-    ggml::rpc::start_server(&endpoint, a.cache.as_deref(), threads, &devices)?;
+    // ferrite's matrix kernel on the served CPU, as in a local run (FERRITE_GGML_MATMUL=1: ggml's)
+    let own_kernels = std::env::var_os("FERRITE_GGML_MATMUL").is_none_or(|v| v == "0");
+    let memory = a.mem.map(|m| (m as usize).saturating_mul(1 << 20));
+    ggml::rpc::start_server(&endpoint, a.cache.as_deref(), threads, &devices, own_kernels, memory)?;
     Ok(())
 }
