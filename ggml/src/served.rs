@@ -159,14 +159,13 @@ unsafe extern "C" fn graph_compute(backend: sys::ggml_backend_t, graph: *mut sys
         }
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| eprintln!("ferrite: computing {} of a graph's {n} nodes with ferrite's matrix kernel", swaps.len()));
-        // the quantized activations, each at a 64-byte boundary
-        let mut offsets = Vec::with_capacity(swaps.len());
+        // the quantized activations: one buffer for all, since each is read only by the node
+        // right after the one that writes it (ggml computes nodes one after the other)
         let mut size = 0usize;
         for &(i, act) in &swaps {
             let b = (*nodes[i]).src[1];
-            offsets.push(size);
             let rows = ((*b).ne[1] * (*b).ne[2] * (*b).ne[3]) as usize;
-            size += (sys::ggml_row_size(act, (*b).ne[0]) * rows).next_multiple_of(64);
+            size = size.max(sys::ggml_row_size(act, (*b).ne[0]) * rows);
         }
         let mut scratch = vec![0u8; size + 64];
         let base = scratch.as_mut_ptr().add(scratch.as_ptr().align_offset(64));
@@ -181,15 +180,15 @@ unsafe extern "C" fn graph_compute(backend: sys::ggml_backend_t, graph: *mut sys
             return original(backend, graph);
         }
         let g = sys::ggml_new_graph_custom(ctx, n_new, false);
-        let mut next = swaps.iter().zip(&offsets).peekable();
+        let mut next = swaps.iter().peekable();
         for (i, &t) in nodes.iter().enumerate() {
-            let Some(((_, act), &off)) = next.next_if(|((j, _), _)| *j == i) else {
+            let Some((_, act)) = next.next_if(|(j, _)| *j == i) else {
                 sys::ggml_graph_add_node(g, t);
                 continue;
             };
             let (w, x) = ((*t).src[0], (*t).src[1]);
             let xq = sys::ggml_cast(ctx, x, *act);
-            (*xq).data = base.add(off) as *mut c_void;
+            (*xq).data = base as *mut c_void;
             let mut args = [w, xq];
             let mm = sys::ggml_custom_4d(
                 ctx,
