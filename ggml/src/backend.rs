@@ -269,12 +269,6 @@ impl Buffer {
         cstr(unsafe { sys::ggml_backend_buffer_name(self.raw()) })
     }
 
-    /// Whether this is a plain CPU buffer (byte-addressable, no layout conversion on access).
-    pub fn is_plain_cpu(&self) -> bool {
-        // SAFETY: live buffer; buffer types are static.
-        unsafe { sys::ggml_backend_buffer_get_type(self.raw()) == sys::ggml_backend_cpu_buffer_type() }
-    }
-
     /// Whether a byte range of a tensor in this buffer is that range of its data: host memory, or
     /// another device's (written and read through the backend); not a repacked CPU layout.
     pub fn is_byte_addressed(&self) -> bool {
