@@ -134,13 +134,7 @@ impl Report {
         plans[at(placement.output)].output = true;
         let tied = file.tensor_index("output.weight").is_none();
         for t in file.tensors() {
-            let block = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
-            let place = match block {
-                Some(il) => placement.layers.get(il).copied().unwrap_or(Place::Cpu),
-                None if t.name.starts_with("output.") || t.name.starts_with("output_norm.") => placement.output,
-                None => Place::Cpu,
-            };
-            plans[at(place)].weights += t.nbytes;
+            plans[at(placement.of_tensor(&t.name, false))].weights += t.nbytes;
             if tied && t.name == "token_embd.weight" && placement.output != Place::Cpu {
                 plans[at(placement.output)].weights += t.nbytes;
             }

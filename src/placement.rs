@@ -23,6 +23,21 @@ impl Placement {
         Placement { layers: vec![Place::Cpu; n_layer], output: Place::Cpu }
     }
 
+    /// Where the file tensor `name` goes: a block's tensors with their block, the output norm
+    /// and projection with the output layer, the rest (the input embedding) on the CPU, as
+    /// llama.cpp places them. `as_output`: the tensor is declared as the output projection (a
+    /// tied one is the embedding again).
+    pub fn of_tensor(&self, name: &str, as_output: bool) -> Place {
+        if let Some(il) = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
+            return self.layers.get(il).copied().unwrap_or(Place::Cpu);
+        }
+        if as_output || name.starts_with("output.") || name.starts_with("output_norm.") {
+            self.output
+        } else {
+            Place::Cpu
+        }
+    }
+
     /// How many blocks each device holds, by device index.
     pub fn per_device(&self, n_devices: usize) -> Vec<usize> {
         let mut n = vec![0; n_devices];
@@ -131,6 +146,17 @@ mod tests {
         let p = place(30, 20, &[1.0, 1.0]);
         assert_eq!(p.layers.iter().filter(|l| **l == Cpu).count(), 11);
         assert_eq!(p.per_device(2), vec![10, 9]);
+    }
+
+    #[test]
+    fn tensors_go_with_their_layer() {
+        let p = place(4, 2, &[1.0]);
+        assert_eq!(p.of_tensor("blk.3.attn_q.weight", false), Device(0));
+        assert_eq!(p.of_tensor("blk.0.ffn_up.weight", false), Cpu);
+        assert_eq!(p.of_tensor("output_norm.weight", false), Device(0));
+        assert_eq!(p.of_tensor("token_embd.weight", false), Cpu);
+        assert_eq!(p.of_tensor("token_embd.weight", true), Device(0));
+        assert_eq!(p.of_tensor("rope_freqs.weight", false), Cpu);
     }
 
     #[test]

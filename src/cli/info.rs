@@ -69,7 +69,7 @@ pub fn main(a: Args) -> Result<()> {
 /// `info --devices`: ggml's registry, plus the devices of `--rpc` servers.
 fn devices(a: &Args) -> Result<()> {
     let mut list = ggml::Device::all();
-    for endpoint in a.placement.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+    for endpoint in a.placement.endpoints() {
         list.extend(super::rpc_devices(endpoint)?);
     }
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
@@ -85,15 +85,16 @@ fn devices(a: &Args) -> Result<()> {
         return super::output::println(&serde_json::to_string_pretty(&serde_json::Value::Array(rows))?);
     }
     let mut s = String::new();
-    for (d, r) in list.iter().zip(&rows) {
-        let (free, total) = d.memory();
+    for r in &rows {
+        let field = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let bytes = |k: &str| r[k].as_u64().unwrap_or(0) as usize;
         s += &format!(
             "{:<8} {:<6} {:>10.0} MiB free of {:>10.0} MiB  {}\n",
-            d.name(),
-            r["type"].as_str().unwrap_or(""),
-            mib(free),
-            mib(total),
-            d.description()
+            field("name"),
+            field("type"),
+            mib(bytes("memory_free")),
+            mib(bytes("memory_total")),
+            field("description")
         );
     }
     if !ggml::rpc::available() {

@@ -158,15 +158,7 @@ impl ContextArgs {
         let weights = if self.no_mmap { WeightMemory::Copied } else { WeightMemory::Mapped };
         // adapters name the file's tensors, so adapted models keep [q|k|v] and [gate|up] apart
         let fuse = self.lora.is_empty() && self.lora_scaled.is_empty();
-        Ok(LoadOptions { weights, fuse, offload: self.offload()?, ..Default::default() })
-    }
-
-    fn gpu_layers(&self) -> anyhow::Result<Option<i32>> {
-        gpu_layers(self.placement.n_gpu_layers.as_deref())
-    }
-
-    pub fn offload(&self) -> anyhow::Result<ferrite::model::Offload> {
-        self.placement.offload()
+        Ok(LoadOptions { weights, fuse, offload: self.placement.offload()?, ..Default::default() })
     }
 }
 
@@ -183,13 +175,18 @@ fn gpu_layers(flag: Option<&str>) -> anyhow::Result<Option<i32>> {
 }
 
 impl PlacementArgs {
+    /// The servers of `--rpc` (repeatable, each a comma-separated list).
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty())
+    }
+
     /// The offload devices and layers of `--rpc`, `--device`, `-ngl`, `--tensor-split` and
     /// `--split-mode`, as llama.cpp chooses them: RPC servers' devices first (fewer transfers),
     /// then the local GPUs; all layers offloaded unless `-ngl` says otherwise.
     pub fn offload(&self) -> anyhow::Result<ferrite::model::Offload> {
         let ngl = gpu_layers(self.n_gpu_layers.as_deref())?;
         let mut devices = Vec::new();
-        for endpoint in self.rpc.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+        for endpoint in self.endpoints() {
             devices.extend(rpc_devices(endpoint)?);
         }
         devices.extend(
@@ -264,7 +261,7 @@ impl ContextArgs {
         if self.batch == 0 || self.ubatch == 0 {
             ferrite::bail_input!("--batch-size and --ubatch-size must be at least 1");
         }
-        self.gpu_layers()?;
+        gpu_layers(self.placement.n_gpu_layers.as_deref())?;
         let (n_threads, warning) = ferrite::decoder::resolve_threads(self.threads);
         // options() runs more than once per command (flags are checked before loading)
         static WARNED: std::sync::Once = std::sync::Once::new();

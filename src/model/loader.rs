@@ -297,16 +297,7 @@ impl<'f> TensorLoader<'f> {
     /// projection (a tied one too: the embedding declared for `MatMul`) with the output layer,
     /// the rest (the input embedding) on the CPU, as llama.cpp places them.
     fn place_of(&self, name: &str, usage: Usage) -> Place {
-        if let Some(il) = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
-            return self.placement.layers.get(il).copied().unwrap_or(Place::Cpu);
-        }
-        let output =
-            name.starts_with("output.") || name.starts_with("output_norm.") || (name == "token_embd.weight" && usage == Usage::MatMul);
-        if output {
-            self.placement.output
-        } else {
-            Place::Cpu
-        }
+        self.placement.of_tensor(name, name == "token_embd.weight" && usage == Usage::MatMul)
     }
 
     /// Offload device `d`'s buffer type when the device runs the tensor's operation there, else
