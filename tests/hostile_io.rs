@@ -1,9 +1,10 @@
 //! Hostile inputs and failing outputs around the real binary (issue 14, items 2 and 4): special
 //! files (`/dev/zero`, `/dev/full`, a FIFO nobody writes to, a directory) and oversized inputs
 //! given to `-f`, `--session`, stdin and `/load` are one-line exit-2 refusals within a second;
-//! a full disk on stdout is exit 1; a session file that cannot be written is refused before
-//! generating; two processes on one session file cannot lose a turn (the lock); a session saved
-//! with another `-c` or cache type is prefilled again from its messages instead of refused.
+//! a full disk on stdout is exit 1 (on stderr it costs only the log); a session file that cannot
+//! be written is refused before generating; two processes on one session file cannot lose a turn
+//! (the lock); a session saved with another `-c` or cache type is prefilled again from its
+//! messages instead of refused.
 
 mod common_cli;
 
@@ -313,6 +314,37 @@ fn answer_to_a_full_disk_is_exit_1() {
     }
     assert_all(failures);
     assert!(!s.exists(), "a session whose answer was lost is not saved");
+}
+
+/// A log on a full disk (`2>>log`) costs the log, not the run: the answer still reaches stdout
+/// with exit 0 (and `-v`'s extra lines change nothing), a refusal keeps its exit code 2, a full
+/// stdout keeps its 1. `eprintln!` would panic there (exit 101), inside ggml's log callback abort.
+#[test]
+fn stderr_on_a_full_disk_keeps_answers_and_exit_codes() {
+    let model = smollm2();
+    let full = || Stdio::from(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+    let cases: [(&[&str], bool, i32); 4] = [
+        (&["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "4", "Hi"], false, 0),
+        (&["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "4", "-v", "Hi"], false, 0),
+        (&["run", "-m", "/nonexistent/model.gguf", "Hi"], false, 2),
+        (&["run", "-m", &model, "--temp", "0", "-c", "512", "-n", "4", "Hi"], true, 1),
+    ];
+    let mut failures = Vec::new();
+    for (args, stdout_full, code) in cases {
+        let o = Command::new(FERRITE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(if stdout_full { full() } else { Stdio::piped() })
+            .stderr(full())
+            .output()
+            .expect("starting ferrite");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let want_answer = code == 0;
+        if o.status.code() != Some(code) || want_answer == stdout.trim().is_empty() {
+            failures.push(format!("{args:?} (stdout full: {stdout_full}): exit {:?} (want {code}), stdout {stdout:?}", o.status.code()));
+        }
+    }
+    assert_all(failures);
 }
 
 /// A session file that cannot be written is refused before the model is loaded, so before

@@ -62,7 +62,8 @@ static LOG_LEVEL: AtomicU8 = AtomicU8::new(1);
 static INIT: Once = Once::new();
 
 // SAFETY: only ggml calls this (registered in `init`), with a level and a NUL-terminated string
-// or null; it is not reentrant-sensitive and never unwinds (eprint! to stderr).
+// or null; it is not reentrant-sensitive and never unwinds (a failed write to stderr is ignored,
+// where `eprint!` would panic across the C frame and abort).
 unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::os::raw::c_void) {
     let want = LOG_LEVEL.load(Ordering::Relaxed) as u32;
     // ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont.
@@ -76,7 +77,7 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const std::
     if rank <= want && !text.is_null() {
         // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
         let s = unsafe { std::ffi::CStr::from_ptr(text) };
-        eprint!("{}", s.to_string_lossy());
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), s.to_string_lossy().as_bytes());
     }
 }
 
@@ -89,7 +90,7 @@ unsafe extern "C" fn abort_callback(msg: *const std::os::raw::c_char) {
         unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned()
     };
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown failure").trim();
-    eprintln!("ferrite: internal error in ggml: {line}");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("ferrite: internal error in ggml: {line}\n").as_bytes());
     // A ggml abort is a bug of ours (inputs are validated before they reach ggml); exit with the
     // runtime-failure code instead of SIGABRT and a core dump. Unwinding out of C is not allowed.
     std::process::exit(1);

@@ -158,7 +158,11 @@ unsafe extern "C" fn graph_compute(backend: sys::ggml_backend_t, graph: *mut sys
             return original(backend, graph);
         }
         static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| eprintln!("ferrite: computing {} of a graph's {n} nodes with ferrite's matrix kernel", swaps.len()));
+        SAID.call_once(|| {
+            let line = format!("ferrite: computing {} of a graph's {n} nodes with ferrite's matrix kernel\n", swaps.len());
+            // not eprintln!: a panic here would cross ggml's C frames
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        });
         // the quantized activations: one buffer for all, since each is read only by the node
         // right after the one that writes it (ggml computes nodes one after the other)
         let mut size = 0usize;

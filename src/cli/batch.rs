@@ -128,7 +128,7 @@ pub fn main(a: Args) -> Result<()> {
         let loaded = common::load(&ma, &ca, quiet)?;
         let (template, reason) = common::template(&loaded.model.file, flag.as_deref())?;
         if template.is_none() && !raw && !quiet {
-            eprintln!("ferrite: {reason}; running the prompts raw");
+            stderrln!("ferrite: {reason}; running the prompts raw");
         }
         let opts = ferrite::decoder::ContextOptions { n_seq: parallel, ..ca.options()? };
         let mut engine = Engine::new(loaded.model.clone(), loaded.tok.clone(), template, &opts)?;
@@ -234,7 +234,7 @@ pub fn main(a: Args) -> Result<()> {
     let bad = if failed == 0 { String::new() } else { format!(", {failed} failed (see their \"error\" lines)") };
     if !a.quiet {
         let secs = t0.elapsed().as_secs_f64();
-        eprintln!(
+        stderrln!(
             "ferrite: batch: {done} of {total} answered{bad} · {generated} tokens in {secs:.1} s ({:.1} t/s)",
             generated as f64 / secs.max(1e-3)
         );

@@ -149,12 +149,12 @@ pub fn repl(a: Args) -> Result<()> {
     let loaded = common::load(&a.model, &a.ctx, a.gen.quiet)?;
     let (template, reason) = common::template(&loaded.model.file, a.gen.chat_template.as_deref())?;
     if template.is_none() && !a.gen.quiet {
-        eprintln!("ferrite: {reason}; every line is completed raw");
+        stderrln!("ferrite: {reason}; every line is completed raw");
     }
     let mut sess = common::session(&loaded, &a.ctx, &a.sampling, &a.gen, template)?;
     if let Some(p) = &a.session {
         if sessionfile::load_into(p, &mut sess, &loaded, a.gen.quiet)? && !a.gen.quiet {
-            eprintln!("{}", dim(&format!("continuing {} ({} messages)", p.display(), sess.messages.len())));
+            stderrln!("{}", dim(&format!("continuing {} ({} messages)", p.display(), sess.messages.len())));
         }
     }
     let mut ed: Editor<ReplHelper, rustyline::history::DefaultHistory> = Editor::new()?;
@@ -171,8 +171,8 @@ pub fn repl(a: Args) -> Result<()> {
         let m = &loaded.model;
         let name = m.file.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let template = sess.template.as_ref().map(|t| t.name()).unwrap_or_else(|| "none (raw completion)".into());
-        eprintln!("{}", dim(&format!("ferrite chat — {name} ({}), context {}, template {template}", m.arch.name(), sess.n_ctx())));
-        eprintln!("{}", dim("/help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
+        stderrln!("{}", dim(&format!("ferrite chat — {name} ({}), context {}, template {template}", m.arch.name(), sess.n_ctx())));
+        stderrln!("{}", dim("/help for commands, Ctrl-D to leave, \"\"\" for multi-line input"));
     }
     let mut last_ctrl_c = false;
     // a stdout that fails (other than closed) ends the REPL with that error, after the history
@@ -192,7 +192,7 @@ pub fn repl(a: Args) -> Result<()> {
                     break;
                 }
                 last_ctrl_c = true;
-                eprintln!("{}", dim("(Ctrl-C again or Ctrl-D to leave)"));
+                stderrln!("{}", dim("(Ctrl-C again or Ctrl-D to leave)"));
                 continue;
             }
         };
@@ -204,7 +204,7 @@ pub fn repl(a: Args) -> Result<()> {
             match command(&line, &mut sess, &loaded, &a, lock.as_ref()) {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(e) => eprintln!("ferrite: {}", ferrite::error::one_line(&e)),
+                Err(e) => stderrln!("ferrite: {}", ferrite::error::one_line(&e)),
             }
             continue;
         }
@@ -216,7 +216,7 @@ pub fn repl(a: Args) -> Result<()> {
                 end = Err(e);
                 break;
             }
-            eprintln!("ferrite: {}", ferrite::error::one_line(&e));
+            stderrln!("ferrite: {}", ferrite::error::one_line(&e));
         }
     }
     if let Some(h) = &hist {
@@ -296,7 +296,7 @@ fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Res
             }
             Event::Notice(n) => {
                 if !quiet {
-                    eprintln!("{}", dim(&n));
+                    stderrln!("{}", dim(&n));
                 }
             }
         }
@@ -321,17 +321,17 @@ fn answer(sess: &mut Session, user: &str, g: &GenArgs, regen: Option<()>) -> Res
     let gen = match r {
         Ok(gen) => gen,
         Err(e) if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) => {
-            eprintln!("{}", dim("(stopped)"));
+            stderrln!("{}", dim("(stopped)"));
             return Ok(());
         }
         Err(e) => return Err(e),
     };
     output::print("\n")?;
     if interrupted || gen.stop_reason == StopReason::Interrupted {
-        eprintln!("{}", dim("(stopped)"));
+        stderrln!("{}", dim("(stopped)"));
     }
     if !quiet {
-        eprintln!("{}", dim(&common::timing_line(&gen.timings, sess.n_cached(), sess.n_ctx())));
+        stderrln!("{}", dim(&common::timing_line(&gen.timings, sess.n_cached(), sess.n_ctx())));
     }
     Ok(())
 }
@@ -350,19 +350,19 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
                 s.push_str(&format!("  {c:<8} {h}\n"));
             }
             s.push_str("  Input: end a line with \\ to continue it; \"\"\" starts and ends a multi-line block.\n");
-            eprint!("{s}");
+            stderr!("{s}");
         }
         "/clear" => {
             sess.clear();
-            eprintln!("{}", dim("conversation cleared"));
+            stderrln!("{}", dim("conversation cleared"));
         }
         "/system" if arg.is_empty() => {
-            eprintln!("{}", dim(&format!("system prompt: {}", sess.system.as_deref().unwrap_or("(none)"))));
+            stderrln!("{}", dim(&format!("system prompt: {}", sess.system.as_deref().unwrap_or("(none)"))));
         }
         "/system" => {
             sess.system = if arg == "--remove" { None } else { Some(arg.to_string()) };
             sess.clear();
-            eprintln!(
+            stderrln!(
                 "{}",
                 dim(if arg == "--remove" {
                     "system prompt removed; conversation cleared"
@@ -375,14 +375,14 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
             set(sess, arg)?;
             // confirm with the value as it now stands
             let name = arg.split_whitespace().next().unwrap_or("");
-            eprintln!("{}", dim(&format!("{name} set to {}", arg[name.len()..].trim())));
+            stderrln!("{}", dim(&format!("{name} set to {}", arg[name.len()..].trim())));
         }
-        "/show" => eprint!("{}", show(sess, loaded)),
+        "/show" => stderr!("{}", show(sess, loaded)),
         "/save" => {
             let path = if arg.is_empty() { a.session.clone() } else { Some(PathBuf::from(arg)) };
             let Some(path) = path else { ferrite::bail_input!("/save needs a FILE") };
             sessionfile::save(&path, sess, lock)?;
-            eprintln!("{}", dim(&format!("saved {} messages to {}", sess.messages.len(), path.display())));
+            stderrln!("{}", dim(&format!("saved {} messages to {}", sess.messages.len(), path.display())));
         }
         "/load" => {
             if arg.is_empty() {
@@ -393,9 +393,9 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
             let notice = sessionfile::restore(&data, sess, loaded)?;
             apply_settings(sess, &data.settings)?;
             if let Some(n) = notice {
-                eprintln!("{}", dim(&n));
+                stderrln!("{}", dim(&n));
             }
-            eprintln!("{}", dim(&format!("loaded {} messages from {}", sess.messages.len(), path.display())));
+            stderrln!("{}", dim(&format!("loaded {} messages from {}", sess.messages.len(), path.display())));
         }
         "/regen" => {
             if sess.template.is_none() {
@@ -410,11 +410,11 @@ fn command(line: &str, sess: &mut Session, loaded: &Loaded, a: &Args, lock: Opti
         }
         "/undo" => {
             let removed = sess.undo();
-            eprintln!("{}", dim(if removed { "last exchange removed" } else { "nothing to undo" }));
+            stderrln!("{}", dim(if removed { "last exchange removed" } else { "nothing to undo" }));
         }
         "/stats" => {
-            eprintln!("{}", common::timing_line(&sess.last, sess.n_cached(), sess.n_ctx()));
-            eprintln!("messages {}, graph builds {}, reuses {}", sess.messages.len(), sess.dec.n_graph_builds, sess.dec.n_graph_reuses);
+            stderrln!("{}", common::timing_line(&sess.last, sess.n_cached(), sess.n_ctx()));
+            stderrln!("messages {}, graph builds {}, reuses {}", sess.messages.len(), sess.dec.n_graph_builds, sess.dec.n_graph_reuses);
         }
         other => ferrite::bail_input!("unknown command {other}; /help lists them"),
     }

@@ -273,7 +273,7 @@ pub fn load_with(model: &ModelArgs, ctx: &ContextArgs, quiet: bool, opts: ferrit
     drop(bar);
     let tok = tok?;
     if let Some(line) = model.offload_summary().filter(|_| !quiet) {
-        eprintln!("ferrite: {line}");
+        stderrln!("ferrite: {line}");
     }
     Ok(Loaded { model: Rc::new(model), tok: Rc::new(tok), load_ms: t.elapsed().as_secs_f64() * 1000.0 })
 }
@@ -299,7 +299,7 @@ pub fn session(l: &Loaded, ctx: &ContextArgs, s: &SamplingArgs, g: &GenArgs, tem
     }
     let n_ctx_train = l.model.hparams.n_ctx_train;
     if let Some(c) = ctx.ctx_size.filter(|&c| c > n_ctx_train && !g.quiet) {
-        eprintln!("ferrite: warning: --ctx-size {c} is above the {n_ctx_train} tokens the model was trained on; expect its answers to degrade past that");
+        stderrln!("ferrite: warning: --ctx-size {c} is above the {n_ctx_train} tokens the model was trained on; expect its answers to degrade past that");
     }
     let mut sess = Session::new(l.model.clone(), l.tok.clone(), &ctx.options()?, s.config_for(&l.tok)?, opts, template)?;
     sess.system = g.system.clone();

@@ -141,7 +141,7 @@ pub fn main(a: Args) -> Result<()> {
     for (path, size) in paths {
         let run = run_model(&a, &path, size, &cases, quiet)?;
         if !quiet {
-            eprintln!(
+            stderrln!(
                 "eval: {}: {}/{} passed ({:.1}%), {:.1} t/s",
                 run.name(),
                 run.passed,
@@ -164,7 +164,7 @@ pub fn main(a: Args) -> Result<()> {
         f.write_all(svg.as_bytes())?;
         f.commit()?;
         if !quiet {
-            eprintln!("eval: plot written to {}", plot.display());
+            stderrln!("eval: plot written to {}", plot.display());
         }
     }
     match (a.min_accuracy, chosen) {
@@ -222,7 +222,7 @@ fn run_model(a: &Args, path: &std::path::Path, size: u64, cases: &[Case], quiet:
                 ferrite::bail_input!("{name}: {reason}, and the suite has \"messages\" cases; give --chat-template");
             }
             if !quiet {
-                eprintln!("ferrite: {name}: {reason}; running the prompts raw");
+                stderrln!("ferrite: {name}: {reason}; running the prompts raw");
             }
         }
         let opts = ferrite::decoder::ContextOptions { n_seq: parallel, ..ca.options()? };

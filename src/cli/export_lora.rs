@@ -33,15 +33,15 @@ pub fn main(a: Args) -> Result<()> {
     let tty = !a.quiet && std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize, name: &str| {
         if tty {
-            eprint!("\r\x1b[2Kexport-lora: {done}/{total} {name}");
+            stderr!("\r\x1b[2Kexport-lora: {done}/{total} {name}");
         }
     };
     let s = ferrite::model::export_lora::export(&base, &loras, &a.output, threads, &mut progress)?;
     if tty {
-        eprint!("\r\x1b[2K");
+        stderr!("\r\x1b[2K");
     }
     if !a.quiet {
-        eprintln!(
+        stderrln!(
             "ferrite: wrote {} ({} tensors merged, {} copied, {:.1} MiB) in {:.1} s",
             a.output.display(),
             s.merged,

@@ -61,20 +61,20 @@ pub fn main(a: Args) -> Result<()> {
     let tokens = loaded.tok.encode(&text, true, a.parse_special)?;
     let bos = if loaded.tok.add_bos() { loaded.tok.bos() } else { None };
     if !a.quiet {
-        eprintln!("imatrix: {} tokens, chunks of {n_ctx}", tokens.len());
+        stderrln!("imatrix: {} tokens, chunks of {n_ctx}", tokens.len());
     }
     let collector = Rc::new(RefCell::new(Collector::new(a.process_output)));
     let quiet = a.quiet;
     let (n_batch, n_ubatch) = (n_batch.min(n_seq * n_ctx), a.ctx.ubatch as usize);
     let n = ferrite::imatrix::compute(&mut dec, &tokens, n_ctx, n_batch, n_ubatch, bos, a.chunks, collector.clone(), &mut |i, n, ppl| {
         if !quiet {
-            eprint!("[{i}/{n}] {ppl:.4}{}", if i == n { "\n" } else { ", " });
+            stderr!("[{i}/{n}] {ppl:.4}{}", if i == n { "\n" } else { ", " });
         }
     })?;
     let c = collector.borrow();
     c.write(&a.output, &[a.file.display().to_string()], n_ctx)?;
     if !a.quiet {
-        eprintln!("imatrix: {} entries over {n} chunks written to {}", c.stats.len(), a.output.display());
+        stderrln!("imatrix: {} entries over {n} chunks written to {}", c.stats.len(), a.output.display());
     }
     Ok(())
 }

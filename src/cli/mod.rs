@@ -227,7 +227,7 @@ impl PlacementArgs {
         if devices.is_empty() && ngl.is_some_and(|n| n != 0) {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                eprintln!("ferrite: note: --n-gpu-layers: no GPU or RPC device here (see `ferrite info --devices`, --rpc); every layer runs on the CPU")
+                stderrln!("ferrite: note: --n-gpu-layers: no GPU or RPC device here (see `ferrite info --devices`, --rpc); every layer runs on the CPU")
             });
         }
         Ok(ferrite::model::Offload { devices, n_gpu_layers: ngl.unwrap_or(-1), tensor_split })
@@ -266,7 +266,7 @@ impl ContextArgs {
         // options() runs more than once per command (flags are checked before loading)
         static WARNED: std::sync::Once = std::sync::Once::new();
         if let Some(w) = warning {
-            WARNED.call_once(|| eprintln!("ferrite: warning: {w}"));
+            WARNED.call_once(|| stderrln!("ferrite: warning: {w}"));
         }
         Ok(ContextOptions {
             n_ctx: self.ctx_size.unwrap_or(0),
@@ -368,7 +368,7 @@ pub fn main() -> i32 {
     let args = match normalized_args(&cmd) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ferrite: {}", one_line(&e));
+            stderrln!("ferrite: {}", one_line(&e));
             return exit_code(&e);
         }
     };
@@ -406,7 +406,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) if output::is_stdout_closed(&e) => 0,
         Err(e) => {
-            eprintln!("ferrite: {}", one_line(&e));
+            stderrln!("ferrite: {}", one_line(&e));
             exit_code(&e)
         }
     }

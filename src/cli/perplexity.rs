@@ -63,11 +63,11 @@ pub fn main(a: Args) -> Result<()> {
     let tokens = loaded.tok.encode(&text, true, false)?;
     let bos = if loaded.tok.add_bos() { loaded.tok.bos() } else { None };
     if !quiet {
-        eprintln!("perplexity: {} tokens, chunks of {n_ctx}", tokens.len());
+        stderrln!("perplexity: {} tokens, chunks of {n_ctx}", tokens.len());
     }
     let mut progress = |i: usize, n: usize, ppl: f64| {
         if !quiet {
-            eprint!("[{i}/{n}] {ppl:.4}{}", if i == n { "\n" } else { ", " });
+            stderr!("[{i}/{n}] {ppl:.4}{}", if i == n { "\n" } else { ", " });
         }
     };
     let r = match &a.kl_base {
@@ -76,7 +76,7 @@ pub fn main(a: Args) -> Result<()> {
             let r = ferrite::perplexity::save_base(&mut dec, &tokens, n_ctx, bos, a.chunks, &mut out, &mut progress)?;
             out.commit()?;
             if !quiet {
-                eprintln!("perplexity: log-probabilities of {} chunks saved to {}", r.chunks, path.display());
+                stderrln!("perplexity: log-probabilities of {} chunks saved to {}", r.chunks, path.display());
             }
             r
         }
@@ -103,23 +103,23 @@ fn compare(a: &Args, quiet: bool) -> Result<()> {
     files::check_regular(path, BASE_CAP, "base file", "it cannot be a base file")?;
     let mut base = BaseFile::open(path)?;
     if a.file.is_some() && !quiet {
-        eprintln!("perplexity: -f ignored: the comparison scores the tokens stored in {}", path.display());
+        stderrln!("perplexity: -f ignored: the comparison scores the tokens stored in {}", path.display());
     }
     if let Some(c) = a.ctx.ctx_size.filter(|&c| c as usize != base.n_ctx) {
         if !quiet {
-            eprintln!("perplexity: -c {c} ignored: {} was computed with chunks of {}", path.display(), base.n_ctx);
+            stderrln!("perplexity: -c {c} ignored: {} was computed with chunks of {}", path.display(), base.n_ctx);
         }
     }
     let loaded = super::common::load(&a.model, &a.ctx, quiet)?;
     let mut dec = decoder(&loaded, &a.ctx, base.n_ctx)?;
     let bos = if loaded.tok.add_bos() { loaded.tok.bos() } else { None };
     if !quiet {
-        eprintln!("kl-divergence: {} chunks of {} against {}", base.n_chunks, base.n_ctx, path.display());
-        eprintln!("chunk        PPL         ln(PPL(Q)/PPL(base))      KL divergence         Δp RMS       same top p");
+        stderrln!("kl-divergence: {} chunks of {} against {}", base.n_chunks, base.n_ctx, path.display());
+        stderrln!("chunk        PPL         ln(PPL(Q)/PPL(base))      KL divergence         Δp RMS       same top p");
     }
     let k = ferrite::perplexity::kl_divergence(&mut dec, &mut base, bos, a.chunks, &mut |i, _, k| {
         if !quiet {
-            eprintln!(
+            stderrln!(
                 "{i:5} {:9.4} ± {:7.4} {:10.5} ± {:8.5} {:10.5} ± {:8.5} {:6.3} ± {:5.3} % {:6.3} ± {:5.3} %",
                 k.ppl.0,
                 k.ppl.1,

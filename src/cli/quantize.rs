@@ -100,7 +100,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     if !a.quiet {
         let mib = |n: u64| n as f64 / (1 << 20) as f64;
-        eprintln!(
+        stderrln!(
             "ferrite: wrote {} as {}: {} tensors ({} converted{}), {:.2} MiB -> {:.2} MiB ({:.2}x) in {:.1} s",
             a.output.display(),
             quantize::ftype_name(ftype),

@@ -65,7 +65,7 @@ pub fn main(a: Args) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ferrite::bad_input!("--cache {}: {e}", dir.display()))?;
     }
     if !is_loopback(&a.host) {
-        eprintln!(
+        stderrln!(
             "ferrite: WARNING: listening on {} — the RPC protocol has no authentication: anyone who can reach this port \
              can run computations and read this process's device memory. Use it only on a network you trust.",
             a.host
@@ -73,14 +73,14 @@ pub fn main(a: Args) -> Result<()> {
     }
     let (threads, warning) = ferrite::decoder::resolve_threads(a.threads);
     if let Some(w) = warning {
-        eprintln!("ferrite: {w}");
+        stderrln!("ferrite: {w}");
     }
     let endpoint = format!("{}:{}", a.host, a.port);
     // the port is checked first: ggml's server only says "Failed to create server socket"
     if let Err(e) = std::net::TcpListener::bind((a.host.as_str(), a.port)) {
         ferrite::bail_input!("cannot listen on {endpoint}: {e}");
     }
-    eprintln!(
+    stderrln!(
         "ferrite: serving {} on {endpoint} with {threads} threads (Ctrl-C stops)",
         devices.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
     );

@@ -130,7 +130,7 @@ pub fn main(mut a: Args) -> Result<()> {
         return super::chat::repl(super::chat::Args::from_run(a));
     }
     if a.top_logits > 0 && !a.json && !a.gen.quiet {
-        eprintln!("ferrite: warning: --top-logits is reported only in --json output");
+        stderrln!("ferrite: warning: --top-logits is reported only in --json output");
     }
     let Some(text) = prompt_text(&a)? else {
         if a.raw || a.json {
@@ -154,7 +154,7 @@ pub fn main(mut a: Args) -> Result<()> {
     let (template, reason) =
         if a.raw { (None, String::new()) } else { common::template(&loaded.model.file, a.gen.chat_template.as_deref())? };
     if template.is_none() && !a.raw && !a.gen.quiet {
-        eprintln!("ferrite: {reason}; running the prompt raw");
+        stderrln!("ferrite: {reason}; running the prompt raw");
     }
     let mut sess = common::session(&loaded, &a.ctx, &a.sampling, &a.gen, template)?;
     sess.opts.capture_top = a.top_logits;
@@ -164,10 +164,10 @@ pub fn main(mut a: Args) -> Result<()> {
     if a.gen.verbose {
         // (said at load unless that was quiet)
         if let Some(line) = loaded.model.offload_summary().filter(|_| a.gen.quiet || a.json) {
-            eprintln!("ferrite: {line}");
+            stderrln!("ferrite: {line}");
         }
         let o = &sess.dec.cparams;
-        eprintln!(
+        stderrln!(
             "ferrite: seed {}, context {}, threads {}, batch {}, micro-batch {}, flash attention {}, cache {}/{}",
             sess.sampler.seed(),
             sess.n_ctx(),
@@ -187,7 +187,7 @@ pub fn main(mut a: Args) -> Result<()> {
         } else {
             sess.raw_prompt(&text)?
         };
-        eprintln!("{}", sess.tok.decode(&ids, true));
+        stderrln!("{}", sess.tok.decode(&ids, true));
     }
 
     let json = a.json;
@@ -204,7 +204,7 @@ pub fn main(mut a: Args) -> Result<()> {
             }
             Event::Notice(n) => {
                 if !quiet {
-                    eprintln!("ferrite: {n}");
+                    stderrln!("ferrite: {n}");
                 }
             }
         }
@@ -227,11 +227,11 @@ pub fn main(mut a: Args) -> Result<()> {
         output::print("\n")?;
     }
     if !quiet && !json {
-        eprintln!("{}", common::timing_line(&g.timings, sess.n_cached(), sess.n_ctx()));
+        stderrln!("{}", common::timing_line(&g.timings, sess.n_cached(), sess.n_ctx()));
     }
     if a.gen.verbose {
         let nodes: Vec<String> = sess.dec.node_placement().iter().map(|(b, n)| format!("{b} {n}")).collect();
-        eprintln!("ferrite: last graph's nodes by device: {}", nodes.join(", "));
+        stderrln!("ferrite: last graph's nodes by device: {}", nodes.join(", "));
     }
     if let Some(path) = &a.session {
         sessionfile::save(path, &sess, lock.as_ref())?;

@@ -106,7 +106,7 @@ pub fn main(a: Args) -> Result<()> {
         let loaded = common::load(&ma, &ca, false)?;
         let (template, reason) = common::template(&loaded.model.file, flag.as_deref())?;
         if template.is_none() {
-            eprintln!("ferrite: {reason}; chat requests will be refused, completions work");
+            stderrln!("ferrite: {reason}; chat requests will be refused, completions work");
         }
         let mut engine = Engine::new(loaded.model.clone(), loaded.tok.clone(), template, &opts)?;
         engine.prompt_reuse = reuse.into();

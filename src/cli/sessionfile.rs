@@ -192,7 +192,7 @@ pub fn load_into(path: &Path, sess: &mut Session, l: &Loaded, quiet: bool) -> Re
         sess.system = system;
     }
     if let (Some(n), false) = (notice, quiet) {
-        eprintln!("ferrite: {n}");
+        stderrln!("ferrite: {n}");
     }
     Ok(true)
 }

@@ -156,9 +156,9 @@ impl Drop for Live {
             }
             // the request's own access-log line may never come (its handler was dropped)
             if self.st.cfg.log_json {
-                eprintln!("{}", json!({ "event": "cancelled", "seq": self.id, "reason": "client gone or timed out" }));
+                stderrln!("{}", json!({ "event": "cancelled", "seq": self.id, "reason": "client gone or timed out" }));
             } else {
-                eprintln!("ferrite: sequence {} cancelled: its client went away or it timed out", self.id);
+                stderrln!("ferrite: sequence {} cancelled: its client went away or it timed out", self.id);
             }
         }
     }
@@ -486,13 +486,13 @@ async fn access_log(State(st): State<St>, req: HttpRequest, next: Next) -> Respo
     let tokens = r.extensions().get::<Tokens>().map(|t| t.0);
     let status = r.status().as_u16();
     if st.cfg.log_json {
-        eprintln!(
+        stderrln!(
             "{}",
             json!({ "method": method.as_str(), "path": path, "status": status, "tokens": tokens, "ms": (ms * 10.0).round() / 10.0 })
         );
     } else {
         let tokens = tokens.map_or("-".to_string(), |t| t.to_string());
-        eprintln!("ferrite: {method} {path} {status} tokens={tokens} {ms:.1} ms");
+        stderrln!("ferrite: {method} {path} {status} tokens={tokens} {ms:.1} ms");
     }
     r
 }
@@ -554,7 +554,7 @@ where
         let loopback = local.ip().is_loopback();
         let addr_shown = local.to_string();
         if !loopback && cfg.api_key.is_none() {
-            eprintln!("ferrite: warning: serving on {addr} without --api-key: anyone who can reach it can use it");
+            stderrln!("ferrite: warning: serving on {addr} without --api-key: anyone who can reach it can use it");
         }
         let st: St = Arc::new(App {
             cfg,
@@ -580,7 +580,7 @@ where
                     st.n_ctx.store(n_ctx, Ordering::Relaxed);
                     let _ = st.tool_format.set(format);
                     let _ = st.engine.set(handle);
-                    eprintln!("ferrite: listening on http://{addr_shown} ({} slots of {n_ctx} tokens)", st.cfg.n_parallel);
+                    stderrln!("ferrite: listening on http://{addr_shown} ({} slots of {n_ctx} tokens)", st.cfg.n_parallel);
                     if let Err(e) = thread.join() {
                         let _ = fail_tx.send(e);
                     }
@@ -601,7 +601,7 @@ where
             _ = shutdown_signal() => None,
             e = fail_rx.recv() => e,
         };
-        eprintln!("ferrite: shutting down");
+        stderrln!("ferrite: shutting down");
         let _ = stop_tx.send(true);
         // requests in flight get a few seconds to finish; then their sequences are cancelled
         let grace = Instant::now();
