@@ -403,3 +403,28 @@ fn cli_unknown_model_is_bad_input() {
     let (code, _, err) = ferrite(&["tokenize", "-m", "/nonexistent.gguf", "x"], b"");
     assert_eq!(code, 2, "{err}");
 }
+
+/// llama-tokenize's habits: `-p TEXT`, `-f FILE` and `--stdin` give what TEXT gives; `-f` reads
+/// only a regular file (one line, exit 2, for `/dev/zero`); two sources at once are refused.
+#[test]
+fn cli_llama_tokenize_flags() {
+    let text = "Hello world\n<|im_start|>x";
+    let (_, want, _) = ferrite(&["tokenize", "--ids", text], b"");
+    let file = std::env::temp_dir().join(format!("ferrite-tokenize-{}.txt", std::process::id()));
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+    for (args, stdin) in [
+        (&["tokenize", "--ids", "-p", text][..], &b""[..]),
+        (&["tokenize", "--ids", "-f", f][..], b""),
+        (&["tokenize", "--ids", "--stdin"][..], text.as_bytes()),
+    ] {
+        let (code, out, err) = ferrite(args, stdin);
+        assert_eq!((code, out.as_str()), (0, want.as_str()), "{args:?}: {err}");
+    }
+    std::fs::remove_file(&file).ok();
+    let (code, out, err) = ferrite(&["tokenize", "-f", "/dev/zero"], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty() && err.trim_end().lines().count() == 1 && err.contains("/dev/zero: not a regular file"), "{err}");
+    let (code, _, _) = ferrite(&["tokenize", "-p", "a", "b"], b"");
+    assert_eq!(code, 2);
+}

@@ -113,7 +113,7 @@ pub fn main(a: Args) -> Result<()> {
             if common::stdin_is_terminal() {
                 ferrite::bail_input!("no requests: pipe JSONL on standard input or give -f FILE (one {{\"prompt\": ...}} a line)");
             }
-            files::utf8(files::read_stdin_capped(INPUT_CAP, hint)?, "standard input")?
+            files::utf8(files::read_stdin_capped(INPUT_CAP, "batch input", hint)?, "standard input")?
         }
     };
     let cap = files::prompt_cap(a.ctx.ctx_size);

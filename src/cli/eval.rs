@@ -119,7 +119,7 @@ pub fn main(a: Args) -> Result<()> {
         ferrite::bail_input!("--n-predict must be at least 1");
     }
     let suite = if a.suite.as_os_str() == "-" {
-        files::utf8(files::read_stdin_capped(SUITE_CAP, "split the suite")?, "standard input")?
+        files::utf8(files::read_stdin_capped(SUITE_CAP, "suite", "split the suite")?, "standard input")?
     } else {
         files::utf8(files::read_capped(&a.suite, SUITE_CAP, "suite", "split the suite")?, &a.suite.display().to_string())?
     };

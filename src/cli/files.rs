@@ -65,13 +65,14 @@ pub fn read_capped(path: &Path, cap: u64, what: &str, hint: &str) -> Result<Vec<
     Ok(buf)
 }
 
-/// Reads standard input up to `cap` bytes: more is refused as soon as the cap is crossed (stdin
-/// may be `/dev/zero` or an endless pipe, so its size cannot be known first).
-pub fn read_stdin_capped(cap: u64, hint: &str) -> Result<Vec<u8>> {
+/// Reads standard input (a `what`, as `read_capped` names it) up to `cap` bytes: more is refused
+/// as soon as the cap is crossed (stdin may be `/dev/zero` or an endless pipe, so its size cannot
+/// be known first).
+pub fn read_stdin_capped(cap: u64, what: &str, hint: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     std::io::stdin().lock().take(cap + 1).read_to_end(&mut buf).map_err(|e| anyhow::Error::new(e).context("reading standard input"))?;
     if buf.len() as u64 > cap {
-        ferrite::bail_input!("standard input is larger than a prompt can be here (at most {}: {hint})", size(cap));
+        ferrite::bail_input!("standard input is larger than a {what} can be here (at most {}: {hint})", size(cap));
     }
     Ok(buf)
 }

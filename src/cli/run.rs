@@ -107,11 +107,17 @@ fn prompt_text(a: &Args) -> Result<Option<String>> {
             Some(utf8_arg(p.clone())?)
         }
         // `-f -`: the prompt is standard input
-        (None, Some(f)) if f.as_os_str() == "-" => return Ok(Some(files::utf8(files::read_stdin_capped(cap, hint)?, "standard input")?)),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            return Ok(Some(files::utf8(files::read_stdin_capped(cap, "prompt", hint)?, "standard input")?))
+        }
         (None, Some(f)) => Some(files::utf8(files::read_capped(f, cap, "prompt file", hint)?, &f.display().to_string())?),
         (None, None) => None,
     };
-    let doc = if common::stdin_is_terminal() { None } else { Some(files::utf8(files::read_stdin_capped(cap, hint)?, "standard input")?) };
+    let doc = if common::stdin_is_terminal() {
+        None
+    } else {
+        Some(files::utf8(files::read_stdin_capped(cap, "prompt", hint)?, "standard input")?)
+    };
     Ok(match (arg, doc) {
         (Some(p), Some(d)) if !d.is_empty() => Some(format!("{p}\n\n{d}")),
         (Some(p), _) => Some(p),

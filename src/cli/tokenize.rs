@@ -1,13 +1,14 @@
 //! `ferrite tokenize`: a model's token ids for a text, as llama.cpp's `llama-tokenize` prints them.
 //! Reads only the GGUF metadata (the vocabulary), never the weights.
 
+use super::files;
 use super::ModelArgs;
-use anyhow::{Context, Result};
+use anyhow::Result;
+use ferrite::catalogue;
 use ferrite::gguf::GgufFile;
 use ferrite::tokenizer::{Options, Tokenizer};
-use ferrite::{bad_input, catalogue};
 use std::ffi::OsString;
-use std::io::Read;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Output: one line per token, `ID<TAB>PIECE`; in the piece, \\ tab newline and carriage return \
@@ -32,26 +33,31 @@ pub struct Args {
     #[arg(long = "tokenizer-pre", value_name = "NAME")]
     pub tokenizer_pre: Option<String>,
     /// The text; `-` or nothing reads standard input (all of it, byte for byte)
-    #[arg(value_name = "TEXT")]
+    #[arg(value_name = "TEXT", conflicts_with_all = ["prompt", "file"])]
     pub text: Option<OsString>,
+    /// The text, as llama-tokenize's -p (the same as TEXT)
+    #[arg(short = 'p', long = "prompt", value_name = "TEXT", conflicts_with = "file")]
+    pub prompt: Option<OsString>,
+    /// Read the text from a file (a regular file of at most 256 MiB), as llama-tokenize's -f
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Read the text from standard input (the default without TEXT, -p or -f; as llama-tokenize's)
+    #[arg(long, conflicts_with_all = ["text", "prompt", "file"])]
+    pub stdin: bool,
 }
 
-/// The input as UTF-8; otherwise a BadInput error naming the first bad byte's offset.
-fn utf8(bytes: Vec<u8>, what: &str) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        bad_input!("{what} is not valid UTF-8: invalid byte 0x{:02x} at byte offset {at}", e.as_bytes()[at])
-    })
-}
+/// The most text `tokenize` reads from a file or standard input: far beyond any context, yet a
+/// bound, so `/dev/zero` or an endless pipe is refused instead of filling memory.
+const TEXT_CAP: u64 = 256 << 20;
 
-fn read_text(arg: Option<OsString>) -> Result<String> {
-    match arg {
-        Some(a) if a != "-" => utf8(a.into_encoded_bytes(), "TEXT"),
-        _ => {
-            let mut buf = Vec::new();
-            std::io::stdin().lock().read_to_end(&mut buf).context("reading standard input")?;
-            utf8(buf, "standard input")
-        }
+fn read_text(a: &Args) -> Result<String> {
+    const HINT: &str = "split the text";
+    if let Some(f) = &a.file {
+        return files::utf8(files::read_capped(f, TEXT_CAP, "text file", HINT)?, &f.display().to_string());
+    }
+    match a.text.as_ref().or(a.prompt.as_ref()) {
+        Some(t) if t != "-" => files::utf8(t.as_encoded_bytes().to_vec(), "TEXT"),
+        _ => files::utf8(files::read_stdin_capped(TEXT_CAP, "text", HINT)?, "standard input"),
     }
 }
 
@@ -78,7 +84,7 @@ fn escape_piece(bytes: &[u8]) -> String {
 
 pub fn main(a: Args) -> Result<()> {
     let path = catalogue::resolve(a.model.model.as_deref())?;
-    let text = read_text(a.text)?;
+    let text = read_text(&a)?;
     let file = GgufFile::open(&path)?;
     let tok = Tokenizer::from_gguf_with(&file, Options { pre: a.tokenizer_pre, ..Options::default() })?;
     // as llama-tokenize: BOS (and EOS, if asked for) only when the model adds BOS
@@ -111,7 +117,7 @@ mod tests {
 
     #[test]
     fn bad_utf8_names_the_offset() {
-        let e = utf8(vec![b'o', b'k', 0xff], "TEXT").unwrap_err();
+        let e = files::utf8(vec![b'o', b'k', 0xff], "TEXT").unwrap_err();
         assert_eq!(ferrite::error::exit_code(&e), 2);
         assert!(e.to_string().contains("byte offset 2"), "{e}");
     }
