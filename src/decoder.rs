@@ -566,7 +566,7 @@ fn load_loras(model: &Model, specs: &[(std::path::PathBuf, f32)]) -> Result<crat
         if !scale.is_finite() {
             crate::bail_input!("{}: the adapter's scale {scale} is not a finite number", path.display());
         }
-        out.push((Rc::new(crate::model::lora::LoraAdapter::load(path, &model.file)?), *scale));
+        out.push((Rc::new(crate::model::lora::LoraAdapter::load_with(path, &model.file, &|w| model.weight_buffer_type(w))?), *scale));
     }
     Ok(out)
 }

@@ -17,6 +17,9 @@ use std::path::Path;
 /// Ranks above this are refused (llama.cpp's adapters are at most a few hundred).
 const MAX_RANK: i64 = 4096;
 
+/// An adapted weight's name with its adapter's A and B tensors in the file.
+type Part<'f> = (String, &'f crate::gguf::TensorInfo, &'f crate::gguf::TensorInfo);
+
 /// One loaded adapter.
 pub struct LoraAdapter {
     pub path: String,
@@ -26,14 +29,22 @@ pub struct LoraAdapter {
     pairs: HashMap<String, (Tensor, Tensor)>,
     /// Bytes of the adapter's tensors.
     pub bytes: usize,
-    _ctx: Context,
-    _buffer: Option<ggml::Buffer>,
+    /// One context and buffer per buffer type the pairs live in (see `load`).
+    _held: Vec<(Context, Option<ggml::Buffer>)>,
 }
 
 impl LoraAdapter {
-    /// Loads the adapter at `path` for `base` (its GGUF file). Anything that does not fit the base
-    /// refuses the whole adapter, naming the file and the tensor.
+    /// Loads the adapter at `path` for `base` (its GGUF file) into CPU memory. Anything that does
+    /// not fit the base refuses the whole adapter, naming the file and the tensor.
     pub fn load(path: &Path, base: &GgufFile) -> Result<LoraAdapter> {
+        Self::load_with(path, base, &|_| BufferType::cpu())
+    }
+
+    /// [`load`](Self::load), each pair in the buffer type `buft_of` gives for the weight it
+    /// adapts: beside the weight when the weight's layer is offloaded (as llama.cpp's
+    /// `llama_adapter_lora_init` places them), so the scheduler does not copy activations to the
+    /// CPU and back for every adapted product.
+    pub fn load_with(path: &Path, base: &GgufFile, buft_of: &dyn Fn(&str) -> BufferType) -> Result<LoraAdapter> {
         let f = GgufFile::open(path)?;
         let name = path.display().to_string();
         if f.get_str("general.type")? != Some("adapter") {
@@ -65,7 +76,7 @@ impl LoraAdapter {
             };
             halves.entry(w).or_default()[half] = Some(t);
         }
-        let mut parts = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         for (w, [a, b]) in halves {
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(f.error(w, "has only half of its A/B pair"));
@@ -124,26 +135,39 @@ impl LoraAdapter {
             crate::bail_input!("{name}: the adapter adapts no weight");
         }
         parts.sort_by(|x, y| x.0.cmp(&y.0));
-        let ctx = Context::new(2 * parts.len(), 0)?;
+        // the pairs grouped by buffer type, in name order within each group
+        let mut groups: Vec<(BufferType, Vec<&Part>)> = Vec::new();
+        for part in &parts {
+            let buft = buft_of(&part.0);
+            match groups.iter_mut().find(|(b, _)| *b == buft) {
+                Some((_, g)) => g.push(part),
+                None => groups.push((buft, vec![part])),
+            }
+        }
         let mut pairs = HashMap::new();
-        let mut made = Vec::new();
-        for (w, a, b) in &parts {
-            let ta = ctx.new_tensor(a.ty, a.shape());
-            ta.set_name(&a.name);
-            let tb = ctx.new_tensor(b.ty, b.shape());
-            tb.set_name(&b.name);
-            made.push((ta.clone(), *a));
-            made.push((tb.clone(), *b));
-            pairs.insert(w.clone(), (ta, tb));
-        }
-        let buffer = BufferType::cpu().alloc_ctx_tensors(&ctx)?;
+        let mut held = Vec::new();
         let mut bytes = 0;
-        for (t, info) in made {
-            let data = f.tensor_data(info);
-            t.write_bytes(data)?;
-            bytes += data.len();
+        for (buft, group) in groups {
+            let ctx = Context::new(2 * group.len(), 0)?;
+            let mut made = Vec::new();
+            for (w, a, b) in group {
+                let ta = ctx.new_tensor(a.ty, a.shape());
+                ta.set_name(&a.name);
+                let tb = ctx.new_tensor(b.ty, b.shape());
+                tb.set_name(&b.name);
+                made.push((ta.clone(), *a));
+                made.push((tb.clone(), *b));
+                pairs.insert(w.clone(), (ta, tb));
+            }
+            let buffer = buft.alloc_ctx_tensors(&ctx)?;
+            for (t, info) in made {
+                let data = f.tensor_data(info);
+                t.write_bytes(data)?;
+                bytes += data.len();
+            }
+            held.push((ctx, buffer));
         }
-        Ok(LoraAdapter { path: name, alpha, pairs, bytes, _ctx: ctx, _buffer: buffer })
+        Ok(LoraAdapter { path: name, alpha, pairs, bytes, _held: held })
     }
 
     /// The (A, B) pair adapting the weight named `w`, and its rank.

@@ -187,6 +187,15 @@ impl Model {
         }
     }
 
+    /// The plain buffer type of the weight named `name`'s device (its offload device's, else the
+    /// CPU's; never a repacked CPU layout): where tensors that work beside it belong.
+    pub fn weight_buffer_type(&self, name: &str) -> ggml::BufferType {
+        match self.placement.of_tensor(name, false) {
+            crate::placement::Place::Device(d) => self.offload.devices[d].buffer_type(),
+            crate::placement::Place::Cpu => ggml::BufferType::cpu(),
+        }
+    }
+
     /// Where the layers went, for the user (None without offload devices): which blocks each
     /// device holds, the output layer's device, and what stayed on the CPU.
     pub fn offload_summary(&self) -> Option<String> {
