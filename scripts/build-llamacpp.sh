@@ -43,13 +43,20 @@ say() { echo "build-llamacpp.sh: $*" >&2; }
 # cpuid on some of the project's machines but fault there (SIGSEGV at ldtilecfg in ggml's AMX
 # matmul), so a native build leaves them out, exactly as ferrite's .cargo/config.toml does for
 # its own ggml. The AVX2 build mirrors what llama-cpp-sys-2 configures for
-# `-C target-cpu=x86-64-v3` (the flags of each target feature, and -march for the rest).
+# `-C target-cpu=x86-64-v3` (the flags of each target feature, and -march for the rest) — for
+# ggml only: llama.cpp's library and tools stay at the compiler's default, as in a native build
+# on an AVX2-only machine (GGML_NATIVE gives -march=native to ggml-cpu alone). With -march on
+# everything, g++ fused llama-imatrix's `sum += x*x` into FMAs, which no real machine's build
+# does, and its matrices differed from ferrite's in the last bits.
+mkdir -p "$dir"
 if [ "$class" = native ]; then
   cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   cpu_defs=(-DGGML_NATIVE=ON)
 else
-  cflags="-march=x86-64-v3"
-  cpu_defs=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_SSE42=ON)
+  cflags=""
+  echo 'add_compile_options(-march=x86-64-v3)' >"$dir/ggml-x86-64-v3.cmake"
+  cpu_defs=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_SSE42=ON
+    "-DCMAKE_PROJECT_ggml_INCLUDE=$dir/ggml-x86-64-v3.cmake")
 fi
 # the RPC backend: llama.cpp's tools as clients of `ferrite rpc-server`, and its server for ferrite
 cpu_defs+=(-DGGML_RPC=ON)
