@@ -61,9 +61,14 @@ pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T> {
 static LOG_LEVEL: AtomicU8 = AtomicU8::new(1);
 static INIT: Once = Once::new();
 
+/// Writes `text` to stderr, ignoring a failed write: the callbacks ggml calls must not panic
+/// (`eprint!` does when stderr is a full disk), which would unwind across C frames and abort.
+pub(crate) fn write_stderr(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+}
+
 // SAFETY: only ggml calls this (registered in `init`), with a level and a NUL-terminated string
-// or null; it is not reentrant-sensitive and never unwinds (a failed write to stderr is ignored,
-// where `eprint!` would panic across the C frame and abort).
+// or null; it is not reentrant-sensitive and never unwinds (`write_stderr` cannot panic).
 unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::os::raw::c_void) {
     let want = LOG_LEVEL.load(Ordering::Relaxed) as u32;
     // ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont.
@@ -77,7 +82,7 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const std::
     if rank <= want && !text.is_null() {
         // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
         let s = unsafe { std::ffi::CStr::from_ptr(text) };
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), s.to_string_lossy().as_bytes());
+        write_stderr(&s.to_string_lossy());
     }
 }
 
@@ -90,7 +95,7 @@ unsafe extern "C" fn abort_callback(msg: *const std::os::raw::c_char) {
         unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().into_owned()
     };
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown failure").trim();
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("ferrite: internal error in ggml: {line}\n").as_bytes());
+    write_stderr(&format!("ferrite: internal error in ggml: {line}\n"));
     // A ggml abort is a bug of ours (inputs are validated before they reach ggml); exit with the
     // runtime-failure code instead of SIGABRT and a core dump. Unwinding out of C is not allowed.
     std::process::exit(1);

@@ -100,8 +100,7 @@ extern "C" fn on_abort(message: *const std::os::raw::c_char) {
     let msg = crate::backend::cstr(message);
     let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
     // one write, so the line is not interleaved with another thread's output
-    let text = format!("ferrite: a device failed: {line} (is the RPC server still running?)\n");
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+    crate::write_stderr(&format!("ferrite: a device failed: {line} (is the RPC server still running?)\n"));
     // SAFETY: _exit ends the process without running destructors, which could wait on the
     // threads ggml left mid-computation.
     unsafe { libc::_exit(1) }

@@ -159,9 +159,7 @@ unsafe extern "C" fn graph_compute(backend: sys::ggml_backend_t, graph: *mut sys
         }
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| {
-            let line = format!("ferrite: computing {} of a graph's {n} nodes with ferrite's matrix kernel\n", swaps.len());
-            // not eprintln!: a panic here would cross ggml's C frames
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            crate::write_stderr(&format!("ferrite: computing {} of a graph's {n} nodes with ferrite's matrix kernel\n", swaps.len()))
         });
         // the quantized activations: one buffer for all, since each is read only by the node
         // right after the one that writes it (ggml computes nodes one after the other)

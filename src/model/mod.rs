@@ -179,21 +179,24 @@ impl Model {
         Ok((arch, hparams))
     }
 
-    /// The buffer type of block `il`'s KV cache: its offload device's, else the CPU's.
-    pub fn layer_buffer_type(&self, il: usize) -> ggml::BufferType {
-        match self.placement.layers.get(il) {
-            Some(crate::placement::Place::Device(d)) => self.offload.devices[*d].buffer_type(),
-            _ => ggml::BufferType::cpu(),
-        }
-    }
-
-    /// The plain buffer type of the weight named `name`'s device (its offload device's, else the
-    /// CPU's; never a repacked CPU layout): where tensors that work beside it belong.
-    pub fn weight_buffer_type(&self, name: &str) -> ggml::BufferType {
-        match self.placement.of_tensor(name, false) {
+    /// The plain buffer type of a place: its offload device's, else the CPU's (never a repacked
+    /// CPU layout).
+    fn place_buffer_type(&self, place: crate::placement::Place) -> ggml::BufferType {
+        match place {
             crate::placement::Place::Device(d) => self.offload.devices[d].buffer_type(),
             crate::placement::Place::Cpu => ggml::BufferType::cpu(),
         }
+    }
+
+    /// The buffer type of block `il`'s KV cache: its offload device's, else the CPU's.
+    pub fn layer_buffer_type(&self, il: usize) -> ggml::BufferType {
+        self.place_buffer_type(self.placement.layers.get(il).copied().unwrap_or(crate::placement::Place::Cpu))
+    }
+
+    /// The buffer type of the weight named `name`'s device: where tensors that work beside it
+    /// belong (LoRA pairs).
+    pub fn weight_buffer_type(&self, name: &str) -> ggml::BufferType {
+        self.place_buffer_type(self.placement.of_tensor(name, false))
     }
 
     /// Where the layers went, for the user (None without offload devices): which blocks each
